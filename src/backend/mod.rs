@@ -1,0 +1,4 @@
+//! Transport backends. Each fills one `dispatch::kvx_backend_table`.
+
+pub mod nixl;
+pub mod ucx;

@@ -1,0 +1,586 @@
+//! Transfer agent over UCX: memory registered with `ucp_mem_map`, peers
+//! reached through their worker address with rkeys from their descriptor,
+//! READ/WRITE as `ucp_get_nbx`/`ucp_put_nbx` closed by one endpoint flush,
+//! notifications as active messages sent after that flush.
+
+use super::ops::Op;
+use super::sys::*;
+use super::worker::{ucx_error, Endpoint, Worker, WorkerOwner};
+use crate::core::completion::Completion;
+use crate::core::control::{self, ControlHandler, ControlServer};
+use crate::core::error::{kvx_status, Error, Result};
+use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionMap};
+use crate::core::net;
+use crate::core::notify::NotificationQueue;
+use crate::core::select::kvx_backend;
+use crate::core::wire::{self, AgentDescriptor, ControlMessage, RemoteRegion};
+use crate::dispatch::{kvx_transfer_op, kvx_transfer_state, AgentSettings, Transfer, TransferAgent, TransferRequest};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Active-message id of notifications (sync messages).
+const AM_NOTIFY: u32 = 0x6b76;
+
+struct LocalRegion {
+    memh: ucp_mem_h,
+    mem_type: kvx_memory_type,
+    device_id: u32,
+    packed_key: Vec<u8>,
+    references: usize,
+}
+
+struct RemoteKey {
+    rkey: ucp_rkey_h,
+    mem_type: kvx_memory_type,
+}
+
+/// A loaded peer: its endpoint and the keys to its regions. Transfers hold
+/// it while in flight, so keys outlive every operation that uses them.
+struct RemoteAgent {
+    name: String,
+    descriptor: Vec<u8>,
+    regions: RegionMap<RemoteKey>,
+    endpoint: Endpoint,
+}
+
+unsafe impl Send for RemoteAgent {}
+unsafe impl Sync for RemoteAgent {}
+
+impl Drop for RemoteAgent {
+    fn drop(&mut self) {
+        let worker = self.endpoint.worker.clone();
+        let _g = worker.lock();
+        for (_, key) in self.regions.drain() {
+            // SAFETY: the key was unpacked on this endpoint; no operation uses it any more.
+            unsafe { (worker.api().ucp_rkey_destroy)(key.rkey) };
+        }
+    }
+}
+
+struct AgentCore {
+    name: String,
+    worker: WorkerOwner,
+    timeout: Duration,
+    local: Mutex<RegionMap<LocalRegion>>,
+    remotes: RwLock<HashMap<String, Arc<RemoteAgent>>>,
+    notifications: Arc<NotificationQueue>,
+}
+
+unsafe impl Send for AgentCore {}
+unsafe impl Sync for AgentCore {}
+
+pub struct UcxAgent {
+    // Field order is drop order: stop serving peers, then forget them, then the worker.
+    listener: Option<ControlServer>,
+    core: Arc<AgentCore>,
+}
+
+/// Raw pointer to the notification queue handed to UCX as handler argument.
+struct QueueArg(*const NotificationQueue);
+
+unsafe extern "C" fn notification_arrived(
+    arg: *mut c_void,
+    header: *const c_void,
+    header_length: usize,
+    data: *mut c_void,
+    length: usize,
+    param: *const ucp_am_recv_param_t,
+) -> ucs_status_t {
+    let queue = &*(arg as *const NotificationQueue);
+    if !param.is_null() && (*param).recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV != 0 {
+        crate::log_at!(Error, "notification dropped: rendezvous delivery is not expected");
+        return UCS_OK;
+    }
+    let header = std::slice::from_raw_parts(header as *const u8, header_length);
+    match wire::decode_notification_header(header) {
+        Ok(sender) if length <= wire::MAX_NOTIFICATION => {
+            let message = if length == 0 { Vec::new() } else { std::slice::from_raw_parts(data as *const u8, length).to_vec() };
+            queue.push(sender, message);
+        }
+        Ok(sender) => crate::log_at!(Error, "notification from {sender:?} dropped: {length} bytes is too large"),
+        Err(e) => crate::log_at!(Error, "malformed notification dropped: {e}"),
+    }
+    UCS_OK
+}
+
+impl AgentCore {
+    fn descriptor(&self) -> AgentDescriptor {
+        let local = self.local.lock();
+        let regions = local
+            .iter()
+            .map(|(&(addr, len), r)| RemoteRegion {
+                addr,
+                len,
+                mem_type: r.mem_type,
+                device_id: r.device_id,
+                key: r.packed_key.clone(),
+            })
+            .collect();
+        AgentDescriptor {
+            backend: kvx_backend::KVX_BACKEND_UCX as u8,
+            name: self.name.clone(),
+            endpoint: self.worker.address().to_vec(),
+            regions,
+        }
+    }
+
+    fn remote(&self, name: &str) -> Result<Arc<RemoteAgent>> {
+        if let Some(r) = self.remotes.read().get(name) {
+            return Ok(r.clone());
+        }
+        if name == self.name {
+            // Loop-back transfers and self-notifications need no explicit load.
+            self.load(name, &self.descriptor().encode())?;
+            return self.remote(name);
+        }
+        Err(Error::not_found(format!("remote agent {name:?} is not loaded")))
+    }
+
+    fn load(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let desc = AgentDescriptor::decode(bytes)?;
+        if desc.backend != kvx_backend::KVX_BACKEND_UCX as u8 {
+            return Err(Error::invalid(format!(
+                "descriptor of {:?} comes from backend {} but this agent uses UCX",
+                desc.name, desc.backend
+            )));
+        }
+        if desc.name != name {
+            return Err(Error::invalid(format!("descriptor belongs to agent {:?}, not {name:?}", desc.name)));
+        }
+        if let Some(existing) = self.remotes.read().get(name) {
+            if existing.descriptor == bytes && !existing.endpoint.state.failed.load(std::sync::atomic::Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+        let endpoint = Endpoint::connect(&self.worker, &desc.endpoint)?;
+        let mut regions: RegionMap<RemoteKey> = RegionMap::default();
+        {
+            let _g = self.worker.lock();
+            for r in &desc.regions {
+                let mut rkey: ucp_rkey_h = std::ptr::null_mut();
+                // SAFETY: the packed key bytes are only parsed by UCX, which validates them.
+                let st = unsafe { (self.worker.api().ucp_ep_rkey_unpack)(endpoint.handle, r.key.as_ptr() as *const c_void, &mut rkey) };
+                if st != UCS_OK {
+                    for (_, k) in regions.drain() {
+                        // SAFETY: keys unpacked above on this endpoint.
+                        unsafe { (self.worker.api().ucp_rkey_destroy)(k.rkey) };
+                    }
+                    return Err(Error::malformed(format!("remote key of region {:#x}+{} is invalid: {}", r.addr, r.len, ucx_error(self.worker.ucx, "rkey", st).message)));
+                }
+                regions.insert(r.addr, r.len, RemoteKey { rkey, mem_type: r.mem_type });
+            }
+        }
+        let remote = Arc::new(RemoteAgent { name: name.to_owned(), descriptor: bytes.to_vec(), regions, endpoint });
+        self.remotes.write().insert(name.to_owned(), remote);
+        Ok(())
+    }
+}
+
+struct Listener(Weak<AgentCore>);
+
+impl ControlHandler for Listener {
+    fn handle(&self, request: ControlMessage, _from: SocketAddr) -> ControlMessage {
+        let Some(core) = self.0.upgrade() else {
+            return ControlMessage::Refused { reason: "agent is shutting down".into() };
+        };
+        match request {
+            ControlMessage::GetAgentDesc { expected_name } if expected_name == core.name => {
+                ControlMessage::AgentDesc { desc: core.descriptor().encode() }
+            }
+            ControlMessage::GetAgentDesc { expected_name } => ControlMessage::Refused {
+                reason: format!("this is agent {:?}, not {expected_name:?}", core.name),
+            },
+            _ => ControlMessage::Refused { reason: "unexpected request for a transfer agent".into() },
+        }
+    }
+}
+
+/// One posted RMA operation, resolved before anything is posted.
+struct RmaOp {
+    local: u64,
+    len: u64,
+    remote: u64,
+    rkey: ucp_rkey_h,
+    memh: ucp_mem_h,
+}
+
+impl UcxAgent {
+    fn resolve_ops(&self, req: &TransferRequest<'_>, remote: &RemoteAgent) -> Result<Vec<RmaOp>> {
+        let local = self.core.local.lock();
+        let mut ops = Vec::with_capacity(req.local.len());
+        for (i, (l, r)) in req.local.iter().zip(req.remote).enumerate() {
+            let (_, region) = local.find_containing(l.addr, l.len).ok_or_else(|| {
+                Error::new(kvx_status::KVX_ERR_NOT_REGISTERED, format!("descriptor {i}: local range {:#x}+{} is not registered with this agent", l.addr, l.len))
+            })?;
+            if region.mem_type != req.local_type {
+                return Err(Error::invalid(format!("descriptor {i}: local range is registered as {:?}, request says {:?}", region.mem_type, req.local_type)));
+            }
+            let (_, key) = remote.regions.find_containing(r.addr, r.len).ok_or_else(|| {
+                Error::new(kvx_status::KVX_ERR_NOT_REGISTERED, format!("descriptor {i}: remote range {:#x}+{} is outside the memory {:?} registered", r.addr, r.len, remote.name))
+            })?;
+            if key.mem_type != req.remote_type {
+                return Err(Error::invalid(format!("descriptor {i}: remote range is registered as {:?}, request says {:?}", key.mem_type, req.remote_type)));
+            }
+            if l.len > 0 {
+                ops.push(RmaOp { local: l.addr, len: l.len, remote: r.addr, rkey: key.rkey, memh: region.memh });
+            }
+        }
+        Ok(ops)
+    }
+}
+
+/// Send one notification on `ep` as an eager active message.
+fn post_notification(worker: &Worker, ep: ucp_ep_h, sender: &str, message: Vec<u8>, op: &Arc<Op>) {
+    let header = wire::encode_notification_header(sender);
+    let mut param = op.param(false);
+    param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+    param.flags = UCP_AM_SEND_FLAG_EAGER;
+    let (hp, hl, mp, ml) = (header.as_ptr(), header.len(), message.as_ptr(), message.len());
+    op.keep(Box::new((header, message)));
+    // SAFETY: buffers are kept alive by the op until completion; caller holds the lock.
+    let ret = unsafe { (worker.api().ucp_am_send_nbx)(ep, AM_NOTIFY, hp as *const c_void, hl, mp as *const c_void, ml, &param) };
+    op.posted(&param, ret);
+}
+
+impl TransferAgent for UcxAgent {
+    type Transfer = UcxTransfer;
+
+    fn create(settings: &AgentSettings) -> Result<Self> {
+        let worker = WorkerOwner(Worker::new(&settings.name)?);
+        let notifications = Arc::new(NotificationQueue::default());
+        {
+            let mut p: ucp_am_handler_param_t = zeroed();
+            p.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+            p.id = AM_NOTIFY;
+            p.flags = UCP_AM_FLAG_WHOLE_MSG;
+            p.cb = Some(notification_arrived);
+            p.arg = QueueArg(Arc::as_ptr(&notifications)).0 as *mut c_void;
+            let _g = worker.lock();
+            // SAFETY: the queue outlives the worker's handler (both owned by the core).
+            let st = unsafe { (worker.api().ucp_worker_set_am_recv_handler)(worker.handle, &p) };
+            if st != UCS_OK {
+                return Err(ucx_error(worker.ucx, "cannot install notification handler", st));
+            }
+        }
+        let core = Arc::new(AgentCore {
+            name: settings.name.clone(),
+            worker,
+            timeout: Duration::from_millis(settings.timeout_ms),
+            local: Mutex::new(RegionMap::default()),
+            remotes: RwLock::new(HashMap::new()),
+            notifications,
+        });
+        let listener = if settings.use_listener {
+            let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_NIXL_INTERFACE")?;
+            let port = settings.listen_port;
+            Some(ControlServer::start(ip, port, Arc::new(Listener(Arc::downgrade(&core))), "kvx-agent-listen")?)
+        } else {
+            None
+        };
+        Ok(UcxAgent { listener, core })
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        self.core.timeout.as_millis() as u64
+    }
+
+    fn register_memory(&self, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<()> {
+        let worker = &self.core.worker;
+        let mut local = self.core.local.lock();
+        let mut added: Vec<(u64, u64)> = Vec::new();
+        let result = (|| {
+            for d in descs {
+                d.end()?;
+                if d.len == 0 {
+                    return Err(Error::invalid(format!("region {:#x} has zero length", d.addr)));
+                }
+                if let Some(existing) = local.get_mut(d.addr, d.len) {
+                    existing.references += 1;
+                    added.push((d.addr, d.len));
+                    continue;
+                }
+                let (found_type, device) = crate::cuda::pointer_location(d.addr);
+                if found_type != mem_type && crate::cuda::driver_available() {
+                    return Err(Error::invalid(format!("region {:#x} is {found_type:?} memory, registered as {mem_type:?}", d.addr)));
+                }
+                let mut params: ucp_mem_map_params_t = zeroed();
+                params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+                params.address = d.addr as *mut c_void;
+                params.length = d.len as usize;
+                params.memory_type = if mem_type == kvx_memory_type::KVX_MEMORY_VRAM { UCS_MEMORY_TYPE_CUDA } else { UCS_MEMORY_TYPE_HOST };
+                let mut memh: ucp_mem_h = std::ptr::null_mut();
+                let _g = worker.lock();
+                // SAFETY: the caller promises the range is valid memory of this type.
+                let st = unsafe { (worker.api().ucp_mem_map)(worker.context(), &params, &mut memh) };
+                if st != UCS_OK {
+                    return Err(ucx_error(worker.ucx, &format!("cannot register {:#x}+{}", d.addr, d.len), st));
+                }
+                let mut buf: *mut c_void = std::ptr::null_mut();
+                let mut size = 0usize;
+                // SAFETY: memh was just mapped on this context.
+                let st = unsafe { (worker.api().ucp_rkey_pack)(worker.context(), memh, &mut buf, &mut size) };
+                if st != UCS_OK {
+                    unsafe { (worker.api().ucp_mem_unmap)(worker.context(), memh) };
+                    return Err(ucx_error(worker.ucx, "cannot pack remote key", st));
+                }
+                // SAFETY: UCX returned `size` bytes at `buf`, released right after copying.
+                let packed_key = unsafe { std::slice::from_raw_parts(buf as *const u8, size).to_vec() };
+                unsafe { (worker.api().ucp_rkey_buffer_release)(buf) };
+                let device_id = if mem_type == kvx_memory_type::KVX_MEMORY_VRAM && crate::cuda::driver_available() { device } else { d.device_id };
+                local.insert(d.addr, d.len, LocalRegion { memh, mem_type, device_id, packed_key, references: 1 });
+                added.push((d.addr, d.len));
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            // All or nothing: undo this call's registrations.
+            for (addr, len) in added {
+                release_region(worker, &mut local, addr, len);
+            }
+        }
+        result
+    }
+
+    fn deregister_memory(&self, _mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<()> {
+        let mut local = self.core.local.lock();
+        for d in descs {
+            if local.get(d.addr, d.len).is_none() {
+                return Err(Error::not_found(format!("region {:#x}+{} is not registered (deregister exactly what was registered)", d.addr, d.len)));
+            }
+        }
+        for d in descs {
+            release_region(&self.core.worker, &mut local, d.addr, d.len);
+        }
+        Ok(())
+    }
+
+    fn local_descriptor(&self) -> Result<Vec<u8>> {
+        Ok(self.core.descriptor().encode())
+    }
+
+    fn connection_info(&self) -> Result<String> {
+        Ok(self.listener.as_ref().map(|l| net::format_connection_info(&l.local_addr())).unwrap_or_default())
+    }
+
+    fn load_remote(&self, name: &str, descriptor: &[u8]) -> Result<()> {
+        self.core.load(name, descriptor)
+    }
+
+    fn load_remote_by_connection_info(&self, name: &str, connection_info: &str, deadline: Option<Instant>) -> Result<()> {
+        let addr = net::parse_connection_info(connection_info)?;
+        let timeout = deadline.map_or(self.core.timeout, |d| d.saturating_duration_since(Instant::now()));
+        let reply = control::request(addr, &ControlMessage::GetAgentDesc { expected_name: name.to_owned() }, timeout)
+            .map_err(|e| e.context(&format!("loading agent {name:?} from {connection_info}")))?;
+        match reply {
+            ControlMessage::AgentDesc { desc } => self.core.load(name, &desc),
+            other => Err(Error::malformed(format!("unexpected reply from {connection_info}: {other:?}"))),
+        }
+    }
+
+    fn invalidate_remote(&self, name: &str) -> Result<()> {
+        let removed = self.core.remotes.write().remove(name);
+        match removed {
+            Some(remote) => {
+                remote.endpoint.state.fail(format!("agent {name:?} was invalidated"));
+                Ok(())
+            }
+            None => Err(Error::not_found(format!("remote agent {name:?} is not loaded"))),
+        }
+    }
+
+    fn check_remote_descs(&self, name: &str, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<bool> {
+        let remote = match self.core.remote(name) {
+            Ok(r) => r,
+            Err(e) if e.status == kvx_status::KVX_ERR_NOT_FOUND => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(descs.iter().all(|d| remote.regions.find_containing(d.addr, d.len).is_some_and(|(_, k)| k.mem_type == mem_type)))
+    }
+
+    fn submit(&self, req: &TransferRequest<'_>) -> Result<UcxTransfer> {
+        let remote = self.core.remote(req.remote_name)?;
+        remote.endpoint.state.check(&remote.name)?;
+        let ops = self.resolve_ops(req, &remote)?;
+        let worker = self.core.worker.0.clone();
+        let shared = Arc::new(TransferShared {
+            done: Completion::default(),
+            deadline: Instant::now() + self.core.timeout,
+            remote: Mutex::new(Some(remote.clone())),
+            released: std::sync::atomic::AtomicBool::new(false),
+        });
+        let ep = remote.endpoint.handle;
+        let api = worker.api();
+        let _g = worker.lock();
+        let mut param: ucp_request_param_t = zeroed();
+        for op in &ops {
+            param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+            param.memh = op.memh;
+            // SAFETY: ranges were checked against registrations; requests complete before the flush does.
+            let ret = unsafe {
+                match req.op {
+                    kvx_transfer_op::KVX_OP_WRITE => (api.ucp_put_nbx)(ep, op.local as *const c_void, op.len as usize, op.remote, op.rkey, &param),
+                    kvx_transfer_op::KVX_OP_READ => (api.ucp_get_nbx)(ep, op.local as *mut c_void, op.len as usize, op.remote, op.rkey, &param),
+                }
+            };
+            match classify(ret) {
+                Posted::Done => {}
+                // SAFETY: we do not track individual requests; the flush covers them.
+                Posted::Pending(r) => unsafe { (api.ucp_request_free)(r) },
+                Posted::Failed(st) => {
+                    let e = ucx_error(worker.ucx, "posting transfer", st);
+                    shared.done.complete(Err(e.clone()));
+                    return Ok(UcxTransfer { shared, worker: worker.clone() });
+                }
+            }
+        }
+        // One flush completes when every operation above is complete at the target.
+        let flush = Op::new(&worker, "transfer flush");
+        let sync = req.sync_message.map(|m| m.to_vec());
+        let sender = self.core.name.clone();
+        let after = shared.clone();
+        let remote_for_sync = remote.clone();
+        let worker_for_sync = worker.clone();
+        flush.then(move |w, outcome| match (outcome, sync) {
+            (Ok(_), Some(message)) => {
+                // Data is visible at the target: now the sync message.
+                let note = Op::new(&worker_for_sync, "sync message");
+                let done = after.clone();
+                note.then(move |_, r| {
+                    done.done.complete(r.map(|_| ()));
+                });
+                post_notification(w, remote_for_sync.endpoint.handle, &sender, message, &note);
+            }
+            (outcome, _) => {
+                after.done.complete(outcome.map(|_| ()));
+            }
+        });
+        let fparam = flush.param(false);
+        // SAFETY: under the worker lock.
+        let ret = unsafe { (api.ucp_ep_flush_nbx)(ep, &fparam) };
+        flush.posted(&fparam, ret);
+        drop(_g);
+        worker.wake();
+        Ok(UcxTransfer { shared, worker })
+    }
+
+    fn notify(&self, name: &str, message: &[u8]) -> Result<()> {
+        if message.len() > wire::MAX_NOTIFICATION {
+            return Err(Error::invalid(format!("notification exceeds {} bytes", wire::MAX_NOTIFICATION)));
+        }
+        if name == self.core.name {
+            self.core.notifications.push(name.to_owned(), message.to_vec());
+            return Ok(());
+        }
+        let remote = self.core.remote(name)?;
+        remote.endpoint.state.check(name)?;
+        let worker = self.core.worker.0.clone();
+        let op = Op::new(&worker, "notification");
+        {
+            let _g = worker.lock();
+            post_notification(&worker, remote.endpoint.handle, &self.core.name, message.to_vec(), &op);
+        }
+        worker.wake();
+        op.wait(Some(Instant::now() + self.core.timeout)).map(|_| ())
+    }
+
+    fn take_notifications(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        // Deliver anything already arrived before reporting.
+        self.core.worker.pump();
+        Ok(self.core.notifications.drain())
+    }
+}
+
+fn release_region(worker: &Worker, local: &mut RegionMap<LocalRegion>, addr: u64, len: u64) {
+    let Some(region) = local.get_mut(addr, len) else { return };
+    region.references -= 1;
+    if region.references == 0 {
+        let region = local.remove(addr, len).unwrap();
+        let _g = worker.lock();
+        // SAFETY: mapped on this context; peers holding the old key get errors, not our memory.
+        unsafe { (worker.api().ucp_mem_unmap)(worker.context(), region.memh) };
+    }
+}
+
+impl Drop for UcxAgent {
+    fn drop(&mut self) {
+        self.listener.take();
+        let remotes: Vec<_> = self.core.remotes.write().drain().map(|(_, r)| r).collect();
+        drop(remotes);
+        let mut local = self.core.local.lock();
+        let worker = &self.core.worker;
+        let _g = worker.lock();
+        for (_, region) in local.drain() {
+            // SAFETY: mapped on this context.
+            unsafe { (worker.api().ucp_mem_unmap)(worker.context(), region.memh) };
+        }
+    }
+}
+
+struct TransferShared {
+    done: Completion<()>,
+    deadline: Instant,
+    remote: Mutex<Option<Arc<RemoteAgent>>>,
+    released: std::sync::atomic::AtomicBool,
+}
+
+pub struct UcxTransfer {
+    shared: Arc<TransferShared>,
+    worker: Arc<Worker>,
+}
+
+impl UcxTransfer {
+    /// Past its deadline a transfer fails closed: the peer's endpoint is
+    /// marked failed so nothing more from it is trusted.
+    fn expire_if_late(&self) {
+        if Instant::now() >= self.shared.deadline && !self.shared.done.is_done() {
+            let won = self.shared.done.complete(Err(Error::timeout("transfer did not complete within the agent's timeout")));
+            if won {
+                if let Some(remote) = self.shared.remote.lock().as_ref() {
+                    remote.endpoint.state.fail("a transfer to this peer timed out".into());
+                }
+            }
+        }
+    }
+}
+
+impl Transfer for UcxTransfer {
+    fn is_completed(&self) -> bool {
+        self.worker.pump();
+        self.expire_if_late();
+        matches!(self.shared.done.peek(), Some(Ok(())))
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> kvx_transfer_state {
+        let limit = deadline.map_or(self.shared.deadline, |d| d.min(self.shared.deadline));
+        let outcome = self.shared.done.wait(Some(limit), || self.worker.pump());
+        if outcome.is_none() {
+            self.expire_if_late();
+        }
+        match self.shared.done.peek() {
+            None => kvx_transfer_state::KVX_TRANSFER_IN_PROGRESS,
+            Some(Ok(())) => kvx_transfer_state::KVX_TRANSFER_SUCCESS,
+            Some(Err(_)) => kvx_transfer_state::KVX_TRANSFER_FAILURE,
+        }
+    }
+
+    fn release(&self) -> bool {
+        if !self.shared.done.is_done() {
+            return false;
+        }
+        self.shared.released.store(true, std::sync::atomic::Ordering::Release);
+        self.shared.remote.lock().take();
+        true
+    }
+
+    fn last_status(&self) -> String {
+        match self.shared.done.peek() {
+            None => "in progress".into(),
+            Some(Ok(())) => "success".into(),
+            Some(Err(e)) => e.to_string(),
+        }
+    }
+}

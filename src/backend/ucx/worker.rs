@@ -1,0 +1,384 @@
+//! One UCP context and worker with its progress thread. Every UCX call on a
+//! worker happens under `Worker::lock` (the worker runs in SERIALIZED mode),
+//! so any thread may post; completion callbacks run inside progress, under
+//! the same lock, and must not block.
+//!
+//! Progress: a thread drives the worker and sleeps on UCX's event fd when
+//! nothing happens (no spinning while idle); threads waiting on an operation
+//! also drive progress briefly before sleeping (no hand-off on the fast path).
+
+use super::loader::{self, LoadedUcx};
+use super::sys::*;
+use crate::core::error::{kvx_status, Error, Result};
+use parking_lot::{Mutex, MutexGuard};
+use std::ffi::{c_void, CStr, CString};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Poll interval of the idle progress thread: the bound on a lost event-fd
+/// wake-up. With operations outstanding the thread polls more often.
+const IDLE_POLL_MS: i32 = 100;
+const BUSY_POLL_MS: i32 = 1;
+
+type Deferred = Box<dyn FnOnce(&Worker) + Send>;
+
+pub struct Worker {
+    pub ucx: &'static LoadedUcx,
+    context: ucp_context_h,
+    pub handle: ucp_worker_h,
+    lock: Mutex<()>,
+    address: Vec<u8>,
+    efd: i32,
+    deferred: Mutex<Vec<Deferred>>,
+    stop: AtomicBool,
+    /// Operations in flight; the progress thread polls faster while nonzero.
+    pub busy: AtomicUsize,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+// SAFETY: the raw UCX handles are only used under `lock` (SERIALIZED mode).
+unsafe impl Send for Worker {}
+unsafe impl Sync for Worker {}
+
+pub fn status_text(ucx: &LoadedUcx, status: ucs_status_t) -> String {
+    // SAFETY: ucs_status_string returns a static string for any status.
+    unsafe { CStr::from_ptr((ucx.api.ucs_status_string)(status)).to_string_lossy().into_owned() }
+}
+
+/// Map a UCX failure to a kvxfer error.
+pub fn ucx_error(ucx: &LoadedUcx, what: &str, status: ucs_status_t) -> Error {
+    let kind = match status {
+        -25 | -80 | -6 | -20 | -21 | -22 | -23 | -24 | -26 => kvx_status::KVX_ERR_PEER, // reset, timeout, unreachable, ...
+        UCS_ERR_CANCELED => kvx_status::KVX_ERR_CANCELED,
+        UCS_ERR_MESSAGE_TRUNCATED => kvx_status::KVX_ERR_SIZE_MISMATCH,
+        _ => kvx_status::KVX_ERR_TRANSPORT,
+    };
+    Error::new(kind, format!("{what}: UCX {}", status_text(ucx, status)))
+}
+
+/// Options kvxfer sets unless the user's `UCX_*` environment sets them.
+/// Error handling on shared-memory transports and a short keepalive make a
+/// dead peer fail its operations in about a second instead of hanging.
+const DEFAULT_OPTIONS: [(&str, &str); 2] = [("KEEPALIVE_INTERVAL", "1s"), ("MM_ERROR_HANDLING", "y")];
+
+impl Worker {
+    pub fn new(name: &str) -> Result<Arc<Worker>> {
+        let ucx = loader::load()?;
+        let api = &ucx.api;
+        // SAFETY: standard UCP initialisation with zeroed, masked parameter structs.
+        unsafe {
+            let mut config: *mut ucp_config_t = std::ptr::null_mut();
+            let st = (api.ucp_config_read)(std::ptr::null(), std::ptr::null(), &mut config);
+            if st != UCS_OK {
+                return Err(ucx_error(ucx, "ucp_config_read", st));
+            }
+            for (key, value) in DEFAULT_OPTIONS {
+                if std::env::var_os(format!("UCX_{key}")).is_none() {
+                    let k = CString::new(key).unwrap();
+                    let v = CString::new(value).unwrap();
+                    let st = (api.ucp_config_modify)(config, k.as_ptr(), v.as_ptr());
+                    if st != UCS_OK {
+                        crate::log_at!(Debug, "UCX option {key}={value} not applied: {}", status_text(ucx, st));
+                    }
+                }
+            }
+            let cname = CString::new(name.replace('\0', "")).unwrap_or_default();
+            let mut params: ucp_params_t = zeroed();
+            params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
+            params.features = UCP_FEATURE_TAG | UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+            params.name = cname.as_ptr();
+            let mut context: ucp_context_h = std::ptr::null_mut();
+            let st = (api.ucp_init_version)(1, 14, &params, config, &mut context);
+            (api.ucp_config_release)(config);
+            if st != UCS_OK {
+                return Err(ucx_error(ucx, "ucp_init", st));
+            }
+
+            let mut wparams: ucp_worker_params_t = zeroed();
+            wparams.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+            wparams.thread_mode = UCS_THREAD_MODE_SERIALIZED;
+            let mut handle: ucp_worker_h = std::ptr::null_mut();
+            let st = (api.ucp_worker_create)(context, &wparams, &mut handle);
+            if st != UCS_OK {
+                (api.ucp_cleanup)(context);
+                return Err(ucx_error(ucx, "ucp_worker_create", st));
+            }
+            let cleanup = |e: Error| {
+                (api.ucp_worker_destroy)(handle);
+                (api.ucp_cleanup)(context);
+                e
+            };
+            let mut addr: *mut ucp_address_t = std::ptr::null_mut();
+            let mut addr_len = 0usize;
+            let st = (api.ucp_worker_get_address)(handle, &mut addr, &mut addr_len);
+            if st != UCS_OK {
+                return Err(cleanup(ucx_error(ucx, "ucp_worker_get_address", st)));
+            }
+            let address = std::slice::from_raw_parts(addr as *const u8, addr_len).to_vec();
+            (api.ucp_worker_release_address)(handle, addr);
+            let mut efd = -1;
+            let st = (api.ucp_worker_get_efd)(handle, &mut efd);
+            if st != UCS_OK {
+                return Err(cleanup(ucx_error(ucx, "ucp_worker_get_efd", st)));
+            }
+            let worker = Arc::new(Worker {
+                ucx,
+                context,
+                handle,
+                lock: Mutex::new(()),
+                address,
+                efd,
+                deferred: Mutex::new(Vec::new()),
+                stop: AtomicBool::new(false),
+                busy: AtomicUsize::new(0),
+                thread: Mutex::new(None),
+            });
+            let w = worker.clone();
+            let thread = std::thread::Builder::new()
+                .name("kvx-ucx-progress".into())
+                .spawn(move || w.progress_thread())
+                .map_err(|e| Error::system("cannot start UCX progress thread", e))?;
+            *worker.thread.lock() = Some(thread);
+            Ok(worker)
+        }
+    }
+
+    pub fn api(&self) -> &'static UcpApi {
+        &self.ucx.api
+    }
+
+    pub fn context(&self) -> ucp_context_h {
+        self.context
+    }
+
+    pub fn address(&self) -> &[u8] {
+        &self.address
+    }
+
+    /// Hold the worker for a sequence of UCX calls.
+    pub fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock()
+    }
+
+    /// Run `job` under the worker lock at the next progress round. Used by
+    /// callbacks, which must not post from inside UCX.
+    pub fn defer(&self, job: impl FnOnce(&Worker) + Send + 'static) {
+        self.deferred.lock().push(Box::new(job));
+        self.wake();
+    }
+
+    /// Wake the progress thread (thread-safe without the lock).
+    pub fn wake(&self) {
+        // SAFETY: ucp_worker_signal may be called from any thread.
+        unsafe { (self.api().ucp_worker_signal)(self.handle) };
+    }
+
+    /// Progress until idle and run deferred jobs. Caller holds the lock.
+    fn progress_locked(&self) {
+        loop {
+            // SAFETY: the caller holds the worker lock.
+            let mut events = 0;
+            while unsafe { (self.api().ucp_worker_progress)(self.handle) } != 0 {
+                events += 1;
+            }
+            let jobs = std::mem::take(&mut *self.deferred.lock());
+            if jobs.is_empty() && events == 0 {
+                return;
+            }
+            for job in jobs {
+                job(self);
+            }
+        }
+    }
+
+    /// Drive progress from a waiting thread if nobody else is.
+    pub fn pump(&self) {
+        if let Some(_guard) = self.lock.try_lock() {
+            self.progress_locked();
+        }
+    }
+
+    fn progress_thread(self: Arc<Self>) {
+        while !self.stop.load(Ordering::Acquire) {
+            let armed = {
+                let _guard = self.lock.lock();
+                self.progress_locked();
+                // SAFETY: under the lock; arm returns BUSY if events are pending.
+                let st = unsafe { (self.api().ucp_worker_arm)(self.handle) };
+                st == UCS_OK
+            };
+            if !armed {
+                std::thread::yield_now();
+                continue;
+            }
+            let timeout = if self.busy.load(Ordering::Relaxed) > 0 { BUSY_POLL_MS } else { IDLE_POLL_MS };
+            let mut pfd = libc::pollfd { fd: self.efd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, timeout) };
+        }
+    }
+
+    /// Stop the progress thread; the owner then closes endpoints and drops the worker.
+    pub fn stop_progress(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake();
+        if let Some(t) = self.thread.lock().take() {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Close an endpoint: flush politely for a moment, then force it.
+    pub fn close_endpoint(&self, ep: ucp_ep_h, force: bool) {
+        let api = self.api();
+        let mut param: ucp_request_param_t = zeroed();
+        param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+        param.flags = if force { UCP_EP_CLOSE_FLAG_FORCE } else { 0 };
+        let request = {
+            let _g = self.lock();
+            // SAFETY: ep belongs to this worker; under the lock.
+            unsafe { classify((api.ucp_ep_close_nbx)(ep, &param)) }
+        };
+        let Posted::Pending(req) = request else { return };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(if force { 2000 } else { 1000 });
+        loop {
+            let _g = self.lock();
+            self.progress_locked();
+            // SAFETY: the request is ours until freed below.
+            let st = unsafe { (api.ucp_request_check_status)(req) };
+            if st != UCS_INPROGRESS || std::time::Instant::now() > deadline {
+                if st == UCS_INPROGRESS {
+                    crate::log_at!(Debug, "endpoint close still in progress; leaving it to UCX");
+                }
+                // SAFETY: freeing a request we own; UCX releases it when done.
+                unsafe { (api.ucp_request_free)(req) };
+                if st == UCS_INPROGRESS && !force {
+                    drop(_g);
+                    return self.close_endpoint(ep, true);
+                }
+                return;
+            }
+            drop(_g);
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// The owning handle of a worker: dropping it stops the progress thread;
+/// the worker itself goes when its last endpoint does.
+pub struct WorkerOwner(pub Arc<Worker>);
+
+impl std::ops::Deref for WorkerOwner {
+    type Target = Arc<Worker>;
+    fn deref(&self) -> &Arc<Worker> {
+        &self.0
+    }
+}
+
+impl Drop for WorkerOwner {
+    fn drop(&mut self) {
+        self.0.stop_progress();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // SAFETY: last reference: no other thread can use the handles.
+        unsafe {
+            (self.api().ucp_worker_destroy)(self.handle);
+            (self.api().ucp_cleanup)(self.context);
+        }
+    }
+}
+
+/// An endpoint to a peer worker, with error handling on: when UCX reports
+/// the peer failed, `failed` is set and the hooks run (outside UCX).
+pub struct Endpoint {
+    pub worker: Arc<Worker>,
+    pub handle: ucp_ep_h,
+    pub state: Arc<EndpointState>,
+    /// Raw `Arc<EndpointState>` handed to UCX as the error-handler argument.
+    handler_arg: *const EndpointState,
+}
+
+unsafe impl Send for Endpoint {}
+unsafe impl Sync for Endpoint {}
+
+#[derive(Default)]
+pub struct EndpointState {
+    pub failed: AtomicBool,
+    pub reason: Mutex<Option<String>>,
+    pub on_failure: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+}
+
+impl EndpointState {
+    pub fn check(&self, peer: &str) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            let why = self.reason.lock().clone().unwrap_or_else(|| "failed".into());
+            return Err(Error::peer(format!("peer {peer}: {why}")));
+        }
+        Ok(())
+    }
+
+    /// Mark failed and run the hooks once. Hooks must not call UCX directly
+    /// (this may run inside progress): they use `Worker::defer`.
+    pub fn fail(&self, reason: String) {
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            *self.reason.lock() = Some(reason);
+            for hook in self.on_failure.lock().iter() {
+                hook();
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn endpoint_error(arg: *mut c_void, _ep: ucp_ep_h, status: ucs_status_t) {
+    // Runs inside progress under the worker lock: only record and defer.
+    let state = &*(arg as *const EndpointState);
+    let reason = match loader::load() {
+        Ok(ucx) => format!("connection failed (UCX {})", status_text(ucx, status)),
+        Err(_) => format!("connection failed (UCX status {status})"),
+    };
+    crate::log_at!(Info, "{reason}");
+    state.fail(reason);
+}
+
+impl Endpoint {
+    pub fn connect(worker: &Arc<Worker>, remote_address: &[u8]) -> Result<Endpoint> {
+        if remote_address.is_empty() {
+            return Err(Error::malformed("peer endpoint address is empty"));
+        }
+        let state = Arc::new(EndpointState::default());
+        let handler_arg = Arc::into_raw(state.clone());
+        let mut params: ucp_ep_params_t = zeroed();
+        params.field_mask =
+            UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+        params.address = remote_address.as_ptr() as *const c_void;
+        params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+        params.err_handler = ucp_err_handler_t { cb: Some(endpoint_error), arg: handler_arg as *mut c_void };
+        let mut handle: ucp_ep_h = std::ptr::null_mut();
+        let st = {
+            let _g = worker.lock();
+            // SAFETY: valid params; the address bytes outlive the call (UCX copies what it needs).
+            unsafe { (worker.api().ucp_ep_create)(worker.handle, &params, &mut handle) }
+        };
+        if st != UCS_OK {
+            // SAFETY: reclaim the reference UCX never took.
+            unsafe { drop(Arc::from_raw(handler_arg)) };
+            return Err(ucx_error(worker.ucx, "cannot create endpoint to peer (bad or foreign address?)", st));
+        }
+        worker.wake();
+        Ok(Endpoint { worker: worker.clone(), handle, state, handler_arg })
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let failed = self.state.failed.load(Ordering::Acquire);
+        self.worker.close_endpoint(self.handle, failed);
+        // SAFETY: after close UCX no longer calls the error handler with this argument.
+        unsafe { drop(Arc::from_raw(self.handler_arg)) };
+    }
+}

@@ -1,0 +1,221 @@
+//! The C configuration and request structs, and their validation into the
+//! Rust settings the backends receive. Validation lives here once, for
+//! every backend.
+
+use super::completion::deadline_from_ms;
+use super::error::{Error, Result};
+use super::memory::{kvx_memory_desc, kvx_memory_type};
+use super::select::kvx_backend;
+use crate::dispatch::{AgentSettings, ConnectionManagerSettings, TransferRequest};
+use std::ffi::{c_char, CStr};
+use std::time::Instant;
+
+/// Timeout used when a config leaves `timeout_ms` at 0: `KVX_TIMEOUT_MS`, else 60 s
+/// (TensorRT-LLM's default `kv_transfer_timeout_ms`).
+pub fn default_timeout_ms() -> u64 {
+    std::env::var("KVX_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(60_000)
+}
+
+/// Transfer-agent configuration (TensorRT-LLM's `BaseAgentConfig`).
+/// Initialise with `kvx_agent_config_init`, then set fields; `struct_size`
+/// lets later versions append fields without breaking old callers.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct kvx_agent_config {
+    /// `sizeof(kvx_agent_config)` as the caller compiled it.
+    pub struct_size: usize,
+    /// Agent name, unique among the agents that talk to each other. Required.
+    pub name: *const c_char,
+    /// A `kvx_backend` value; `KVX_BACKEND_AUTO` follows `TRTLLM_USE_*_KVCACHE`.
+    pub backend: u32,
+    /// Start a listener so peers can load this agent by connection info.
+    pub use_listen_thread: bool,
+    /// IP to listen on and advertise; NULL picks one (see README).
+    pub listen_ip: *const c_char,
+    /// Listener port; 0 picks a free one.
+    pub listen_port: u16,
+    /// Bound for blocking calls and for waits without a timeout, in ms; 0 = default.
+    pub timeout_ms: u64,
+}
+
+/// Connection-manager configuration. Initialise with `kvx_cm_config_init`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct kvx_cm_config {
+    pub struct_size: usize,
+    /// A `kvx_backend` value; `KVX_BACKEND_AUTO` follows `TRTLLM_USE_*_KVCACHE`.
+    pub backend: u32,
+    /// IP to listen on and advertise; NULL picks one (see README).
+    pub listen_ip: *const c_char,
+    /// Listener port; 0 picks a free one.
+    pub listen_port: u16,
+    /// Bound for blocking calls given a negative timeout, in ms; 0 = default.
+    pub timeout_ms: u64,
+}
+
+/// One READ or WRITE (TensorRT-LLM's `TransferRequest`). `src_descs` are
+/// always local memory and `dst_descs` remote memory in agent `remote_name`;
+/// both lists have `count` entries with pairwise equal lengths.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct kvx_transfer_request {
+    /// A `kvx_transfer_op` value.
+    pub op: u32,
+    /// A `kvx_memory_type` value.
+    pub src_type: u32,
+    pub src_descs: *const kvx_memory_desc,
+    /// A `kvx_memory_type` value.
+    pub dst_type: u32,
+    pub dst_descs: *const kvx_memory_desc,
+    pub count: usize,
+    pub remote_name: *const c_char,
+    /// Optional message delivered to the remote agent after the data has
+    /// landed; used only when `has_sync_message` is true (may be empty).
+    pub sync_message: *const u8,
+    pub sync_message_len: usize,
+    pub has_sync_message: bool,
+}
+
+/// Read a required C string argument as UTF-8.
+///
+/// # Safety
+/// `ptr` must be NULL or a NUL-terminated string.
+pub unsafe fn text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str> {
+    if ptr.is_null() {
+        return Err(Error::invalid(format!("{what} is NULL")));
+    }
+    CStr::from_ptr(ptr).to_str().map_err(|_| Error::invalid(format!("{what} is not UTF-8")))
+}
+
+/// Read an optional C string (NULL or empty = None).
+///
+/// # Safety
+/// `ptr` must be NULL or a NUL-terminated string.
+pub unsafe fn optional_text(ptr: *const c_char, what: &str) -> Result<Option<String>> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    let s = text(ptr, what)?;
+    Ok(if s.is_empty() { None } else { Some(s.to_owned()) })
+}
+
+/// Read a caller's config struct, tolerating older (shorter) layouts.
+///
+/// # Safety
+/// `ptr` must point to at least `struct_size` readable bytes.
+pub unsafe fn read_versioned<T: Copy>(ptr: *const T, defaults: T) -> Result<T> {
+    let size = *(ptr as *const usize);
+    if size < std::mem::size_of::<usize>() {
+        return Err(Error::invalid(format!("struct_size {size} is too small: call the _init function first")));
+    }
+    let mut out = defaults;
+    let n = size.min(std::mem::size_of::<T>());
+    std::ptr::copy_nonoverlapping(ptr as *const u8, &mut out as *mut T as *mut u8, n);
+    Ok(out)
+}
+
+pub fn agent_config_defaults() -> kvx_agent_config {
+    kvx_agent_config {
+        struct_size: std::mem::size_of::<kvx_agent_config>(),
+        name: std::ptr::null(),
+        backend: kvx_backend::KVX_BACKEND_AUTO as u32,
+        use_listen_thread: true,
+        listen_ip: std::ptr::null(),
+        listen_port: 0,
+        timeout_ms: 0,
+    }
+}
+
+pub fn cm_config_defaults() -> kvx_cm_config {
+    kvx_cm_config {
+        struct_size: std::mem::size_of::<kvx_cm_config>(),
+        backend: kvx_backend::KVX_BACKEND_AUTO as u32,
+        listen_ip: std::ptr::null(),
+        listen_port: 0,
+        timeout_ms: 0,
+    }
+}
+
+/// # Safety
+/// Pointers inside `cfg` must be NULL or valid C strings.
+pub unsafe fn agent_settings(cfg: &kvx_agent_config) -> Result<AgentSettings> {
+    let name = text(cfg.name, "agent name")?;
+    if name.is_empty() || name.len() > super::wire::MAX_NAME_LEN {
+        return Err(Error::invalid(format!("agent name must be 1..={} bytes", super::wire::MAX_NAME_LEN)));
+    }
+    Ok(AgentSettings {
+        name: name.to_owned(),
+        use_listener: cfg.use_listen_thread,
+        listen_ip: optional_text(cfg.listen_ip, "listen_ip")?,
+        listen_port: cfg.listen_port,
+        timeout_ms: if cfg.timeout_ms == 0 { default_timeout_ms() } else { cfg.timeout_ms },
+    })
+}
+
+/// # Safety
+/// Pointers inside `cfg` must be NULL or valid C strings.
+pub unsafe fn cm_settings(cfg: &kvx_cm_config) -> Result<ConnectionManagerSettings> {
+    Ok(ConnectionManagerSettings {
+        listen_ip: optional_text(cfg.listen_ip, "listen_ip")?,
+        listen_port: cfg.listen_port,
+        timeout_ms: if cfg.timeout_ms == 0 { default_timeout_ms() } else { cfg.timeout_ms },
+    })
+}
+
+/// Check a request's shape before anything is posted.
+///
+/// # Safety
+/// The pointers in `req` must be valid for `count` descriptors and the message length.
+pub unsafe fn transfer_request<'a>(req: &'a kvx_transfer_request) -> Result<TransferRequest<'a>> {
+    let remote_name = text(req.remote_name, "remote_name")?;
+    if req.count > 0 && (req.src_descs.is_null() || req.dst_descs.is_null()) {
+        return Err(Error::invalid("descriptor list is NULL but count > 0"));
+    }
+    let local = crate::dispatch::slice(req.src_descs, req.count);
+    let remote = crate::dispatch::slice(req.dst_descs, req.count);
+    for (i, (l, r)) in local.iter().zip(remote).enumerate() {
+        if l.len != r.len {
+            return Err(Error::invalid(format!(
+                "descriptor {i}: local length {} differs from remote length {}",
+                l.len, r.len
+            )));
+        }
+        l.end()?;
+        r.end()?;
+    }
+    let op = crate::dispatch::kvx_transfer_op::from_raw(req.op)?;
+    let local_type = kvx_memory_type::from_raw(req.src_type)?;
+    let remote_type = kvx_memory_type::from_raw(req.dst_type)?;
+    let sync_message = if req.has_sync_message {
+        if req.sync_message.is_null() && req.sync_message_len > 0 {
+            return Err(Error::invalid("sync_message is NULL but sync_message_len > 0"));
+        }
+        if req.sync_message_len > super::wire::MAX_NOTIFICATION {
+            return Err(Error::invalid(format!("sync message exceeds {} bytes", super::wire::MAX_NOTIFICATION)));
+        }
+        Some(crate::dispatch::slice(req.sync_message, req.sync_message_len))
+    } else {
+        None
+    };
+    Ok(TransferRequest {
+        op,
+        local_type,
+        local,
+        remote_type,
+        remote,
+        remote_name,
+        sync_message,
+    })
+}
+
+/// A deadline from a timeout argument: negative means the handle's default.
+pub fn deadline(timeout_ms: i64, default_ms: u64) -> Option<Instant> {
+    if timeout_ms < 0 {
+        deadline_from_ms(default_ms.min(i64::MAX as u64) as i64)
+    } else {
+        deadline_from_ms(timeout_ms)
+    }
+}

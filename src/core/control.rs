@@ -1,0 +1,205 @@
+//! The control channel: a small TCP listener that answers one request per
+//! connection (an agent's descriptor, or a connection-manager handshake).
+//! It plays the part of NIXL's listener thread and TensorRT-LLM's ZMQ socket.
+//! Frames are `u32` little-endian length + a `wire::ControlMessage`.
+
+use super::error::{Error, Result};
+use super::wire::{ControlMessage, MAX_FRAME};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long the server waits on one client before dropping it, so a stuck
+/// or hostile client cannot block the listener.
+const SERVER_IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub trait ControlHandler: Send + Sync + 'static {
+    fn handle(&self, request: ControlMessage, from: SocketAddr) -> ControlMessage;
+}
+
+pub struct ControlServer {
+    local: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    pub fn start(ip: IpAddr, port: u16, handler: Arc<dyn ControlHandler>, thread_name: &str) -> Result<Self> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, port))
+            .map_err(|e| Error::system(&format!("cannot listen on {ip}:{port}"), e))?;
+        let local = listener.local_addr().map_err(|e| Error::system("listener address", e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(thread_name.into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stop_flag.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    // One short-lived thread per client so a slow client cannot stall others;
+                    // past the cap, clients are served inline.
+                    if ACTIVE_CLIENTS.fetch_add(1, Ordering::AcqRel) < MAX_CLIENT_THREADS {
+                        let handler = handler.clone();
+                        let spawned = std::thread::Builder::new().name("kvx-ctl-client".into()).spawn(move || {
+                            serve_logged(stream, handler.as_ref());
+                            ACTIVE_CLIENTS.fetch_sub(1, Ordering::AcqRel);
+                        });
+                        if spawned.is_err() {
+                            ACTIVE_CLIENTS.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    } else {
+                        ACTIVE_CLIENTS.fetch_sub(1, Ordering::AcqRel);
+                        serve_logged(stream, handler.as_ref());
+                    }
+                }
+            })
+            .map_err(|e| Error::system("cannot start listener thread", e))?;
+        Ok(ControlServer { local, stop, thread: Some(thread) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wake the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect_timeout(&self.local, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+static ACTIVE_CLIENTS: AtomicUsize = AtomicUsize::new(0);
+const MAX_CLIENT_THREADS: usize = 64;
+
+fn serve_logged(stream: TcpStream, handler: &dyn ControlHandler) {
+    if let Err(e) = serve_one(stream, handler) {
+        crate::log_at!(Debug, "control request dropped: {e}");
+    }
+}
+
+fn serve_one(mut stream: TcpStream, handler: &dyn ControlHandler) -> Result<()> {
+    let from = stream.peer_addr().map_err(|e| Error::system("peer address", e))?;
+    let _ = stream.set_nodelay(true);
+    let deadline = Instant::now() + SERVER_IO_TIMEOUT;
+    let request = match read_frame(&mut stream, deadline).and_then(|b| ControlMessage::decode(&b)) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = write_frame(&mut stream, &ControlMessage::Refused { reason: e.message.clone() }.encode(), deadline);
+            return Err(e);
+        }
+    };
+    let reply = handler.handle(request, from);
+    write_frame(&mut stream, &reply.encode(), deadline)
+}
+
+/// Send one request and wait for its reply, all within `timeout`.
+pub fn request(addr: SocketAddr, message: &ControlMessage, timeout: Duration) -> Result<ControlMessage> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout.max(Duration::from_millis(1)))
+        .map_err(|e| Error::system(&format!("cannot reach {addr}"), e))?;
+    let _ = stream.set_nodelay(true);
+    write_frame(&mut stream, &message.encode(), deadline)?;
+    let reply = ControlMessage::decode(&read_frame(&mut stream, deadline)?)?;
+    if let ControlMessage::Refused { reason } = &reply {
+        return Err(Error::peer(format!("{addr} refused: {reason}")));
+    }
+    Ok(reply)
+}
+
+fn remaining(deadline: Instant) -> Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Error::timeout("control channel timed out"));
+    }
+    Ok(left)
+}
+
+fn write_frame(stream: &mut TcpStream, body: &[u8], deadline: Instant) -> Result<()> {
+    stream.set_write_timeout(Some(remaining(deadline)?)).map_err(|e| Error::system("socket", e))?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(body);
+    stream.write_all(&frame).map_err(|e| Error::system("control send", e))
+}
+
+fn read_frame(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    read_exact(stream, &mut len, deadline)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(Error::malformed(format!("control frame of {len} bytes exceeds {MAX_FRAME}")));
+    }
+    let mut body = vec![0u8; len];
+    read_exact(stream, &mut body, deadline)?;
+    Ok(body)
+}
+
+fn read_exact(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        stream.set_read_timeout(Some(remaining(deadline)?)).map_err(|e| Error::system("socket", e))?;
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Err(Error::peer("control connection closed early")),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::system("control receive", e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    struct Echo;
+    impl ControlHandler for Echo {
+        fn handle(&self, request: ControlMessage, _from: SocketAddr) -> ControlMessage {
+            match request {
+                ControlMessage::GetAgentDesc { expected_name } => ControlMessage::AgentDesc { desc: expected_name.into_bytes() },
+                _ => ControlMessage::Refused { reason: "unexpected".into() },
+            }
+        }
+    }
+
+    #[test]
+    fn request_reply_and_refusal() {
+        let server = ControlServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, Arc::new(Echo), "test-ctl").unwrap();
+        let reply = request(server.local_addr(), &ControlMessage::GetAgentDesc { expected_name: "x".into() }, Duration::from_secs(2)).unwrap();
+        assert_eq!(reply, ControlMessage::AgentDesc { desc: b"x".to_vec() });
+        let err = request(server.local_addr(), &ControlMessage::AgentDesc { desc: vec![] }, Duration::from_secs(2)).unwrap_err();
+        assert_eq!(err.status, crate::core::error::kvx_status::KVX_ERR_PEER);
+    }
+
+    #[test]
+    fn garbage_and_silence_do_not_block_the_server() {
+        let server = ControlServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, Arc::new(Echo), "test-ctl").unwrap();
+        let mut s = TcpStream::connect(server.local_addr()).unwrap();
+        s.write_all(&[255, 255, 255, 255]).unwrap();
+        drop(s);
+        let idle = TcpStream::connect(server.local_addr()).unwrap();
+        let started = Instant::now();
+        let reply = request(server.local_addr(), &ControlMessage::GetAgentDesc { expected_name: "y".into() }, Duration::from_secs(10));
+        assert!(reply.is_ok());
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(idle);
+    }
+
+    #[test]
+    fn unreachable_peer_is_a_peer_error() {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let err = request(port, &ControlMessage::GetAgentDesc { expected_name: "z".into() }, Duration::from_millis(500)).unwrap_err();
+        assert_eq!(err.status, crate::core::error::kvx_status::KVX_ERR_PEER);
+    }
+}

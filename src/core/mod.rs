@@ -1,0 +1,14 @@
+//! Backend-independent pieces: errors, the memory/descriptor model, wire
+//! formats, configuration, the control channel and completion primitives.
+
+pub mod buffer;
+pub mod completion;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod log;
+pub mod memory;
+pub mod net;
+pub mod notify;
+pub mod select;
+pub mod wire;

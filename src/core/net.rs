@@ -1,0 +1,106 @@
+//! Addresses: parsing `ip:port` connection info (IPv6 as `[addr]:port`, as
+//! TensorRT-LLM writes it) and choosing the address a listener advertises.
+
+use super::error::{Error, Result};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+
+/// Parse connection info such as `127.0.0.1:5000` or `[::1]:5000`.
+pub fn parse_connection_info(text: &str) -> Result<SocketAddr> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(Error::invalid("connection info is empty (the peer has no listener?)"));
+    }
+    trimmed.parse::<SocketAddr>().map_err(|_| {
+        Error::invalid(format!("connection info {trimmed:?} is not \"ip:port\" or \"[ipv6]:port\""))
+    })
+}
+
+/// Format an address the way TensorRT-LLM does (`ip:port`, IPv6 bracketed).
+pub fn format_connection_info(addr: &SocketAddr) -> String {
+    addr.to_string()
+}
+
+/// The IP a listener binds and advertises: the caller's choice, else
+/// `KVX_LISTEN_IP`, else the address of interface `interface_var` (for
+/// example `TRTLLM_UCX_INTERFACE`), else the address that routes outward,
+/// else loopback.
+pub fn choose_listen_ip(explicit: Option<&str>, interface_var: &str) -> Result<IpAddr> {
+    if let Some(ip) = explicit.filter(|s| !s.is_empty()) {
+        return ip.parse().map_err(|_| Error::invalid(format!("listen address {ip:?} is not an IP address")));
+    }
+    if let Ok(ip) = std::env::var("KVX_LISTEN_IP") {
+        if !ip.is_empty() {
+            return ip.parse().map_err(|_| Error::invalid(format!("KVX_LISTEN_IP={ip:?} is not an IP address")));
+        }
+    }
+    if let Ok(ifname) = std::env::var(interface_var) {
+        if !ifname.is_empty() {
+            return interface_ip(&ifname)
+                .ok_or_else(|| Error::invalid(format!("{interface_var}={ifname:?}: no such interface with an IP address")));
+        }
+    }
+    // Connecting a UDP socket sends nothing; it only asks the kernel for the outward source address.
+    let outward = UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("8.8.8.8:53").and_then(|_| s.local_addr()))
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified());
+    Ok(outward.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)))
+}
+
+/// First IPv4 (else IPv6) address of a network interface.
+pub fn interface_ip(name: &str) -> Option<IpAddr> {
+    let mut found: Option<IpAddr> = None;
+    // SAFETY: getifaddrs fills a list we walk read-only and free once.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) != 0 {
+            return None;
+        }
+        let mut cur = list;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+                continue;
+            }
+            if std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != name.as_bytes() {
+                continue;
+            }
+            match (*ifa.ifa_addr).sa_family as i32 {
+                libc::AF_INET => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    found = Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+                    break;
+                }
+                libc::AF_INET6 if found.is_none() => {
+                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    found = Some(IpAddr::from(sin6.sin6_addr.s6_addr));
+                }
+                _ => {}
+            }
+        }
+        libc::freeifaddrs(list);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_v4_and_bracketed_v6() {
+        assert_eq!(parse_connection_info("127.0.0.1:80").unwrap().port(), 80);
+        assert!(parse_connection_info("[::1]:9").unwrap().is_ipv6());
+        for bad in ["", "127.0.0.1", "::1:9", "host:1", "1.2.3.4:99999", "[::1]"] {
+            assert!(parse_connection_info(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loopback_interface_has_an_address() {
+        assert_eq!(interface_ip("lo"), Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert_eq!(interface_ip("no-such-if0"), None);
+    }
+}

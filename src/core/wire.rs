@@ -1,0 +1,348 @@
+//! Versioned binary formats that cross process boundaries: the agent
+//! descriptor, control-channel messages and notification headers.
+//! Everything read here comes from another process and is untrusted: every
+//! length is bounds-checked before use and every count is capped.
+//!
+//! Integers are little-endian; strings and blobs are `u32` length + bytes.
+
+use super::error::{Error, Result};
+use super::memory::kvx_memory_type;
+
+/// First bytes of an agent descriptor.
+pub const AGENT_DESC_MAGIC: [u8; 4] = *b"KVXD";
+/// Current (and only) agent descriptor version.
+pub const AGENT_DESC_VERSION: u16 = 1;
+/// First bytes of a control-channel frame body.
+pub const CONTROL_MAGIC: [u8; 4] = *b"KVXC";
+pub const CONTROL_VERSION: u8 = 1;
+
+pub const MAX_NAME_LEN: usize = 1024;
+pub const MAX_ENDPOINT_BLOB: usize = 64 * 1024;
+pub const MAX_KEY_BLOB: usize = 64 * 1024;
+pub const MAX_REGIONS: usize = 1 << 20;
+/// Largest control frame or descriptor accepted from a peer.
+pub const MAX_FRAME: usize = 256 << 20;
+/// Largest notification payload (sync message).
+pub const MAX_NOTIFICATION: usize = 16 << 20;
+
+/// Bounds-checked cursor over untrusted bytes.
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes, pos: 0 }
+    }
+    pub fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+    pub fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        if n > self.remaining() {
+            return Err(Error::malformed(format!(
+                "truncated: {what} needs {n} bytes at offset {}, {} left",
+                self.pos,
+                self.remaining()
+            )));
+        }
+        let out = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+    pub fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+    pub fn u16(&mut self, what: &str) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().unwrap()))
+    }
+    pub fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
+    }
+    pub fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
+    }
+    pub fn blob(&mut self, max: usize, what: &str) -> Result<&'a [u8]> {
+        let len = self.u32(what)? as usize;
+        if len > max {
+            return Err(Error::malformed(format!("{what} length {len} exceeds limit {max}")));
+        }
+        self.take(len, what)
+    }
+    pub fn string(&mut self, max: usize, what: &str) -> Result<String> {
+        let raw = self.blob(max, what)?;
+        String::from_utf8(raw.to_vec()).map_err(|_| Error::malformed(format!("{what} is not UTF-8")))
+    }
+    pub fn finish(&self, what: &str) -> Result<()> {
+        if self.remaining() != 0 {
+            return Err(Error::malformed(format!("{} trailing bytes after {what}", self.remaining())));
+        }
+        Ok(())
+    }
+}
+
+/// Append-only writer matching `Reader`.
+#[derive(Default)]
+pub struct Writer {
+    pub bytes: Vec<u8>,
+}
+
+impl Writer {
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.bytes.push(v);
+        self
+    }
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.bytes.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.bytes.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.bytes.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn raw(&mut self, v: &[u8]) -> &mut Self {
+        self.bytes.extend_from_slice(v);
+        self
+    }
+    pub fn blob(&mut self, v: &[u8]) -> &mut Self {
+        self.u32(u32::try_from(v.len()).expect("blob over 4 GiB"));
+        self.raw(v)
+    }
+}
+
+/// A registered region as a peer sees it: where it is and the backend's key
+/// that grants remote access (a packed UCX rkey).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRegion {
+    pub addr: u64,
+    pub len: u64,
+    pub mem_type: kvx_memory_type,
+    pub device_id: u32,
+    pub key: Vec<u8>,
+}
+
+/// Everything a peer needs to reach an agent and its memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentDescriptor {
+    /// Backend that produced it (`kvx_backend` value); peers must match.
+    pub backend: u8,
+    pub name: String,
+    /// Backend endpoint address (a packed UCX worker address).
+    pub endpoint: Vec<u8>,
+    pub regions: Vec<RemoteRegion>,
+}
+
+impl AgentDescriptor {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.raw(&AGENT_DESC_MAGIC).u16(AGENT_DESC_VERSION).u8(self.backend).u8(0);
+        w.blob(self.name.as_bytes()).blob(&self.endpoint);
+        w.u32(self.regions.len() as u32);
+        for r in &self.regions {
+            w.u64(r.addr).u64(r.len).u8(r.mem_type as u8).u32(r.device_id).blob(&r.key);
+        }
+        w.bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_FRAME {
+            return Err(Error::malformed(format!("agent descriptor of {} bytes is too large", bytes.len())));
+        }
+        let mut r = Reader::new(bytes);
+        if r.take(4, "magic")? != AGENT_DESC_MAGIC {
+            return Err(Error::malformed("not a kvxfer agent descriptor (bad magic)"));
+        }
+        let version = r.u16("version")?;
+        if version != AGENT_DESC_VERSION {
+            return Err(Error::malformed(format!(
+                "agent descriptor version {version} is not supported (this build reads {AGENT_DESC_VERSION})"
+            )));
+        }
+        let backend = r.u8("backend")?;
+        let _reserved = r.u8("reserved")?;
+        let name = r.string(MAX_NAME_LEN, "agent name")?;
+        if name.is_empty() {
+            return Err(Error::malformed("agent name is empty"));
+        }
+        let endpoint = r.blob(MAX_ENDPOINT_BLOB, "endpoint address")?.to_vec();
+        let count = r.u32("region count")? as usize;
+        // Each region takes at least 25 bytes: refuse counts the input cannot hold.
+        if count > MAX_REGIONS || count > r.remaining() / 25 {
+            return Err(Error::malformed(format!("region count {count} is impossible for this descriptor")));
+        }
+        let mut regions = Vec::with_capacity(count);
+        for _ in 0..count {
+            let addr = r.u64("region address")?;
+            let len = r.u64("region length")?;
+            if addr.checked_add(len).is_none() {
+                return Err(Error::malformed(format!("region {addr:#x}+{len} overflows")));
+            }
+            let mem_type = kvx_memory_type::from_raw(r.u8("memory type")? as u32)
+                .map_err(|e| Error::malformed(e.message))?;
+            let device_id = r.u32("device id")?;
+            let key = r.blob(MAX_KEY_BLOB, "region key")?.to_vec();
+            regions.push(RemoteRegion { addr, len, mem_type, device_id, key });
+        }
+        r.finish("agent descriptor")?;
+        Ok(AgentDescriptor { backend, name, endpoint, regions })
+    }
+}
+
+/// Control-channel messages (TCP, one request and one reply per connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlMessage {
+    /// Ask an agent for its descriptor; `expected_name` guards against
+    /// reaching the wrong agent at a reused address.
+    GetAgentDesc { expected_name: String },
+    AgentDesc { desc: Vec<u8> },
+    /// Open a connection-manager connection: the client's connection id,
+    /// its endpoint address and its own listening address.
+    Connect { client_conn_id: u64, endpoint: Vec<u8>, client_address: String },
+    Accept { server_conn_id: u64, endpoint: Vec<u8> },
+    Refused { reason: String },
+}
+
+impl ControlMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.raw(&CONTROL_MAGIC).u8(CONTROL_VERSION);
+        match self {
+            ControlMessage::GetAgentDesc { expected_name } => {
+                w.u8(1).blob(expected_name.as_bytes());
+            }
+            ControlMessage::AgentDesc { desc } => {
+                w.u8(2).blob(desc);
+            }
+            ControlMessage::Connect { client_conn_id, endpoint, client_address } => {
+                w.u8(3).u64(*client_conn_id).blob(endpoint).blob(client_address.as_bytes());
+            }
+            ControlMessage::Accept { server_conn_id, endpoint } => {
+                w.u8(4).u64(*server_conn_id).blob(endpoint);
+            }
+            ControlMessage::Refused { reason } => {
+                w.u8(5).blob(reason.as_bytes());
+            }
+        }
+        w.bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(bytes);
+        if r.take(4, "control magic")? != CONTROL_MAGIC {
+            return Err(Error::malformed("not a kvxfer control message (bad magic)"));
+        }
+        let version = r.u8("control version")?;
+        if version != CONTROL_VERSION {
+            return Err(Error::malformed(format!("control protocol version {version} is not supported")));
+        }
+        let msg = match r.u8("control message type")? {
+            1 => ControlMessage::GetAgentDesc { expected_name: r.string(MAX_NAME_LEN, "agent name")? },
+            2 => ControlMessage::AgentDesc { desc: r.blob(MAX_FRAME, "agent descriptor")?.to_vec() },
+            3 => ControlMessage::Connect {
+                client_conn_id: r.u64("connection id")?,
+                endpoint: r.blob(MAX_ENDPOINT_BLOB, "endpoint address")?.to_vec(),
+                client_address: r.string(MAX_NAME_LEN, "client address")?,
+            },
+            4 => ControlMessage::Accept {
+                server_conn_id: r.u64("connection id")?,
+                endpoint: r.blob(MAX_ENDPOINT_BLOB, "endpoint address")?.to_vec(),
+            },
+            5 => ControlMessage::Refused { reason: r.string(MAX_NAME_LEN * 4, "reason")? },
+            other => return Err(Error::malformed(format!("unknown control message type {other}"))),
+        };
+        r.finish("control message")?;
+        Ok(msg)
+    }
+}
+
+/// Header of a notification (sync message) active message: who sent it.
+pub fn encode_notification_header(sender: &str) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u8(1).blob(sender.as_bytes());
+    w.bytes
+}
+
+pub fn decode_notification_header(bytes: &[u8]) -> Result<String> {
+    let mut r = Reader::new(bytes);
+    let version = r.u8("notification version")?;
+    if version != 1 {
+        return Err(Error::malformed(format!("notification version {version} is not supported")));
+    }
+    let sender = r.string(MAX_NAME_LEN, "sender name")?;
+    r.finish("notification header")?;
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> AgentDescriptor {
+        AgentDescriptor {
+            backend: 1,
+            name: "agent\u{1}x".into(),
+            endpoint: vec![0, 1, 2, 0, 255],
+            regions: vec![
+                RemoteRegion { addr: 4096, len: 100, mem_type: kvx_memory_type::KVX_MEMORY_DRAM, device_id: 0, key: vec![9; 40] },
+                RemoteRegion { addr: 1 << 40, len: 1 << 30, mem_type: kvx_memory_type::KVX_MEMORY_VRAM, device_id: 3, key: vec![] },
+            ],
+        }
+    }
+
+    #[test]
+    fn agent_descriptor_round_trips() {
+        let d = sample();
+        assert_eq!(AgentDescriptor::decode(&d.encode()).unwrap(), d);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = sample().encode();
+        for cut in 0..bytes.len() {
+            let err = AgentDescriptor::decode(&bytes[..cut]).unwrap_err();
+            assert_eq!(err.status, crate::core::error::kvx_status::KVX_ERR_MALFORMED, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn wrong_version_and_absurd_counts_are_refused() {
+        let mut bytes = sample().encode();
+        bytes[4] = 9;
+        assert!(AgentDescriptor::decode(&bytes).unwrap_err().message.contains("version"));
+        let mut w = Writer::default();
+        w.raw(&AGENT_DESC_MAGIC).u16(1).u8(1).u8(0).blob(b"n").blob(b"").u32(u32::MAX);
+        assert!(AgentDescriptor::decode(&w.bytes).unwrap_err().message.contains("region count"));
+        let mut w = Writer::default();
+        w.raw(&AGENT_DESC_MAGIC).u16(1).u8(1).u8(0).blob(b"n").blob(b"").u32(1);
+        w.u64(u64::MAX).u64(2).u8(0).u32(0).blob(b"");
+        assert!(AgentDescriptor::decode(&w.bytes).unwrap_err().message.contains("overflows"));
+    }
+
+    #[test]
+    fn control_messages_round_trip() {
+        for m in [
+            ControlMessage::GetAgentDesc { expected_name: "a".into() },
+            ControlMessage::AgentDesc { desc: vec![1, 2, 3] },
+            ControlMessage::Connect { client_conn_id: 7, endpoint: vec![0; 9], client_address: "127.0.0.1:5".into() },
+            ControlMessage::Accept { server_conn_id: 8, endpoint: vec![4] },
+            ControlMessage::Refused { reason: "no".into() },
+        ] {
+            let bytes = m.encode();
+            assert_eq!(ControlMessage::decode(&bytes).unwrap(), m);
+            for cut in 0..bytes.len() {
+                assert!(ControlMessage::decode(&bytes[..cut]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn notification_header_round_trips() {
+        let h = encode_notification_header("agent0");
+        assert_eq!(decode_notification_header(&h).unwrap(), "agent0");
+        assert!(decode_notification_header(&h[..h.len() - 1]).is_err());
+    }
+}

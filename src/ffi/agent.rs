@@ -1,0 +1,379 @@
+//! C ABI of the transfer agent (TensorRT-LLM's `BaseTransferAgent` and
+//! `TransferStatus`). Every function checks its pointers, catches panics and
+//! returns a status; details go to `kvx_last_error`.
+
+use super::status::{from_table, guard, guard_void, non_null};
+use crate::core::buffer::{kvx_bytes, kvx_notification_list};
+use crate::core::config::{self, kvx_agent_config, kvx_transfer_request};
+use crate::core::error::{kvx_status, Error};
+use crate::core::memory::kvx_memory_desc;
+use crate::core::select::kvx_backend;
+use crate::dispatch::{kvx_backend_table, kvx_transfer_state};
+use std::ffi::{c_char, c_void};
+
+/// A transfer agent. Create with `kvx_agent_create`, free with `kvx_agent_destroy`.
+#[allow(non_camel_case_types)]
+pub struct kvx_agent {
+    table: &'static kvx_backend_table,
+    object: *mut c_void,
+}
+
+/// One submitted transfer (TensorRT-LLM's `TransferStatus`). Free with `kvx_xfer_destroy`.
+#[allow(non_camel_case_types)]
+pub struct kvx_xfer {
+    table: &'static kvx_backend_table,
+    object: *mut c_void,
+}
+
+// SAFETY: backend objects are Send + Sync (required by the dispatch traits).
+unsafe impl Send for kvx_agent {}
+unsafe impl Sync for kvx_agent {}
+unsafe impl Send for kvx_xfer {}
+unsafe impl Sync for kvx_xfer {}
+
+/// Fill `config` with defaults: no name, backend AUTO, listener on, any
+/// port, default timeout. Call before setting fields.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_config_init(config: *mut kvx_agent_config) -> kvx_status {
+    guard(|| {
+        non_null(config, "config")?;
+        config.write(config::agent_config_defaults());
+        Ok(())
+    })
+}
+
+/// Create an agent on the configured (or environment-chosen) backend; loads
+/// that backend's library on first use. On success `*out_agent` owns the
+/// agent: free it with `kvx_agent_destroy`.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_create(config: *const kvx_agent_config, out_agent: *mut *mut kvx_agent) -> kvx_status {
+    guard(|| {
+        non_null(config, "config")?;
+        non_null(out_agent, "out_agent")?;
+        let cfg = config::read_versioned(config, config::agent_config_defaults())?;
+        let table = crate::dispatch::table_for(kvx_backend::from_raw(cfg.backend)?)?;
+        let mut object = std::ptr::null_mut();
+        from_table((table.agent_create)(&cfg, &mut object))?;
+        *out_agent = Box::into_raw(Box::new(kvx_agent { table, object }));
+        Ok(())
+    })
+}
+
+/// Destroy an agent: closes its listener and connections and deregisters
+/// its memory. Transfers still in flight fail. NULL is ignored.
+///
+/// Thread safety: no other call may use `agent` concurrently or afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_destroy(agent: *mut kvx_agent) {
+    guard_void(|| {
+        if !agent.is_null() {
+            let agent = Box::from_raw(agent);
+            (agent.table.agent_destroy)(agent.object);
+        }
+    })
+}
+
+unsafe fn agent_ref<'a>(agent: *const kvx_agent) -> Result<&'a kvx_agent, Error> {
+    non_null(agent, "agent")?;
+    Ok(&*agent)
+}
+
+/// The concrete backend (a `kvx_backend` value) this agent uses.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_backend(agent: *const kvx_agent, out_backend: *mut u32) -> kvx_status {
+    guard(|| {
+        let a = agent_ref(agent)?;
+        non_null(out_backend, "out_backend")?;
+        *out_backend = a.table.backend as u32;
+        Ok(())
+    })
+}
+
+/// Register `count` regions of `mem_type` (a `kvx_memory_type`) for remote
+/// access. Registering the same region again counts a reference.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_register_memory(agent: *mut kvx_agent, mem_type: u32, descs: *const kvx_memory_desc, count: usize) -> kvx_status {
+    guard(|| {
+        let a = agent_ref(agent)?;
+        if count > 0 {
+            non_null(descs, "descs")?;
+        }
+        from_table((a.table.agent_register_memory)(a.object, mem_type, descs, count))
+    })
+}
+
+/// Deregister regions exactly as registered. Fails, changing nothing, if
+/// any region is not registered.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_deregister_memory(agent: *mut kvx_agent, mem_type: u32, descs: *const kvx_memory_desc, count: usize) -> kvx_status {
+    guard(|| {
+        let a = agent_ref(agent)?;
+        if count > 0 {
+            non_null(descs, "descs")?;
+        }
+        from_table((a.table.agent_deregister_memory)(a.object, mem_type, descs, count))
+    })
+}
+
+/// This agent's descriptor (opaque bytes a peer passes to
+/// `kvx_agent_load_remote`), reflecting the current registrations.
+/// Free `*out` with `kvx_bytes_free`.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_get_local_desc(agent: *mut kvx_agent, out: *mut kvx_bytes) -> kvx_status {
+    guard(|| {
+        let a = agent_ref(agent)?;
+        non_null(out, "out")?;
+        *out = kvx_bytes::EMPTY;
+        from_table((a.table.agent_local_descriptor)(a.object, out))
+    })
+}
+
+/// This agent's listener address as "ip:port" (empty when created without a
+/// listener). Free `*out` with `kvx_bytes_free`.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_get_connection_info(agent: *mut kvx_agent, out: *mut kvx_bytes) -> kvx_status {
+    guard(|| {
+        let a = agent_ref(agent)?;
+        non_null(out, "out")?;
+        *out = kvx_bytes::EMPTY;
+        from_table((a.table.agent_connection_info)(a.object, out))
+    })
+}
+
+/// Load peer `name` from its descriptor bytes (untrusted: validated before
+/// use). The name must match the descriptor's. Loading again replaces it.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_load_remote(agent: *mut kvx_agent, name: *const c_char, desc: *const u8, desc_len: usize) -> kvx_status {
+    guard(|| {
+        let a = agent_ref(agent)?;
+        non_null(name, "name")?;
+        non_null(desc, "desc")?;
+        from_table((a.table.agent_load_remote)(a.object, name, desc, desc_len))
+    })
+}
+
+/// Load peer `name` by contacting its listener at `connection_info`
+/// ("ip:port"). Returns once the peer is usable, or fails within
+/// `timeout_ms` (negative = the agent's default timeout).
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_load_remote_by_connection_info(agent: *mut kvx_agent, name: *const c_char, connection_info: *const c_char, timeout_ms: i64) -> kvx_status {
+    guard(|| {
+        let a = agent_ref(agent)?;
+        non_null(name, "name")?;
+        non_null(connection_info, "connection_info")?;
+        from_table((a.table.agent_load_remote_by_connection_info)(a.object, name, connection_info, timeout_ms))
+    })
+}
+
+/// Forget peer `name`; its in-flight transfers fail. `KVX_ERR_NOT_FOUND` if
+/// it was not loaded.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_invalidate_remote(agent: *mut kvx_agent, name: *const c_char) -> kvx_status {
+    guard(|| {
+        let a = agent_ref(agent)?;
+        non_null(name, "name")?;
+        from_table((a.table.agent_invalidate_remote)(a.object, name))
+    })
+}
+
+/// `*out_ok` = whether peer `name` is loaded and every descriptor lies
+/// inside memory it registered with type `mem_type`.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_check_remote_descs(agent: *mut kvx_agent, name: *const c_char, mem_type: u32, descs: *const kvx_memory_desc, count: usize, out_ok: *mut bool) -> kvx_status {
+    guard(|| {
+        let a = agent_ref(agent)?;
+        non_null(name, "name")?;
+        non_null(out_ok, "out_ok")?;
+        if count > 0 {
+            non_null(descs, "descs")?;
+        }
+        from_table((a.table.agent_check_remote_descs)(a.object, name, mem_type, descs, count, out_ok))
+    })
+}
+
+/// Post a READ or WRITE. Everything is checked before anything is posted:
+/// local ranges must be registered here, remote ranges registered by the
+/// peer. On success `*out_xfer` tracks it; free with `kvx_xfer_destroy`.
+/// The memory must stay valid until the transfer completes or fails.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_submit(agent: *mut kvx_agent, request: *const kvx_transfer_request, out_xfer: *mut *mut kvx_xfer) -> kvx_status {
+    guard(|| {
+        let a = agent_ref(agent)?;
+        non_null(request, "request")?;
+        non_null(out_xfer, "out_xfer")?;
+        let mut object = std::ptr::null_mut();
+        from_table((a.table.agent_submit)(a.object, request, &mut object))?;
+        *out_xfer = Box::into_raw(Box::new(kvx_xfer { table: a.table, object }));
+        Ok(())
+    })
+}
+
+/// Send a binary message to agent `name` (this agent's own name included).
+/// Returns once the message is handed to the transport.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_notify(agent: *mut kvx_agent, name: *const c_char, message: *const u8, message_len: usize) -> kvx_status {
+    guard(|| {
+        let a = agent_ref(agent)?;
+        non_null(name, "name")?;
+        if message_len > 0 {
+            non_null(message, "message")?;
+        }
+        from_table((a.table.agent_notify)(a.object, name, message, message_len))
+    })
+}
+
+/// Take every notification received since the last call, oldest first, with
+/// its sender. Free `*out_list` with `kvx_notification_list_free`.
+///
+/// Thread safety: any thread; each notification goes to exactly one caller.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_agent_get_notifications(agent: *mut kvx_agent, out_list: *mut *mut kvx_notification_list) -> kvx_status {
+    guard(|| {
+        let a = agent_ref(agent)?;
+        non_null(out_list, "out_list")?;
+        from_table((a.table.agent_take_notifications)(a.object, out_list))
+    })
+}
+
+/// Number of notifications in a list (0 for NULL).
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_notification_list_len(list: *const kvx_notification_list) -> usize {
+    if list.is_null() { 0 } else { (*list).items.len() }
+}
+
+/// Notification `index`: the sender's name (NUL-terminated) and the message
+/// bytes (may contain NUL). Pointers stay valid until the list is freed.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_notification_list_get(list: *const kvx_notification_list, index: usize, out_sender: *mut *const c_char, out_message: *mut *const u8, out_message_len: *mut usize) -> kvx_status {
+    guard(|| {
+        non_null(list, "list")?;
+        non_null(out_sender, "out_sender")?;
+        non_null(out_message, "out_message")?;
+        non_null(out_message_len, "out_message_len")?;
+        let list = &*list;
+        if index >= list.items.len() {
+            return Err(Error::invalid(format!("index {index} out of range (list has {})", list.items.len())));
+        }
+        *out_sender = list.sender(index);
+        *out_message = list.items[index].1.as_ptr();
+        *out_message_len = list.items[index].1.len();
+        Ok(())
+    })
+}
+
+/// Free a notification list. NULL is ignored.
+///
+/// Thread safety: any thread, for a list no other thread is using.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_notification_list_free(list: *mut kvx_notification_list) {
+    guard_void(|| {
+        if !list.is_null() {
+            drop(Box::from_raw(list));
+        }
+    })
+}
+
+unsafe fn xfer_ref<'a>(xfer: *const kvx_xfer) -> Result<&'a kvx_xfer, Error> {
+    non_null(xfer, "xfer")?;
+    Ok(&*xfer)
+}
+
+/// `*out_done` = whether the transfer completed successfully.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_xfer_is_completed(xfer: *const kvx_xfer, out_done: *mut bool) -> kvx_status {
+    guard(|| {
+        let x = xfer_ref(xfer)?;
+        non_null(out_done, "out_done")?;
+        *out_done = (x.table.xfer_is_completed)(x.object);
+        Ok(())
+    })
+}
+
+/// Wait up to `timeout_ms` (negative: until the transfer's own deadline, the
+/// agent's timeout after submission) and report its state in `*out_state`:
+/// IN_PROGRESS on timeout, SUCCESS, or FAILURE (see `kvx_xfer_last_status`).
+///
+/// Thread safety: any thread; several threads may wait on one transfer.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_xfer_wait(xfer: *const kvx_xfer, timeout_ms: i64, out_state: *mut kvx_transfer_state) -> kvx_status {
+    guard(|| {
+        let x = xfer_ref(xfer)?;
+        non_null(out_state, "out_state")?;
+        *out_state = (x.table.xfer_wait)(x.object, timeout_ms);
+        Ok(())
+    })
+}
+
+/// Release the transport resources of a finished transfer early;
+/// `*out_released` is false (and nothing changes) while it is in flight.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_xfer_release(xfer: *mut kvx_xfer, out_released: *mut bool) -> kvx_status {
+    guard(|| {
+        let x = xfer_ref(xfer)?;
+        non_null(out_released, "out_released")?;
+        *out_released = (x.table.xfer_release)(x.object);
+        Ok(())
+    })
+}
+
+/// Text describing the transfer's state or failure. Free with `kvx_bytes_free`.
+///
+/// Thread safety: any thread.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_xfer_last_status(xfer: *const kvx_xfer, out: *mut kvx_bytes) -> kvx_status {
+    guard(|| {
+        let x = xfer_ref(xfer)?;
+        non_null(out, "out")?;
+        (x.table.xfer_last_status)(x.object, out);
+        Ok(())
+    })
+}
+
+/// Free a transfer handle. A transfer still in flight keeps running to its
+/// end; its memory must stay valid until then. NULL is ignored.
+///
+/// Thread safety: no other call may use `xfer` concurrently or afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_xfer_destroy(xfer: *mut kvx_xfer) {
+    guard_void(|| {
+        if !xfer.is_null() {
+            let x = Box::from_raw(xfer);
+            (x.table.xfer_destroy)(x.object);
+        }
+    })
+}
+

@@ -1,0 +1,7 @@
+//! The C ABI (`kvx_*`): argument checks, the panic boundary and handle
+//! wrappers. Each handle remembers the dispatch table it was created with.
+
+pub mod agent;
+pub mod conn;
+pub mod library;
+pub mod status;
