@@ -13,4 +13,7 @@ pub mod dispatch;
 pub mod ffi;
 pub mod backend;
 
+#[doc(hidden)]
+pub mod harness;
+
 pub use crate::core::error::{kvx_status, Error, Result};

@@ -57,6 +57,10 @@ impl Op {
     pub fn param(self: &Arc<Self>, recv: bool) -> ucp_request_param_t {
         let mut p: ucp_request_param_t = zeroed();
         p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+        if recv {
+            // Receives always report through the callback, which carries the sender tag and length.
+            p.op_attr_mask |= UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+        }
         p.cb = if recv { recv_callback as *const c_void } else { send_callback as *const c_void };
         p.user_data = Arc::into_raw(self.clone()) as *mut c_void;
         p

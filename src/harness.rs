@@ -1,0 +1,288 @@
+//! A small Rust wrapper over the C ABI, used by the demo, the tests and the
+//! benchmarks so they exercise exactly what C and C++ callers use. Failures
+//! panic with `kvx_last_error`: fine for tools and tests, not a library API.
+#![allow(dead_code, clippy::missing_safety_doc)]
+
+use crate::core::buffer::{kvx_bytes, kvx_notification_list};
+use crate::core::config::{kvx_agent_config, kvx_cm_config, kvx_transfer_request};
+use crate::core::memory::kvx_memory_desc;
+use crate::dispatch::kvx_transfer_state;
+use crate::ffi::agent::*;
+use crate::ffi::conn::*;
+use crate::ffi::library::*;
+use crate::ffi::status::*;
+use crate::kvx_status;
+use std::ffi::{CStr, CString};
+
+pub const DRAM: u32 = 0;
+pub const READ: u32 = 0;
+pub const WRITE: u32 = 1;
+pub const TIMEOUT_MS: i64 = 20_000;
+
+pub fn last_error() -> String {
+    unsafe { CStr::from_ptr(kvx_last_error()).to_string_lossy().into_owned() }
+}
+
+#[track_caller]
+pub fn ok(status: kvx_status) {
+    assert_eq!(status, kvx_status::KVX_OK, "{}", last_error());
+}
+
+pub fn take_bytes(mut b: kvx_bytes) -> Vec<u8> {
+    let v = if b.data.is_null() { Vec::new() } else { unsafe { std::slice::from_raw_parts(b.data, b.len).to_vec() } };
+    unsafe { kvx_bytes_free(&mut b) };
+    v
+}
+
+pub struct Agent {
+    pub raw: *mut kvx_agent,
+    pub name: String,
+}
+
+unsafe impl Send for Agent {}
+unsafe impl Sync for Agent {}
+
+impl Agent {
+    pub fn new(name: &str) -> Agent {
+        Self::try_new(name, true).unwrap_or_else(|(s, e)| panic!("agent {name}: {s:?} {e}"))
+    }
+
+    pub fn try_new(name: &str, listen: bool) -> Result<Agent, (kvx_status, String)> {
+        let cname = CString::new(name).unwrap();
+        let ip = CString::new("127.0.0.1").unwrap();
+        let mut cfg: kvx_agent_config = unsafe { std::mem::zeroed() };
+        unsafe { ok(kvx_agent_config_init(&mut cfg)) };
+        cfg.name = cname.as_ptr();
+        cfg.listen_ip = ip.as_ptr();
+        cfg.use_listen_thread = listen;
+        let mut raw = std::ptr::null_mut();
+        let st = unsafe { kvx_agent_create(&cfg, &mut raw) };
+        if st != kvx_status::KVX_OK {
+            return Err((st, last_error()));
+        }
+        Ok(Agent { raw, name: name.into() })
+    }
+
+    pub fn register(&self, bufs: &[&[u8]]) -> Vec<kvx_memory_desc> {
+        let descs = descs_of(bufs);
+        unsafe { ok(kvx_agent_register_memory(self.raw, DRAM, descs.as_ptr(), descs.len())) };
+        descs
+    }
+
+    pub fn deregister(&self, descs: &[kvx_memory_desc]) -> kvx_status {
+        unsafe { kvx_agent_deregister_memory(self.raw, DRAM, descs.as_ptr(), descs.len()) }
+    }
+
+    pub fn desc(&self) -> Vec<u8> {
+        let mut b = kvx_bytes::EMPTY;
+        unsafe { ok(kvx_agent_get_local_desc(self.raw, &mut b)) };
+        take_bytes(b)
+    }
+
+    pub fn conn_info(&self) -> String {
+        let mut b = kvx_bytes::EMPTY;
+        unsafe { ok(kvx_agent_get_connection_info(self.raw, &mut b)) };
+        String::from_utf8(take_bytes(b)).unwrap()
+    }
+
+    pub fn load(&self, name: &str, desc: &[u8]) -> kvx_status {
+        let n = CString::new(name).unwrap();
+        unsafe { kvx_agent_load_remote(self.raw, n.as_ptr(), desc.as_ptr(), desc.len()) }
+    }
+
+    pub fn load_by_info(&self, name: &str, info: &str) -> kvx_status {
+        let n = CString::new(name).unwrap();
+        let i = CString::new(info).unwrap();
+        unsafe { kvx_agent_load_remote_by_connection_info(self.raw, n.as_ptr(), i.as_ptr(), TIMEOUT_MS) }
+    }
+
+    pub fn invalidate(&self, name: &str) -> kvx_status {
+        let n = CString::new(name).unwrap();
+        unsafe { kvx_agent_invalidate_remote(self.raw, n.as_ptr()) }
+    }
+
+    pub fn check(&self, name: &str, descs: &[kvx_memory_desc]) -> bool {
+        let n = CString::new(name).unwrap();
+        let mut out = false;
+        unsafe { ok(kvx_agent_check_remote_descs(self.raw, n.as_ptr(), DRAM, descs.as_ptr(), descs.len(), &mut out)) };
+        out
+    }
+
+    pub fn submit(&self, op: u32, local: &[kvx_memory_desc], remote: &[kvx_memory_desc], to: &str, sync: Option<&[u8]>) -> Result<Xfer, (kvx_status, String)> {
+        assert_eq!(local.len(), remote.len());
+        let n = CString::new(to).unwrap();
+        let req = kvx_transfer_request {
+            op,
+            src_type: DRAM,
+            src_descs: local.as_ptr(),
+            dst_type: DRAM,
+            dst_descs: remote.as_ptr(),
+            count: local.len(),
+            remote_name: n.as_ptr(),
+            sync_message: sync.map_or(std::ptr::null(), |s| s.as_ptr()),
+            sync_message_len: sync.map_or(0, |s| s.len()),
+            has_sync_message: sync.is_some(),
+        };
+        let mut raw = std::ptr::null_mut();
+        let st = unsafe { kvx_agent_submit(self.raw, &req, &mut raw) };
+        if st != kvx_status::KVX_OK {
+            return Err((st, last_error()));
+        }
+        Ok(Xfer { raw })
+    }
+
+    pub fn notify(&self, to: &str, msg: &[u8]) -> kvx_status {
+        let n = CString::new(to).unwrap();
+        unsafe { kvx_agent_notify(self.raw, n.as_ptr(), msg.as_ptr(), msg.len()) }
+    }
+
+    pub fn notifications(&self) -> Vec<(String, Vec<u8>)> {
+        let mut list: *mut kvx_notification_list = std::ptr::null_mut();
+        unsafe { ok(kvx_agent_get_notifications(self.raw, &mut list)) };
+        let n = unsafe { kvx_notification_list_len(list) };
+        let mut out = Vec::new();
+        for i in 0..n {
+            let (mut s, mut m, mut l) = (std::ptr::null(), std::ptr::null(), 0usize);
+            unsafe { ok(kvx_notification_list_get(list, i, &mut s, &mut m, &mut l)) };
+            let sender = unsafe { CStr::from_ptr(s).to_string_lossy().into_owned() };
+            let msg = if l == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(m, l).to_vec() } };
+            out.push((sender, msg));
+        }
+        unsafe { kvx_notification_list_free(list) };
+        out
+    }
+
+    /// Poll notifications until at least `n` arrived or the deadline passes.
+    pub fn wait_notifications(&self, n: usize, ms: u64) -> Vec<(String, Vec<u8>)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+        let mut all = Vec::new();
+        while all.len() < n && std::time::Instant::now() < deadline {
+            all.extend(self.notifications());
+            if all.len() < n {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        all
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        unsafe { kvx_agent_destroy(self.raw) };
+    }
+}
+
+pub struct Xfer {
+    pub raw: *mut kvx_xfer,
+}
+
+unsafe impl Send for Xfer {}
+
+impl Xfer {
+    pub fn wait(&self, ms: i64) -> kvx_transfer_state {
+        let mut st = kvx_transfer_state::KVX_TRANSFER_IN_PROGRESS;
+        unsafe { ok(kvx_xfer_wait(self.raw, ms, &mut st)) };
+        st
+    }
+    pub fn status_text(&self) -> String {
+        let mut b = kvx_bytes::EMPTY;
+        unsafe { ok(kvx_xfer_last_status(self.raw, &mut b)) };
+        String::from_utf8_lossy(&take_bytes(b)).into_owned()
+    }
+    #[track_caller]
+    pub fn expect_success(&self) {
+        let st = self.wait(TIMEOUT_MS);
+        assert_eq!(st, kvx_transfer_state::KVX_TRANSFER_SUCCESS, "{}", self.status_text());
+    }
+    pub fn release(&self) -> bool {
+        let mut out = false;
+        unsafe { ok(kvx_xfer_release(self.raw, &mut out)) };
+        out
+    }
+    pub fn is_completed(&self) -> bool {
+        let mut out = false;
+        unsafe { ok(kvx_xfer_is_completed(self.raw, &mut out)) };
+        out
+    }
+}
+
+impl Drop for Xfer {
+    fn drop(&mut self) {
+        unsafe { kvx_xfer_destroy(self.raw) };
+    }
+}
+
+pub fn descs_of(bufs: &[&[u8]]) -> Vec<kvx_memory_desc> {
+    bufs.iter().map(|b| kvx_memory_desc { addr: b.as_ptr() as u64, len: b.len() as u64, device_id: 0 }).collect()
+}
+
+pub struct Cm {
+    pub raw: *mut kvx_cm,
+}
+
+unsafe impl Send for Cm {}
+unsafe impl Sync for Cm {}
+
+pub struct Conn(pub *const kvx_conn);
+unsafe impl Send for Conn {}
+unsafe impl Sync for Conn {}
+
+impl Cm {
+    pub fn new() -> Cm {
+        let ip = CString::new("127.0.0.1").unwrap();
+        let mut cfg: kvx_cm_config = unsafe { std::mem::zeroed() };
+        unsafe { ok(kvx_cm_config_init(&mut cfg)) };
+        cfg.listen_ip = ip.as_ptr();
+        let mut raw = std::ptr::null_mut();
+        unsafe { ok(kvx_cm_create(&cfg, &mut raw)) };
+        Cm { raw }
+    }
+    pub fn address(&self) -> String {
+        let mut b = kvx_bytes::EMPTY;
+        unsafe { ok(kvx_cm_get_local_address(self.raw, &mut b)) };
+        String::from_utf8(take_bytes(b)).unwrap()
+    }
+    pub fn connect(&self, addrs: &[String]) -> Vec<Conn> {
+        let c: Vec<CString> = addrs.iter().map(|a| CString::new(a.as_str()).unwrap()).collect();
+        let ptrs: Vec<*const std::ffi::c_char> = c.iter().map(|s| s.as_ptr()).collect();
+        let mut out = vec![std::ptr::null(); addrs.len()];
+        unsafe { ok(kvx_cm_get_connections(self.raw, ptrs.as_ptr(), ptrs.len(), TIMEOUT_MS, out.as_mut_ptr())) };
+        out.into_iter().map(Conn).collect()
+    }
+    pub fn recv_connect(&self, tag: u32, buf: &mut [u8], ms: i64) -> Result<Conn, (kvx_status, String)> {
+        let mut out = std::ptr::null();
+        let st = unsafe { kvx_cm_recv_connect(self.raw, tag, buf.as_mut_ptr() as *mut _, buf.len(), ms, &mut out) };
+        if st != kvx_status::KVX_OK {
+            return Err((st, last_error()));
+        }
+        Ok(Conn(out))
+    }
+}
+
+impl Drop for Cm {
+    fn drop(&mut self) {
+        unsafe { kvx_cm_destroy(self.raw) };
+    }
+}
+
+impl Conn {
+    pub fn send(&self, tag: u32, data: &[u8]) -> kvx_status {
+        unsafe { kvx_conn_send(self.0, tag, data.as_ptr() as *const _, data.len(), TIMEOUT_MS) }
+    }
+    pub fn recv(&self, tag: u32, data: &mut [u8], ms: i64) -> kvx_status {
+        unsafe { kvx_conn_recv(self.0, tag, data.as_mut_ptr() as *mut _, data.len(), ms) }
+    }
+}
+
+/// Deterministic test bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

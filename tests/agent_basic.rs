@@ -1,0 +1,119 @@
+//! Transfer-agent contract, in one process, over real UCX.
+
+mod common;
+use common::*;
+use kvxfer::dispatch::kvx_transfer_state::*;
+use kvxfer::kvx_status::*;
+
+#[test]
+fn write_and_read_between_two_agents() {
+    let a0 = Agent::new("agent0");
+    let a1 = Agent::new("agent1");
+    let src = vec![10u8; 100];
+    let mut dst = vec![1u8; 100];
+    let d0 = a0.register(&[&src]);
+    let d1 = a1.register(&[&dst]);
+    ok(a0.load_by_info("agent1", &a1.conn_info()));
+    assert!(a0.check("agent1", &d1));
+    let x = a0.submit(WRITE, &d0, &d1, "agent1", None).unwrap();
+    x.expect_success();
+    assert!(x.is_completed());
+    assert_eq!(dst, src);
+    // READ pulls the remote range into the local one.
+    dst.iter_mut().for_each(|b| *b = 77);
+    let mut local = vec![0u8; 100];
+    let dl = a0.register(&[&local]);
+    let x = a0.submit(READ, &dl, &d1, "agent1", None).unwrap();
+    x.expect_success();
+    assert!(x.release());
+    local.iter_mut().for_each(|_| ());
+    assert_eq!(local, vec![77u8; 100]);
+    ok(a0.invalidate("agent1"));
+    assert_eq!(a0.invalidate("agent1"), KVX_ERR_NOT_FOUND);
+    ok(a0.deregister(&d0));
+    ok(a1.deregister(&d1));
+}
+
+#[test]
+fn sync_message_arrives_once_after_data_and_plain_write_notifies_nothing() {
+    let a0 = Agent::new("s0");
+    let a1 = Agent::new("s1");
+    let src = pattern(1 << 20, 1);
+    let dst = vec![0u8; 1 << 20];
+    let d0 = a0.register(&[&src]);
+    let d1 = a1.register(&[&dst]);
+    ok(a0.load("s1", &a1.desc()));
+    a0.submit(WRITE, &d0, &d1, "s1", None).unwrap().expect_success();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(a1.notifications().is_empty(), "a write without a sync message must not notify");
+    let msg = b"sync\0with\0nuls".to_vec();
+    let x = a0.submit(WRITE, &d0, &d1, "s1", Some(&msg)).unwrap();
+    let got = a1.wait_notifications(1, 10_000);
+    // The message is only sent once the data is visible.
+    assert_eq!(dst, src);
+    assert_eq!(got, vec![("s0".to_string(), msg)]);
+    x.expect_success();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(a1.notifications().is_empty());
+}
+
+#[test]
+fn notifications_keyed_by_sender_including_self() {
+    let a0 = Agent::new("n0");
+    let a1 = Agent::new("n1");
+    let a2 = Agent::new("n2");
+    ok(a0.load_by_info("n1", &a1.conn_info()));
+    ok(a2.load_by_info("n1", &a1.conn_info()));
+    ok(a0.notify("n1", b"first"));
+    ok(a2.notify("n1", b"\0binary\0"));
+    ok(a0.notify("n1", b"second"));
+    ok(a1.notify("n1", b"to myself"));
+    let got = a1.wait_notifications(4, 10_000);
+    let from = |s: &str| got.iter().filter(|(n, _)| n == s).map(|(_, m)| m.clone()).collect::<Vec<_>>();
+    assert_eq!(from("n0"), vec![b"first".to_vec(), b"second".to_vec()]);
+    assert_eq!(from("n2"), vec![b"\0binary\0".to_vec()]);
+    assert_eq!(from("n1"), vec![b"to myself".to_vec()]);
+}
+
+#[test]
+fn bad_requests_fail_before_posting() {
+    let a0 = Agent::new("b0");
+    let a1 = Agent::new("b1");
+    let src = vec![1u8; 64];
+    let unregistered = vec![2u8; 64];
+    let dst = vec![0u8; 64];
+    let d0 = a0.register(&[&src]);
+    let d1 = a1.register(&[&dst]);
+    ok(a0.load("b1", &a1.desc()));
+    let (st, msg) = a0.submit(WRITE, &descs_of(&[&unregistered]), &d1, "b1", None).err().unwrap();
+    assert_eq!(st, KVX_ERR_NOT_REGISTERED, "{msg}");
+    let mut beyond = d1.clone();
+    beyond[0].addr += 1;
+    let (st, _) = a0.submit(WRITE, &d0, &beyond, "b1", None).err().unwrap();
+    assert_eq!(st, KVX_ERR_NOT_REGISTERED);
+    let (st, _) = a0.submit(WRITE, &d0, &d1, "nobody", None).err().unwrap();
+    assert_eq!(st, KVX_ERR_NOT_FOUND);
+    assert_eq!(a0.load("b1", &a1.desc()[..10]), KVX_ERR_MALFORMED);
+    assert_eq!(a0.load("other-name", &a1.desc()), KVX_ERR_INVALID_ARGUMENT);
+    assert!(!a0.check("b1", &beyond));
+    assert_eq!(a0.deregister(&descs_of(&[&unregistered])), KVX_ERR_NOT_FOUND);
+    assert_eq!(dst, vec![0u8; 64]);
+}
+
+#[test]
+fn wait_with_zero_timeout_reports_progress_state() {
+    let a0 = Agent::new("w0");
+    let a1 = Agent::new("w1");
+    let src = pattern(64 << 20, 3);
+    let dst = vec![0u8; 64 << 20];
+    let d0 = a0.register(&[&src]);
+    let d1 = a1.register(&[&dst]);
+    ok(a0.load("w1", &a1.desc()));
+    let x = a0.submit(WRITE, &d0, &d1, "w1", None).unwrap();
+    let first = x.wait(0);
+    assert!(first == KVX_TRANSFER_IN_PROGRESS || first == KVX_TRANSFER_SUCCESS);
+    assert!(!x.release() || first == KVX_TRANSFER_SUCCESS || x.is_completed());
+    x.expect_success();
+    assert!(x.release());
+    assert!(dst == src);
+}

@@ -1,0 +1,116 @@
+//! Connection-manager contract (TensorRT-LLM's ucxCommTest scenarios) over real UCX.
+
+mod common;
+use common::*;
+use kvxfer::kvx_status::*;
+use std::sync::Arc;
+
+const ID_TAG: u32 = 19;
+const DATA_TAG: u32 = 0x74;
+
+#[test]
+fn basic_recv_connect_and_data_both_ways() {
+    let m1 = Cm::new();
+    let m2 = Cm::new();
+    let c = m2.connect(&[m1.address()]).pop().unwrap();
+    ok(c.send(ID_TAG, &1u64.to_le_bytes()));
+    let mut id = [0u8; 8];
+    let p = m1.recv_connect(ID_TAG, &mut id, TIMEOUT_MS).unwrap();
+    assert_eq!(u64::from_le_bytes(id), 1);
+    let data = pattern(1024, 5);
+    ok(c.send(DATA_TAG, &data));
+    let mut got = vec![0u8; 1024];
+    ok(p.recv(DATA_TAG, &mut got, TIMEOUT_MS));
+    assert_eq!(got, data);
+    ok(p.send(DATA_TAG + 1, &data[..100]));
+    let mut back = vec![0u8; 100];
+    ok(c.recv(DATA_TAG + 1, &mut back, TIMEOUT_MS));
+    assert_eq!(back, data[..100]);
+    // A size mismatch is an error, not a silent truncation.
+    ok(c.send(DATA_TAG, &data));
+    let mut small = vec![0u8; 10];
+    assert_ne!(p.recv(DATA_TAG, &mut small, TIMEOUT_MS), KVX_OK);
+}
+
+#[test]
+fn same_tag_from_two_peers_never_crosses() {
+    let m1 = Cm::new();
+    let m2 = Cm::new();
+    let recv = Cm::new();
+    let conns = recv.connect(&[m1.address(), m2.address()]);
+    for c in &conns {
+        ok(c.send(ID_TAG, &7u64.to_le_bytes()));
+    }
+    let mut id = [0u8; 8];
+    let p1 = m1.recv_connect(ID_TAG, &mut id, TIMEOUT_MS).unwrap();
+    let p2 = m2.recv_connect(ID_TAG, &mut id, TIMEOUT_MS).unwrap();
+    let (d1, d2) = (pattern(1024, 1), pattern(1024, 2));
+    let t1 = std::thread::spawn({
+        let p1 = Conn(p1.0);
+        let d1 = d1.clone();
+        move || ok(p1.send(DATA_TAG, &d1))
+    });
+    let t2 = std::thread::spawn({
+        let p2 = Conn(p2.0);
+        let d2 = d2.clone();
+        move || ok(p2.send(DATA_TAG, &d2))
+    });
+    // Receive in reverse order: m2's first.
+    let mut got = vec![0u8; 1024];
+    ok(conns[1].recv(DATA_TAG, &mut got, TIMEOUT_MS));
+    assert_eq!(got, d2);
+    ok(conns[0].recv(DATA_TAG, &mut got, TIMEOUT_MS));
+    assert_eq!(got, d1);
+    t1.join().unwrap();
+    t2.join().unwrap();
+}
+
+#[test]
+fn connections_are_cached() {
+    let m1 = Cm::new();
+    let m2 = Cm::new();
+    let a = m2.connect(&[m1.address()]).pop().unwrap();
+    let b = m2.connect(&[m1.address()]).pop().unwrap();
+    assert_eq!(a.0, b.0);
+    let mut id = [0u8; 8];
+    ok(a.send(ID_TAG, &[1; 8]));
+    let p = m1.recv_connect(ID_TAG, &mut id, TIMEOUT_MS).unwrap();
+    ok(a.send(ID_TAG, &[2; 8]));
+    let q = m1.recv_connect(ID_TAG, &mut id, TIMEOUT_MS).unwrap();
+    assert_eq!(p.0, q.0);
+    assert_eq!(id, [2; 8]);
+}
+
+#[test]
+fn recv_times_out_and_fan_in_of_eight() {
+    let receiver = Arc::new(Cm::new());
+    let mut buf = [0u8; 8];
+    let (st, _) = receiver.recv_connect(ID_TAG, &mut buf, 50).err().unwrap();
+    assert_eq!(st, KVX_ERR_TIMEOUT);
+    let address = receiver.address();
+    let senders: Vec<_> = (0..8u64)
+        .map(|i| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                let m = Cm::new();
+                let c = m.connect(&[address]).pop().unwrap();
+                ok(c.send(ID_TAG, &i.to_le_bytes()));
+                let mut ack = [0u8; 1];
+                ok(c.recv(42, &mut ack, TIMEOUT_MS));
+                assert_eq!(ack[0], i as u8);
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let p = receiver.recv_connect(ID_TAG, &mut buf, TIMEOUT_MS).unwrap();
+        let i = u64::from_le_bytes(buf);
+        ok(p.send(42, &[i as u8]));
+        seen.push(i);
+    }
+    seen.sort();
+    assert_eq!(seen, (0..8).collect::<Vec<_>>());
+    for s in senders {
+        s.join().unwrap();
+    }
+}
