@@ -145,6 +145,8 @@ impl AgentDescriptor {
         for r in &self.regions {
             w.u64(r.addr).u64(r.len).u8(r.mem_type as u8).u32(r.device_id).blob(&r.key);
         }
+        let sum = checksum(&w.bytes);
+        w.u64(sum);
         w.bytes
     }
 
@@ -152,7 +154,19 @@ impl AgentDescriptor {
         if bytes.len() > MAX_FRAME {
             return Err(Error::malformed(format!("agent descriptor of {} bytes is too large", bytes.len())));
         }
-        let mut r = Reader::new(bytes);
+        if bytes.len() < 4 || bytes[..4] != AGENT_DESC_MAGIC {
+            return Err(Error::malformed("not a kvxfer agent descriptor (bad magic)"));
+        }
+        // The endpoint and key blobs go to UCX's own parsers, which assert on
+        // damaged input: refuse anything corrupted or cut before they see it.
+        let Some(body_len) = bytes.len().checked_sub(8) else {
+            return Err(Error::malformed("agent descriptor is truncated"));
+        };
+        let (body, sum) = bytes.split_at(body_len);
+        if checksum(body) != u64::from_le_bytes(sum.try_into().unwrap()) {
+            return Err(Error::malformed("agent descriptor checksum mismatch (truncated or corrupted)"));
+        }
+        let mut r = Reader::new(body);
         if r.take(4, "magic")? != AGENT_DESC_MAGIC {
             return Err(Error::malformed("not a kvxfer agent descriptor (bad magic)"));
         }
@@ -190,6 +204,12 @@ impl AgentDescriptor {
         r.finish("agent descriptor")?;
         Ok(AgentDescriptor { backend, name, endpoint, regions })
     }
+}
+
+/// FNV-1a over the descriptor body: catches truncation and corruption (not
+/// an authenticity check: descriptors come from peers in the same trust domain).
+pub fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Control-channel messages (TCP, one request and one reply per connection).
@@ -310,16 +330,24 @@ mod tests {
 
     #[test]
     fn wrong_version_and_absurd_counts_are_refused() {
+        let sealed = |mut w: Writer| {
+            let sum = checksum(&w.bytes);
+            w.u64(sum);
+            w.bytes
+        };
         let mut bytes = sample().encode();
         bytes[4] = 9;
-        assert!(AgentDescriptor::decode(&bytes).unwrap_err().message.contains("version"));
+        assert!(AgentDescriptor::decode(&bytes).unwrap_err().message.contains("checksum"));
+        let mut w = Writer::default();
+        w.raw(&AGENT_DESC_MAGIC).u16(9).u8(1).u8(0);
+        assert!(AgentDescriptor::decode(&sealed(w)).unwrap_err().message.contains("version"));
         let mut w = Writer::default();
         w.raw(&AGENT_DESC_MAGIC).u16(1).u8(1).u8(0).blob(b"n").blob(b"").u32(u32::MAX);
-        assert!(AgentDescriptor::decode(&w.bytes).unwrap_err().message.contains("region count"));
+        assert!(AgentDescriptor::decode(&sealed(w)).unwrap_err().message.contains("region count"));
         let mut w = Writer::default();
         w.raw(&AGENT_DESC_MAGIC).u16(1).u8(1).u8(0).blob(b"n").blob(b"").u32(1);
         w.u64(u64::MAX).u64(2).u8(0).u32(0).blob(b"");
-        assert!(AgentDescriptor::decode(&w.bytes).unwrap_err().message.contains("overflows"));
+        assert!(AgentDescriptor::decode(&sealed(w)).unwrap_err().message.contains("overflows"));
     }
 
     #[test]
