@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything kvxfer needs on a fresh Debian machine: build tools
+# from apt, UCX from its PyPI wheel (not Debian's old libucx-dev), and the
+# Rust crates (fetched by cargo). Safe to run again.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need_apt=()
+for pkg in cmake g++ pkg-config libgtest-dev binutils; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# UCX 1.22 with CUDA support, from the wheel (libucp is found at run time).
+if ! python3 -c 'import libucx' 2>/dev/null; then
+  python3 -m pip install --quiet --no-deps "libucx-cu12>=1.19"
+fi
+
+command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }
+cargo fetch --quiet
