@@ -181,18 +181,29 @@ TEST(UcxComm, ShutdownCancels) {
   CmPtr m1;
   ASSERT_NO_FATAL_FAILURE(make_cm(&m1));
   std::atomic<int> st{KVX_OK};
+  std::string waiter_error;
+  auto started = std::chrono::steady_clock::now();
   std::thread waiter([&] {
     uint64_t id = 0;
     const kvx_conn* peer = nullptr;
     st = kvx_cm_recv_connect(m1.get(), kIdTag, &id, sizeof id, kTimeoutMs, &peer);
+    waiter_error = kvx_last_error();  // per thread: read it here
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   KVX_EXPECT_OK(kvx_cm_shutdown(m1.get()));
   waiter.join();
-  EXPECT_EQ(st.load(), KVX_ERR_CANCELED) << kvx_status_str(st.load());
+  auto waited_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count();
+  EXPECT_EQ(st.load(), KVX_ERR_CANCELED)
+      << "blocked recv_connect returned " << kvx_status_str(st.load()) << " after " << waited_ms
+      << " ms: " << waiter_error;
   bool running = true;
   KVX_EXPECT_OK(kvx_cm_is_running(m1.get(), &running));
   EXPECT_FALSE(running);
+  // Later calls fail with CANCELED too.
+  uint64_t id = 0;
+  const kvx_conn* peer = nullptr;
+  KVX_EXPECT_ERR(kvx_cm_recv_connect(m1.get(), kIdTag, &id, sizeof id, 100, &peer), KVX_ERR_CANCELED);
 }
 
 TEST(UcxComm, FanIn) {
