@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Whole CMake flow: build + install kvxfer (cargo driven by CMake), run the
+# GoogleTest suite against the installed package, build and run the example
+# consumer with CMake and with pkg-config.
+#
+#   .ci/cmake_suite.sh                 # everything
+#   BUILD_ROOT=/tmp/kvx .ci/cmake_suite.sh
+#   CTEST_ARGS="-R api" .ci/cmake_suite.sh
+#   KVXFER_TEST_UCX_TLS="tcp,self" .ci/cmake_suite.sh   # UCX_TLS variants to register
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_ROOT="${BUILD_ROOT:-$ROOT/build}"
+PREFIX="${PREFIX:-$BUILD_ROOT/_install}"
+JOBS="${JOBS:-2}"
+CTEST_ARGS="${CTEST_ARGS:-}"
+GENERATOR_ARGS=()
+if command -v ninja >/dev/null 2>&1; then GENERATOR_ARGS=(-G Ninja); fi
+
+# The suite must not depend on the caller's library path: RPATHs do the work.
+unset LD_LIBRARY_PATH
+
+step() { printf '\n==== %s\n' "$*"; }
+
+step "configure + build + install kvxfer into $PREFIX"
+cmake -S "$ROOT" -B "$BUILD_ROOT/cmake" "${GENERATOR_ARGS[@]}" \
+  -DCMAKE_INSTALL_PREFIX="$PREFIX" -DKVXFER_CARGO_PROFILE="${KVXFER_CARGO_PROFILE:-release}"
+cmake --build "$BUILD_ROOT/cmake" -j "$JOBS"
+rm -rf "$PREFIX"
+cmake --install "$BUILD_ROOT/cmake"
+
+step "check the installed tree"
+lib="$PREFIX/lib"
+version="$(sed -n 's/^version[[:space:]]*=[[:space:]]*"\([0-9.]*\)".*/\1/p' "$ROOT/Cargo.toml" | head -n1)"
+major="${version%%.*}"
+test -f "$lib/libkvxfer.so.$version"
+test "$(readlink "$lib/libkvxfer.so.$major")" = "libkvxfer.so.$version"
+test "$(readlink "$lib/libkvxfer.so")" = "libkvxfer.so.$major"
+soname="$(readelf -d "$lib/libkvxfer.so.$version" | sed -n 's/.*Library soname: \[\(.*\)\].*/\1/p')"
+test "$soname" = "libkvxfer.so.$major" || { echo "SONAME is '$soname', expected libkvxfer.so.$major" >&2; exit 1; }
+test -f "$PREFIX/include/kvxfer.h"
+cmp "$PREFIX/include/kvxfer.h" "$ROOT/include/kvxfer.h"
+test -f "$lib/cmake/kvxfer/kvxferConfig.cmake"
+test -f "$lib/cmake/kvxfer/kvxferConfigVersion.cmake"
+test -f "$lib/pkgconfig/kvxfer.pc"
+if grep -q "$PREFIX" "$lib/cmake/kvxfer/kvxferConfig.cmake" "$lib/pkgconfig/kvxfer.pc"; then
+  echo "installed package files hard-code $PREFIX (not relocatable)" >&2
+  exit 1
+fi
+echo "ok: libkvxfer.so.$version, SONAME $soname, relocatable config + pkg-config"
+
+step "build + run the GoogleTest suite (tests/cpp) against the installed package"
+test_args=()
+if [[ -n "${KVXFER_TEST_UCX_TLS:-}" ]]; then test_args+=("-DKVXFER_TEST_UCX_TLS=$KVXFER_TEST_UCX_TLS"); fi
+cmake -S "$ROOT/tests/cpp" -B "$BUILD_ROOT/tests" "${GENERATOR_ARGS[@]}" \
+  -DCMAKE_PREFIX_PATH="$PREFIX" "${test_args[@]}"
+cmake --build "$BUILD_ROOT/tests" -j "$JOBS"
+tests_rc=0
+# shellcheck disable=SC2086
+(cd "$BUILD_ROOT/tests" && ctest --output-on-failure -j "$JOBS" $CTEST_ARGS) || tests_rc=$?
+
+step "example consumer: CMake (find_package(kvxfer) -> kvxfer::kvxfer)"
+cmake -S "$ROOT/examples/consumer" -B "$BUILD_ROOT/consumer" "${GENERATOR_ARGS[@]}" -DCMAKE_PREFIX_PATH="$PREFIX"
+cmake --build "$BUILD_ROOT/consumer" -j "$JOBS"
+"$BUILD_ROOT/consumer/kvxfer_consumer"
+
+step "example consumer: pkg-config"
+export PKG_CONFIG_PATH="$lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+pc_libdir="$(pkg-config --variable=libdir kvxfer)"
+# shellcheck disable=SC2046
+cc -std=c99 -Wall -Wextra -pedantic -Werror -o "$BUILD_ROOT/consumer/kvxfer_consumer_pc" \
+  "$ROOT/examples/consumer/main.c" $(pkg-config --cflags --libs kvxfer) -Wl,-rpath,"$pc_libdir"
+"$BUILD_ROOT/consumer/kvxfer_consumer_pc"
+
+step "relocated install tree still works"
+moved="$BUILD_ROOT/_install_moved"
+rm -rf "$moved" "$BUILD_ROOT/consumer_moved"
+cp -a "$PREFIX" "$moved"
+cmake -S "$ROOT/examples/consumer" -B "$BUILD_ROOT/consumer_moved" "${GENERATOR_ARGS[@]}" -DCMAKE_PREFIX_PATH="$moved"
+cmake --build "$BUILD_ROOT/consumer_moved" -j "$JOBS"
+"$BUILD_ROOT/consumer_moved/kvxfer_consumer"
+rm -rf "$moved" "$BUILD_ROOT/consumer_moved"
+
+if [[ $tests_rc -ne 0 ]]; then
+  echo "ctest failed (exit $tests_rc): see the failures above" >&2
+  exit "$tests_rc"
+fi
+echo "all good"
