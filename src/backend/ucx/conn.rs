@@ -47,6 +47,8 @@ struct CmCore {
     by_peer: Mutex<HashMap<String, Arc<UcxConnection>>>,
     connect_lock: Mutex<()>,
     running: AtomicBool,
+    /// `recv_connect` calls in flight, cancelled by shutdown.
+    waiting: Mutex<Vec<Weak<Op>>>,
 }
 
 pub struct UcxConnectionManager {
@@ -177,6 +179,7 @@ impl ConnectionManager for UcxConnectionManager {
             by_peer: Mutex::new(HashMap::new()),
             connect_lock: Mutex::new(()),
             running: AtomicBool::new(true),
+            waiting: Mutex::new(Vec::new()),
         });
         let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_UCX_INTERFACE")?;
         let server = ControlServer::start(ip, settings.listen_port, Arc::new(Listener(Arc::downgrade(&core))), "kvx-cm-listen")?;
@@ -216,7 +219,18 @@ impl ConnectionManager for UcxConnectionManager {
     fn recv_connect(&self, tag: u32, data: &mut [u8], deadline: Option<Instant>) -> Result<*const UcxConnection> {
         self.core.check_running()?;
         let op = post_recv(&self.core.worker, data, tag as u64, USER_TAG_MASK, "recvConnect");
-        let (sender_tag, length) = op.wait(deadline)?;
+        {
+            let mut waiting = self.core.waiting.lock();
+            waiting.retain(|w| w.strong_count() > 0);
+            waiting.push(Arc::downgrade(&op));
+        }
+        if !self.is_running() {
+            let _g = self.core.worker.lock();
+            op.cancel_locked();
+        }
+        let (sender_tag, length) = op.wait(deadline).map_err(|e| {
+            if self.is_running() { e } else { Error::new(kvx_status::KVX_ERR_CANCELED, "connection manager was shut down") }
+        })?;
         check_length(length, data.len())?;
         let local_id = (sender_tag >> 32) as u32;
         self.core
@@ -234,6 +248,11 @@ impl ConnectionManager for UcxConnectionManager {
     fn shutdown(&self) {
         self.core.running.store(false, Ordering::Release);
         self.listener.lock().take();
+        let waiting: Vec<_> = self.core.waiting.lock().drain(..).filter_map(|w| w.upgrade()).collect();
+        let _g = self.core.worker.lock();
+        for op in waiting {
+            op.cancel_locked();
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 use super::loader::{self, LoadedUcx};
 use super::sys::*;
 use crate::core::error::{kvx_status, Error, Result};
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{Mutex, ReentrantMutex, ReentrantMutexGuard};
 use std::ffi::{c_void, CStr, CString};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,7 +27,9 @@ pub struct Worker {
     pub ucx: &'static LoadedUcx,
     context: ucp_context_h,
     pub handle: ucp_worker_h,
-    lock: Mutex<()>,
+    /// Re-entrant: dropping the last reference to a peer (which closes its
+    /// endpoint) may happen in deferred work that already holds the lock.
+    lock: ReentrantMutex<()>,
     address: Vec<u8>,
     efd: i32,
     deferred: Mutex<Vec<Deferred>>,
@@ -126,7 +128,7 @@ impl Worker {
                 ucx,
                 context,
                 handle,
-                lock: Mutex::new(()),
+                lock: ReentrantMutex::new(()),
                 address,
                 efd,
                 deferred: Mutex::new(Vec::new()),
@@ -157,7 +159,7 @@ impl Worker {
     }
 
     /// Hold the worker for a sequence of UCX calls.
-    pub fn lock(&self) -> MutexGuard<'_, ()> {
+    pub fn lock(&self) -> ReentrantMutexGuard<'_, ()> {
         self.lock.lock()
     }
 
