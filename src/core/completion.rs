@@ -2,7 +2,7 @@
 //! with a deadline. Waiters may drive progress themselves while they wait
 //! (`pump`), which saves a thread hand-off on the fast path.
 
-use super::error::{Error, Result};
+use super::error::Result;
 use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,14 +64,6 @@ impl<T: Clone> Completion<T> {
                 let sleep = deadline.map_or(MAX_SLEEP, |d| d.saturating_duration_since(now).min(MAX_SLEEP));
                 self.cv.wait_for(&mut slot, sleep);
             }
-        }
-    }
-
-    /// `wait`, turning a timeout into an error that names `what`.
-    pub fn wait_or_timeout(&self, deadline: Option<Instant>, what: &str, pump: impl FnMut()) -> Result<T> {
-        match self.wait(deadline, pump) {
-            Some(r) => r,
-            None => Err(Error::timeout(format!("{what} did not complete in time"))),
         }
     }
 }

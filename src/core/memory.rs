@@ -65,12 +65,6 @@ impl<T> Default for RegionMap<T> {
 }
 
 impl<T> RegionMap<T> {
-    pub fn len(&self) -> usize {
-        self.regions.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.regions.is_empty()
-    }
     pub fn insert(&mut self, addr: u64, len: u64, value: T) -> Option<T> {
         self.max_len = self.max_len.max(len);
         self.regions.insert((addr, len), value)
@@ -90,9 +84,6 @@ impl<T> RegionMap<T> {
     }
     pub fn iter(&self) -> impl Iterator<Item = (&(u64, u64), &T)> {
         self.regions.iter()
-    }
-    pub fn values(&self) -> impl Iterator<Item = &T> {
-        self.regions.values()
     }
     pub fn drain(&mut self) -> impl Iterator<Item = ((u64, u64), T)> {
         self.max_len = 0;

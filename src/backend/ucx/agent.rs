@@ -79,9 +79,6 @@ pub struct UcxAgent {
     core: Arc<AgentCore>,
 }
 
-/// Raw pointer to the notification queue handed to UCX as handler argument.
-struct QueueArg(*const NotificationQueue);
-
 unsafe extern "C" fn notification_arrived(
     arg: *mut c_void,
     header: *const c_void,
@@ -258,7 +255,7 @@ impl TransferAgent for UcxAgent {
             p.id = AM_NOTIFY;
             p.flags = UCP_AM_FLAG_WHOLE_MSG;
             p.cb = Some(notification_arrived);
-            p.arg = QueueArg(Arc::as_ptr(&notifications)).0 as *mut c_void;
+            p.arg = Arc::as_ptr(&notifications) as *mut c_void;
             let _g = worker.lock();
             // SAFETY: the queue outlives the worker's handler (both owned by the core).
             let st = unsafe { (worker.api().ucp_worker_set_am_recv_handler)(worker.handle, &p) };
@@ -410,7 +407,6 @@ impl TransferAgent for UcxAgent {
             done: Completion::default(),
             deadline: Instant::now() + self.core.timeout,
             remote: Mutex::new(Some(remote.clone())),
-            released: std::sync::atomic::AtomicBool::new(false),
         });
         let ep = remote.endpoint.handle;
         let api = worker.api();
@@ -524,7 +520,6 @@ struct TransferShared {
     done: Completion<()>,
     deadline: Instant,
     remote: Mutex<Option<Arc<RemoteAgent>>>,
-    released: std::sync::atomic::AtomicBool,
 }
 
 pub struct UcxTransfer {
@@ -571,7 +566,6 @@ impl Transfer for UcxTransfer {
         if !self.shared.done.is_done() {
             return false;
         }
-        self.shared.released.store(true, std::sync::atomic::Ordering::Release);
         self.shared.remote.lock().take();
         true
     }
