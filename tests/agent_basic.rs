@@ -117,3 +117,25 @@ fn wait_with_zero_timeout_reports_progress_state() {
     assert!(x.release());
     assert!(dst == src);
 }
+
+#[test]
+fn loopback_transfer_sees_memory_registered_after_first_use() {
+    let a = Agent::new("loop");
+    let src = pattern(4096, 9);
+    let first = vec![0u8; 4096];
+    let ls = a.register(&[&src]);
+    let d1 = a.register(&[&first]);
+    a.submit(WRITE, &ls, &d1, "loop", None).unwrap().expect_success();
+    assert_eq!(first, src);
+    // A region registered after the agent first talked to itself must be reachable too.
+    let second = vec![0u8; 4096];
+    let d2 = a.register(&[&second]);
+    assert!(a.check("loop", &d2));
+    a.submit(WRITE, &ls, &d2, "loop", Some(b"self")).unwrap().expect_success();
+    assert_eq!(second, src);
+    assert_eq!(a.wait_notifications(1, 10_000), vec![("loop".to_string(), b"self".to_vec())]);
+    // And a deregistered one is no longer a target.
+    ok(a.deregister(&d1));
+    let (st, _) = a.submit(WRITE, &ls, &d1, "loop", None).err().unwrap();
+    assert_eq!(st, KVX_ERR_NOT_REGISTERED);
+}

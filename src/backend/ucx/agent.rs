@@ -137,6 +137,13 @@ impl AgentCore {
         Err(Error::not_found(format!("remote agent {name:?} is not loaded")))
     }
 
+    /// The loop-back view of this agent is derived from its registrations:
+    /// drop it whenever they change, and `remote` rebuilds it on next use.
+    fn forget_self_view(&self) {
+        let stale = self.remotes.write().remove(&self.name);
+        drop(stale);
+    }
+
     fn load(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let desc = AgentDescriptor::decode(bytes)?;
         if desc.backend != kvx_backend::KVX_BACKEND_UCX as u8 {
@@ -339,6 +346,8 @@ impl TransferAgent for UcxAgent {
                 release_region(worker, &mut local, addr, len);
             }
         }
+        drop(local);
+        self.core.forget_self_view();
         result
     }
 
@@ -352,6 +361,8 @@ impl TransferAgent for UcxAgent {
         for d in descs {
             release_region(&self.core.worker, &mut local, d.addr, d.len);
         }
+        drop(local);
+        self.core.forget_self_view();
         Ok(())
     }
 
