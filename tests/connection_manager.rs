@@ -114,3 +114,16 @@ fn recv_times_out_and_fan_in_of_eight() {
         s.join().unwrap();
     }
 }
+
+#[test]
+fn send_that_times_out_closes_the_connection() {
+    let m1 = Cm::new();
+    let m2 = Cm::new();
+    let c = m2.connect(&[m1.address()]).pop().unwrap();
+    // Large enough for rendezvous: it cannot complete while nobody receives.
+    let big = vec![1u8; 8 << 20];
+    let st = unsafe { kvxfer::ffi::conn::kvx_conn_send(c.0, DATA_TAG, big.as_ptr() as *const _, big.len(), 200) };
+    assert_eq!(st, KVX_ERR_TIMEOUT, "{}", last_error());
+    assert!(last_error().contains("connection closed"));
+    assert_eq!(c.send(DATA_TAG, &[1]), KVX_ERR_PEER, "a timed-out connection must stay failed");
+}

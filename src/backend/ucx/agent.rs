@@ -45,6 +45,8 @@ struct RemoteAgent {
     descriptor: Vec<u8>,
     regions: RegionMap<RemoteKey>,
     endpoint: Endpoint,
+    /// Transfers in flight to this peer, failed together when the peer fails.
+    pending: Mutex<Vec<Weak<TransferShared>>>,
 }
 
 unsafe impl Send for RemoteAgent {}
@@ -167,7 +169,7 @@ impl AgentCore {
             for r in &desc.regions {
                 let mut rkey: ucp_rkey_h = std::ptr::null_mut();
                 // SAFETY: the packed key bytes are only parsed by UCX, which validates them.
-                let st = unsafe { (self.worker.api().ucp_ep_rkey_unpack)(endpoint.handle, r.key.as_ptr() as *const c_void, &mut rkey) };
+                let st = unsafe { (self.worker.api().ucp_ep_rkey_unpack)(endpoint.handle_locked(name)?, r.key.as_ptr() as *const c_void, &mut rkey) };
                 if st != UCS_OK {
                     for (_, k) in regions.drain() {
                         // SAFETY: keys unpacked above on this endpoint.
@@ -178,7 +180,30 @@ impl AgentCore {
                 regions.insert(r.addr, r.len, RemoteKey { rkey, mem_type: r.mem_type });
             }
         }
-        let remote = Arc::new(RemoteAgent { name: name.to_owned(), descriptor: bytes.to_vec(), regions, endpoint });
+        let remote = Arc::new(RemoteAgent {
+            name: name.to_owned(),
+            descriptor: bytes.to_vec(),
+            regions,
+            endpoint,
+            pending: Mutex::new(Vec::new()),
+        });
+        // When the peer fails (or is invalidated), force-close its endpoint so UCX
+        // lets go of every buffer, then fail whatever UCX did not complete itself.
+        let weak = Arc::downgrade(&remote);
+        let worker = self.worker.0.clone();
+        remote.endpoint.state.on_failure.lock().push(Box::new(move || {
+            let weak = weak.clone();
+            worker.defer(move |_| {
+                if let Some(remote) = weak.upgrade() {
+                    remote.endpoint.close(true);
+                    let reason = remote.endpoint.state.check(&remote.name).err();
+                    for shared in remote.pending.lock().drain(..).filter_map(|w| w.upgrade()) {
+                        let why = reason.clone().unwrap_or_else(|| Error::peer(format!("peer {}: failed", remote.name)));
+                        shared.done.complete(Err(why));
+                    }
+                }
+            });
+        }));
         self.remotes.write().insert(name.to_owned(), remote);
         Ok(())
     }
@@ -237,8 +262,12 @@ impl UcxAgent {
     }
 }
 
-/// Send one notification on `ep` as an eager active message.
-fn post_notification(worker: &Worker, ep: ucp_ep_h, sender: &str, message: Vec<u8>, op: &Arc<Op>) {
+/// Send one notification to `remote` as an eager active message (caller holds the worker lock).
+fn post_notification(worker: &Worker, remote: &RemoteAgent, sender: &str, message: Vec<u8>, op: &Arc<Op>) {
+    let ep = match remote.endpoint.handle_locked(&remote.name) {
+        Ok(ep) => ep,
+        Err(e) => return op.fail_unposted(e),
+    };
     let header = wire::encode_notification_header(sender);
     let mut param = op.param(false);
     param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
@@ -419,9 +448,14 @@ impl TransferAgent for UcxAgent {
             deadline: Instant::now() + self.core.timeout,
             remote: Mutex::new(Some(remote.clone())),
         });
-        let ep = remote.endpoint.handle;
+        {
+            let mut pending = remote.pending.lock();
+            pending.retain(|w| w.upgrade().is_some_and(|t| !t.done.is_done()));
+            pending.push(Arc::downgrade(&shared));
+        }
         let api = worker.api();
         let _g = worker.lock();
+        let ep = remote.endpoint.handle_locked(&remote.name)?;
         let mut param: ucp_request_param_t = zeroed();
         for op in &ops {
             param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
@@ -459,7 +493,7 @@ impl TransferAgent for UcxAgent {
                 note.then(move |_, r| {
                     done.done.complete(r.map(|_| ()));
                 });
-                post_notification(w, remote_for_sync.endpoint.handle, &sender, message, &note);
+                post_notification(w, &remote_for_sync, &sender, message, &note);
             }
             (outcome, _) => {
                 after.done.complete(outcome.map(|_| ()));
@@ -488,7 +522,7 @@ impl TransferAgent for UcxAgent {
         let op = Op::new(&worker, "notification");
         {
             let _g = worker.lock();
-            post_notification(&worker, remote.endpoint.handle, &self.core.name, message.to_vec(), &op);
+            post_notification(&worker, &remote, &self.core.name, message.to_vec(), &op);
         }
         worker.wake();
         op.wait(Some(Instant::now() + self.core.timeout)).map(|_| ())

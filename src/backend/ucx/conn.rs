@@ -278,9 +278,18 @@ impl Connection for UcxConnection {
         let wire_tag = ((self.peer_id as u64) << 32) | tag as u64;
         {
             let _g = worker.lock();
-            // SAFETY: `data` outlives the op: we wait for completion, or close the endpoint first.
-            let ret = unsafe { (worker.api().ucp_tag_send_nbx)(self.endpoint.handle, data.as_ptr() as *const c_void, data.len(), wire_tag, &param) };
-            op.posted(&param, ret);
+            match self.endpoint.handle_locked(&self.peer_address) {
+                Ok(ep) => {
+                    // SAFETY: `data` outlives the op: we wait for completion, or close the endpoint first.
+                    let ret = unsafe { (worker.api().ucp_tag_send_nbx)(ep, data.as_ptr() as *const c_void, data.len(), wire_tag, &param) };
+                    op.posted(&param, ret);
+                }
+                Err(e) => {
+                    // SAFETY: never handed to UCX: reclaim the reference `param` made.
+                    unsafe { drop(Arc::from_raw(param.user_data as *const Op)) };
+                    op.fail_unposted(e);
+                }
+            }
         }
         worker.wake();
         match op.done.wait(deadline, || worker.pump()) {
@@ -288,7 +297,7 @@ impl Connection for UcxConnection {
             None => {
                 // A send cannot be cancelled: fail the connection so UCX drops the buffer.
                 self.endpoint.state.fail("a send timed out".into());
-                worker.close_endpoint(self.endpoint.handle, true);
+                self.endpoint.close(true);
                 let _ = op.done.wait(Some(Instant::now() + Duration::from_secs(2)), || worker.pump());
                 Err(Error::timeout(format!("send to {} timed out; connection closed", self.peer_address)))
             }

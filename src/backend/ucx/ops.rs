@@ -84,6 +84,11 @@ impl Op {
         }
     }
 
+    /// Settle an op that could not be posted at all.
+    pub fn fail_unposted(self: &Arc<Self>, error: crate::core::error::Error) {
+        self.settle(Err(error));
+    }
+
     fn settle(self: &Arc<Self>, outcome: Result<OpInfo>) {
         self.worker.busy.fetch_sub(1, Ordering::Relaxed);
         let then = self.then.lock().take();

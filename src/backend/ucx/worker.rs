@@ -12,7 +12,7 @@ use super::sys::*;
 use crate::core::error::{kvx_status, Error, Result};
 use parking_lot::{Mutex, ReentrantMutex, ReentrantMutexGuard};
 use std::ffi::{c_void, CStr, CString};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -299,7 +299,8 @@ impl Drop for Worker {
 /// the peer failed, `failed` is set and the hooks run (outside UCX).
 pub struct Endpoint {
     pub worker: Arc<Worker>,
-    pub handle: ucp_ep_h,
+    /// Null once closed, so a closed endpoint is never used or closed twice.
+    handle: AtomicPtr<c_void>,
     pub state: Arc<EndpointState>,
     /// Raw `Arc<EndpointState>` handed to UCX as the error-handler argument.
     handler_arg: *const EndpointState,
@@ -372,14 +373,37 @@ impl Endpoint {
             return Err(ucx_error(worker.ucx, "cannot create endpoint to peer (bad or foreign address?)", st));
         }
         worker.wake();
-        Ok(Endpoint { worker: worker.clone(), handle, state, handler_arg })
+        Ok(Endpoint { worker: worker.clone(), handle: AtomicPtr::new(handle), state, handler_arg })
+    }
+}
+
+impl Endpoint {
+    /// The UCX endpoint to post on, or a peer error once it was closed.
+    /// Call with the worker lock held, so a concurrent `close` cannot free it meanwhile.
+    pub fn handle_locked(&self, peer: &str) -> Result<ucp_ep_h> {
+        let handle = self.handle.load(Ordering::Acquire);
+        if handle.is_null() {
+            self.state.check(peer)?;
+            return Err(Error::peer(format!("peer {peer}: endpoint closed")));
+        }
+        Ok(handle)
+    }
+
+    /// Close the endpoint once; later calls (and drop) do nothing.
+    pub fn close(&self, force: bool) {
+        let handle = {
+            let _g = self.worker.lock();
+            self.handle.swap(std::ptr::null_mut(), Ordering::AcqRel)
+        };
+        if !handle.is_null() {
+            self.worker.close_endpoint(handle, force);
+        }
     }
 }
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        let failed = self.state.failed.load(Ordering::Acquire);
-        self.worker.close_endpoint(self.handle, failed);
+        self.close(self.state.failed.load(Ordering::Acquire));
         // SAFETY: after close UCX no longer calls the error handler with this argument.
         unsafe { drop(Arc::from_raw(self.handler_arg)) };
     }
