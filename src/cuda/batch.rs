@@ -1,0 +1,245 @@
+//! Batched device copies: a request's (src, dst, len) list goes to the GPU
+//! in pinned memory and one kernel (`copy_kernel.cu`, committed as PTX and
+//! JIT-compiled by the driver at first use) copies every entry; entries of
+//! at least `COPY_ENGINE_MIN` bytes go to the copy engines instead. Work is
+//! issued in chunks while the list is being built, so the GPU starts copying
+//! before the host has finished a long list. Completion is an event.
+
+use super::{check, primary_context, ContextScope};
+use crate::core::error::{Error, Result};
+use cudarc::driver::sys;
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+const PTX: &str = concat!(include_str!("copy_kernel.ptx"), "\0");
+/// Entries issued per kernel launch while the rest of the list is built.
+const CHUNK: usize = 16 * 1024;
+/// Entries this large are copied by the copy engines (as cudaMemcpyPeer is).
+pub const COPY_ENGINE_MIN: u64 = 4 << 20;
+const BLOCK_THREADS: u32 = 256;
+const MAX_BLOCKS: u32 = 8192;
+
+/// One copy, laid out as the kernel's `KvxCopy`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Copy {
+    pub src: u64,
+    pub dst: u64,
+    pub len: u64,
+}
+
+/// Pinned host list + device list + completion event, reused across requests.
+struct Slot {
+    host: *mut Copy,
+    device: u64,
+    capacity: usize,
+    event: sys::CUevent,
+}
+
+unsafe impl Send for Slot {}
+
+/// Per-device state: the loaded kernel, one stream and the free slots.
+struct Engine {
+    device: u32,
+    function: sys::CUfunction,
+    stream: sys::CUstream,
+    free: Mutex<Vec<Slot>>,
+    /// Orders whole submissions on the stream.
+    issue: Mutex<()>,
+}
+
+unsafe impl Send for Engine {}
+unsafe impl Sync for Engine {}
+
+static ENGINES: Lazy<Mutex<HashMap<u32, Arc<Engine>>>> = Lazy::new(Default::default);
+
+fn engine(device: u32) -> Result<Arc<Engine>> {
+    let mut engines = ENGINES.lock();
+    if let Some(e) = engines.get(&device) {
+        return Ok(e.clone());
+    }
+    primary_context(device)?;
+    let _scope = ContextScope::enter(device)?;
+    let mut module: sys::CUmodule = std::ptr::null_mut();
+    let mut function: sys::CUfunction = std::ptr::null_mut();
+    let mut stream: sys::CUstream = std::ptr::null_mut();
+    // SAFETY: NUL-terminated PTX; out-parameters.
+    unsafe {
+        check(sys::cuModuleLoadData(&mut module, PTX.as_ptr() as *const _), "loading the batched-copy kernel")?;
+        check(sys::cuModuleGetFunction(&mut function, module, c"kvx_copy_batch".as_ptr()), "finding the batched-copy kernel")?;
+        check(sys::cuStreamCreate(&mut stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32), "creating a copy stream")?;
+    }
+    let e = Arc::new(Engine { device, function, stream, free: Mutex::new(Vec::new()), issue: Mutex::new(()) });
+    engines.insert(device, e.clone());
+    Ok(e)
+}
+
+impl Engine {
+    fn take_slot(&self, entries: usize) -> Result<Slot> {
+        {
+            let mut free = self.free.lock();
+            if let Some(i) = free.iter().position(|s| s.capacity >= entries) {
+                return Ok(free.swap_remove(i));
+            }
+        }
+        let capacity = entries.next_power_of_two().max(1024);
+        let bytes = capacity * std::mem::size_of::<Copy>();
+        let mut host: *mut std::ffi::c_void = std::ptr::null_mut();
+        let mut device = 0u64;
+        let mut event: sys::CUevent = std::ptr::null_mut();
+        // SAFETY: out-parameters; freed together if a later step fails.
+        unsafe {
+            check(sys::cuMemHostAlloc(&mut host, bytes, 0), "pinned copy list")?;
+            if let Err(e) = check(sys::cuMemAlloc_v2(&mut device, bytes), "device copy list") {
+                sys::cuMemFreeHost(host);
+                return Err(e);
+            }
+            if let Err(e) = check(sys::cuEventCreate(&mut event, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32), "copy event") {
+                sys::cuMemFreeHost(host);
+                sys::cuMemFree_v2(device);
+                return Err(e);
+            }
+        }
+        Ok(Slot { host: host as *mut Copy, device, capacity, event })
+    }
+
+    /// Issue entries `from..to` of the slot: small ones by one kernel launch, large ones by the copy engines.
+    fn issue(&self, slot: &Slot, from: usize, to: usize, large: &[Copy]) -> Result<()> {
+        let count = to - from;
+        // SAFETY: entries from..to were written by the caller; the list stays untouched until the event fires.
+        unsafe {
+            for c in large {
+                check(sys::cuMemcpyDtoDAsync_v2(c.dst, c.src, c.len as usize, self.stream), "copy-engine copy")?;
+            }
+            if count == 0 {
+                return Ok(());
+            }
+            let bytes = count * std::mem::size_of::<Copy>();
+            let offset = (from * std::mem::size_of::<Copy>()) as u64;
+            check(sys::cuMemcpyHtoDAsync_v2(slot.device + offset, slot.host.add(from) as *const _, bytes, self.stream), "uploading the copy list")?;
+            let mut list = slot.device + offset;
+            let mut n = count as u32;
+            let mut params = [&mut list as *mut u64 as *mut std::ffi::c_void, &mut n as *mut u32 as *mut std::ffi::c_void];
+            let blocks = n.min(MAX_BLOCKS);
+            check(
+                sys::cuLaunchKernel(self.function, blocks, 1, 1, BLOCK_THREADS, 1, 1, 0, self.stream, params.as_mut_ptr(), std::ptr::null_mut()),
+                "launching the batched copy",
+            )
+        }
+    }
+}
+
+/// A submitted batch; dropping it before completion waits for the GPU.
+pub struct Pending {
+    engine: Arc<Engine>,
+    slot: Option<Slot>,
+}
+
+/// Copy every entry `copies` yields on `device`'s stream (all pointers must
+/// be reachable from that device: its own memory or mapped peer memory).
+/// The list is built and issued chunk by chunk, so long lists overlap
+/// building with copying.
+pub fn submit(device: u32, entries: usize, copies: impl Iterator<Item = Result<Copy>>) -> Result<Pending> {
+    let engine = engine(device)?;
+    let _scope = ContextScope::enter(device)?;
+    let slot = engine.take_slot(entries)?;
+    let mut pending = Pending { engine: engine.clone(), slot: None };
+    let _order = engine.issue.lock();
+    let mut written = 0usize;
+    let mut issued = 0usize;
+    let mut large: Vec<Copy> = Vec::new();
+    let mut outcome: Result<()> = Ok(());
+    for c in copies {
+        let c = match c {
+            Ok(c) => c,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        };
+        if c.len >= COPY_ENGINE_MIN {
+            large.push(c);
+        } else {
+            if written == slot.capacity {
+                outcome = Err(Error::invalid("more copies than announced"));
+                break;
+            }
+            // SAFETY: within the slot's capacity; not yet handed to the GPU.
+            unsafe { slot.host.add(written).write(c) };
+            written += 1;
+        }
+        if written - issued == CHUNK || large.len() == 64 {
+            if let Err(e) = engine.issue(&slot, issued, written, &large) {
+                outcome = Err(e);
+                break;
+            }
+            issued = written;
+            large.clear();
+        }
+    }
+    // Whatever was issued must finish before the slot is reused, even on error.
+    let tail = if outcome.is_ok() { engine.issue(&slot, issued, written, &large) } else { Ok(()) };
+    // SAFETY: event and stream belong to this engine.
+    let recorded = check(unsafe { sys::cuEventRecord(slot.event, engine.stream) }, "recording the copy event");
+    pending.slot = Some(slot);
+    outcome.and(tail).and(recorded)?;
+    Ok(pending)
+}
+
+impl Pending {
+    /// Whether the copies are complete (an error if the GPU reported one).
+    pub fn poll(&self) -> Result<bool> {
+        let Some(slot) = &self.slot else { return Ok(true) };
+        let _scope = ContextScope::enter(self.engine.device)?;
+        // SAFETY: a recorded event of this engine.
+        match unsafe { sys::cuEventQuery(slot.event) } {
+            sys::CUresult::CUDA_SUCCESS => Ok(true),
+            sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            st => check(st, "batched copy").map(|_| false),
+        }
+    }
+
+    /// Wait until complete or `deadline`; Ok(false) on timeout.
+    pub fn wait(&self, deadline: Instant) -> Result<bool> {
+        let mut spins = 0u32;
+        loop {
+            if self.poll()? {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            spins += 1;
+            if spins < 1000 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            if let Ok(_scope) = ContextScope::enter(self.engine.device) {
+                // The GPU may still read the list: only a finished slot goes back to the pool.
+                // SAFETY: a recorded event of this engine.
+                unsafe { sys::cuEventSynchronize(slot.event) };
+            }
+            self.engine.free.lock().push(slot);
+        }
+    }
+}
+
+/// Copy `copies` on `device` and wait: for tools and tests.
+pub fn copy_and_wait(device: u32, copies: &[Copy]) -> Result<()> {
+    let pending = submit(device, copies.len(), copies.iter().map(|c| Ok(*c)))?;
+    if !pending.wait(Instant::now() + std::time::Duration::from_secs(60))? {
+        return Err(Error::timeout("batched copy did not finish within 60 s"));
+    }
+    Ok(())
+}
