@@ -152,3 +152,21 @@ pub fn peer_copy(dst: u64, dst_device: u32, src: u64, src_device: u32, len: usiz
     check(unsafe { sys::cuMemcpyPeer(dst, dst_ctx, src, src_ctx, len) }, "cuMemcpyPeer")?;
     check(unsafe { sys::cuCtxSynchronize() }, "peer copy sync")
 }
+
+/// Let device `a` and device `b` reach each other's memory directly (both
+/// directions), as peer copies and peer-mapped kernels need for NVLink speed.
+pub fn enable_peer_access(a: u32, b: u32) -> Result<()> {
+    if a == b {
+        return Ok(());
+    }
+    for (from, to) in [(a, b), (b, a)] {
+        let peer = super::primary_context(to)?;
+        let _scope = ContextScope::enter(from)?;
+        // SAFETY: retained contexts.
+        match unsafe { sys::cuCtxEnablePeerAccess(peer, 0) } {
+            sys::CUresult::CUDA_SUCCESS | sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => {}
+            st => check(st, &format!("enabling peer access from device {from} to {to}"))?,
+        }
+    }
+    Ok(())
+}
