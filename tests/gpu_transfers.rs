@@ -24,7 +24,7 @@ fn batched_copy_kernel_moves_exactly_the_listed_bytes() {
     if !gpu_present("batched_copy_kernel_moves_exactly_the_listed_bytes") {
         return;
     }
-    let size = 8 << 20;
+    let size = 16 << 20;
     let src = DeviceBuffer::new(0, size, Allocation::Plain).unwrap();
     let dst = DeviceBuffer::new(0, size, Allocation::Plain).unwrap();
     let data = pattern(size, 5);
@@ -45,6 +45,8 @@ fn batched_copy_kernel_moves_exactly_the_listed_bytes() {
     }
     put(3 << 20, 3 << 20, 1);
     put(0, 4 << 20, 4 << 20);
+    // Longer than one kernel piece: split on the host.
+    put(8 << 20, 10 << 20, (1 << 20) + 48);
     copy_and_wait(0, &copies).unwrap();
     assert!(dst.download(0, size).unwrap() == expected, "batched copy wrote wrong bytes");
 }

@@ -11,7 +11,7 @@
 # the copy kernel (when nvcc exists, to compare with the committed one); the
 # GPU tests on UCX and on NIXL; `kvxfer-gpu bench` (UCX batched IPC path, UCX
 # transport path, NIXL; ratios to cuMemcpyPeer measured in the same run).
-# `--tests-only` / `--bench-only` run one half.
+# `--tests-only` / `--bench-only` run one half; KVX_NVCC_PTX=1 rebuilds the copy kernel there.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-/tmp/kvx-gpu-out}
@@ -55,8 +55,13 @@ step() {
     echo "UCX_TLS=$UCX_TLS"
 } >"$out/facts.log" 2>&1
 cat "$out/facts.log"
-if command -v nvcc >/dev/null; then
-    timeout 60 nvcc -ptx -arch=compute_70 -O3 "$root/copy_kernel.cu" -o "$out/copy_kernel.ptx" && echo "nvcc PTX written ($(nvcc --version | tail -1))"
+# KVX_NVCC_PTX=1: build the copy kernel with this machine's nvcc and use that
+# build (KVX_COPY_KERNEL_PTX) instead of the committed PTX; it comes back in $OUT.
+if [ "${KVX_NVCC_PTX:-0}" = 1 ] && command -v nvcc >/dev/null; then
+    if timeout 60 nvcc -ptx -arch=compute_75 -O3 "$root/copy_kernel.cu" -o "$out/copy_kernel.ptx"; then
+        export KVX_COPY_KERNEL_PTX=$out/copy_kernel.ptx
+        echo "copy kernel: nvcc build in use ($(nvcc --version | tail -1))"
+    fi
 fi
 if [ "$mode" != "--bench-only" ]; then
     step tests-ucx 100 env TRTLLM_USE_UCX_KVCACHE=1 TRTLLM_USE_NIXL_KVCACHE=0 "$root/bin/gpu_transfers" --test-threads=1 --nocapture

@@ -254,10 +254,13 @@ impl Drop for Peer {
     }
 }
 
-fn run_once(agent: &Agent, op: u32, local: &[kvx_memory_desc], remote: &[kvx_memory_desc], sync: Option<&[u8]>) -> Result<(), String> {
+/// One transfer to completion; Ok(seconds the submit call itself took).
+fn run_once(agent: &Agent, op: u32, local: &[kvx_memory_desc], remote: &[kvx_memory_desc], sync: Option<&[u8]>) -> Result<f64, String> {
+    let t = Instant::now();
     let x = agent.submit_typed(op, (VRAM, local), (VRAM, remote), TARGET, sync).map_err(|(s, e)| format!("submit: {s:?} {e}"))?;
+    let submit = t.elapsed().as_secs_f64();
     match x.wait(TIMEOUT_MS * 3) {
-        kvx_transfer_state::KVX_TRANSFER_SUCCESS => Ok(()),
+        kvx_transfer_state::KVX_TRANSFER_SUCCESS => Ok(submit),
         _ => Err(format!("transfer: {}", x.status_text())),
     }
 }
@@ -356,16 +359,19 @@ fn check() {
         if st != kvxfer::kvx_status::KVX_OK {
             return Err(format!("send: {st:?} {}", last_error()));
         }
+        // Post the receive before waiting for the target's report: over UCX its
+        // (rendezvous) send completes only once this receive has taken the data.
+        let echo = DeviceBuffer::new(0, len, Allocation::Plain).map_err(|e| e.to_string())?;
+        echo.fill(0).unwrap();
+        let st = unsafe { kvx_conn_recv(conns[0].0, 8, echo.ptr() as *mut _, len, TIMEOUT_MS) };
         let echoed = peer.from.next().unwrap().unwrap();
         if !echoed.starts_with("ECHOED ok") {
             return Err(format!("target: {echoed}"));
         }
-        buf.fill(0).unwrap();
-        let st = unsafe { kvx_conn_recv(conns[0].0, 8, buf.ptr() as *mut _, len, TIMEOUT_MS) };
         if st != kvxfer::kvx_status::KVX_OK {
             return Err(format!("recv: {st:?} {}", last_error()));
         }
-        if buf.download(0, len).unwrap() != pattern(len, 11) { Err("echo mismatch".into()) } else { Ok(()) }
+        if echo.download(0, len).unwrap() != pattern(len, 11) { Err("echo mismatch".into()) } else { Ok(()) }
     })();
     report("connection send/recv, 1 MiB device buffers both sides", cm_case);
     drop(agent);
@@ -414,11 +420,13 @@ fn initiator(args: &[String]) {
             // Paths that take seconds per request get one timed run, so the whole bench stays bounded.
             let wanted = if warm.elapsed() > Duration::from_secs(2) { 1 } else { min_iters as usize };
             let mut times = Vec::new();
+            let mut submits = Vec::new();
             let started = Instant::now();
             while outcome.is_ok() && (times.len() < wanted || (wanted > 1 && started.elapsed() < Duration::from_millis(500))) && started.elapsed() < Duration::from_secs(20) {
                 let t = Instant::now();
                 outcome = run_once(&agent, op, &l, &r, None);
                 times.push(t.elapsed().as_secs_f64());
+                submits.extend(outcome.as_ref().ok().copied());
             }
             // The last transfer carries the sync message the target verifies with.
             let verified = outcome.clone().and_then(|_| {
@@ -432,15 +440,20 @@ fn initiator(args: &[String]) {
                     if local.download(0, total as usize).unwrap() == expected { Ok(()) } else { Err("READ data mismatch".into()) }
                 }
             });
-            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+            let median = median_of(&mut times);
+            let submit_ms = median_of(&mut submits) * 1e3;
             let status = match (&outcome, &verified) {
                 (Err(e), _) | (Ok(_), Err(e)) => format!("FAILED {}", e.replace(' ', "_")),
                 _ => "verified".into(),
             };
-            say(&format!("RESULT|{name}|{op_name}|{}|{}|{:.3}|{}|{status}", layout.count, layout.len, total as f64 / median / 1e9, times.len()));
+            say(&format!("RESULT|{name}|{op_name}|{}|{}|{:.3}|{}|{status}|{submit_ms:.3}|{:.3}", layout.count, layout.len, total as f64 / median / 1e9, times.len(), median * 1e3));
         }
     }
+}
+
+fn median_of(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// cuMemcpyPeer of the same bytes in both directions, data verified: GB/s (0->1, 1->0).
@@ -481,6 +494,8 @@ struct Row {
     gbps: f64,
     iters: u64,
     status: String,
+    submit_ms: f64,
+    total_ms: f64,
 }
 
 /// Runs every system's initiator in its own process tree and prints the table.
@@ -514,6 +529,8 @@ fn bench(args: &[String]) {
                 gbps: f[5].parse().unwrap_or(f64::NAN),
                 iters: f[6].parse().unwrap_or(0),
                 status: f[7].into(),
+                submit_ms: f.get(8).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN),
+                total_ms: f.get(9).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN),
             });
             got += 1;
         }
@@ -527,12 +544,15 @@ fn bench(args: &[String]) {
         total as f64 / (1u64 << 30) as f64,
         target_device()
     );
-    let mut table = vec![header, "| system | workload | op | GB/s | of ceiling | vs kvxfer-nixl | timed runs | data |".into(), "|---|---|---|---|---|---|---|---|".into()];
+    let mut table = vec![header, "| system | workload | op | GB/s | of ceiling | vs kvxfer-nixl | ms per request (submit call) | timed runs | data |".into(), "|---|---|---|---|---|---|---|---|---|".into()];
     for r in &rows {
         let ceiling = if r.op == "WRITE" { fwd } else { back };
         let nixl = rows.iter().find(|n| n.system == "kvxfer-nixl" && n.workload == r.workload && n.op == r.op && n.status == "verified").map(|n| n.gbps);
         let vs_nixl = nixl.map_or("-".to_string(), |n| format!("{:.2}x", r.gbps / n));
-        table.push(format!("| {} | {} | {} | {:.1} | {:.0}% | {} | {} | {} |", r.system, r.workload, r.op, r.gbps, 100.0 * r.gbps / ceiling, vs_nixl, r.iters, r.status));
+        table.push(format!(
+            "| {} | {} | {} | {:.1} | {:.0}% | {} | {:.2} ({:.2}) | {} | {} |",
+            r.system, r.workload, r.op, r.gbps, 100.0 * r.gbps / ceiling, vs_nixl, r.total_ms, r.submit_ms, r.iters, r.status
+        ));
     }
     let text = table.join("\n");
     say(&text);
@@ -541,8 +561,8 @@ fn bench(args: &[String]) {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"system\":\"{}\",\"workload\":\"{}\",\"op\":\"{}\",\"descriptors\":{},\"descriptor_bytes\":{},\"gbps\":{:.3},\"timed_runs\":{},\"status\":\"{}\"}}",
-                    r.system, r.workload, r.op, r.descs, r.len, r.gbps, r.iters, r.status
+                    "{{\"system\":\"{}\",\"workload\":\"{}\",\"op\":\"{}\",\"descriptors\":{},\"descriptor_bytes\":{},\"gbps\":{:.3},\"ms_per_request\":{:.3},\"submit_ms\":{:.3},\"timed_runs\":{},\"status\":\"{}\"}}",
+                    r.system, r.workload, r.op, r.descs, r.len, r.gbps, r.total_ms, r.submit_ms, r.iters, r.status
                 )
             })
             .collect();

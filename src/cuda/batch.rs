@@ -4,6 +4,8 @@
 //! at least `COPY_ENGINE_MIN` bytes go to the copy engines instead. Work is
 //! issued in chunks while the list is being built, so the GPU starts copying
 //! before the host has finished a long list. Completion is an event.
+//! `KVX_COPY_KERNEL_PTX=<file>` loads another build of the same kernel (used
+//! on the GPU machine to try nvcc's output before committing it).
 
 use super::{check, primary_context, ContextScope};
 use crate::core::error::{Error, Result};
@@ -19,8 +21,17 @@ const PTX: &str = concat!(include_str!("copy_kernel.ptx"), "\0");
 const CHUNK: usize = 16 * 1024;
 /// Entries this large are copied by the copy engines (as cudaMemcpyPeer is).
 pub const COPY_ENGINE_MIN: u64 = 4 << 20;
+/// Kernel entries longer than this are split, so one warp never copies far
+/// more than its neighbours (the kernel gives each entry one warp).
+const PIECE: u64 = 64 << 10;
 const BLOCK_THREADS: u32 = 256;
+const WARPS_PER_BLOCK: u32 = BLOCK_THREADS / 32;
 const MAX_BLOCKS: u32 = 8192;
+
+/// List entries that a copy of `len` bytes takes (callers size batches with it).
+pub fn entries_for(len: u64) -> usize {
+    if len >= COPY_ENGINE_MIN { 1 } else { len.div_ceil(PIECE).max(1) as usize }
+}
 
 /// One copy, laid out as the kernel's `KvxCopy`.
 #[repr(C)]
@@ -66,9 +77,18 @@ fn engine(device: u32) -> Result<Arc<Engine>> {
     let mut module: sys::CUmodule = std::ptr::null_mut();
     let mut function: sys::CUfunction = std::ptr::null_mut();
     let mut stream: sys::CUstream = std::ptr::null_mut();
+    let replacement = std::env::var_os("KVX_COPY_KERNEL_PTX").map(|path| {
+        let mut text = std::fs::read(&path).map_err(|e| Error::system(&format!("reading {path:?}"), e))?;
+        text.push(0);
+        Ok::<_, Error>(text)
+    });
+    let ptx: Vec<u8> = match replacement {
+        Some(text) => text?,
+        None => PTX.as_bytes().to_vec(),
+    };
     // SAFETY: NUL-terminated PTX; out-parameters.
     unsafe {
-        check(sys::cuModuleLoadData(&mut module, PTX.as_ptr() as *const _), "loading the batched-copy kernel")?;
+        check(sys::cuModuleLoadData(&mut module, ptx.as_ptr() as *const _), "loading the batched-copy kernel")?;
         check(sys::cuModuleGetFunction(&mut function, module, c"kvx_copy_batch".as_ptr()), "finding the batched-copy kernel")?;
         check(sys::cuStreamCreate(&mut stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32), "creating a copy stream")?;
     }
@@ -123,7 +143,7 @@ impl Engine {
             let mut list = slot.device + offset;
             let mut n = count as u32;
             let mut params = [&mut list as *mut u64 as *mut std::ffi::c_void, &mut n as *mut u32 as *mut std::ffi::c_void];
-            let blocks = n.min(MAX_BLOCKS);
+            let blocks = n.div_ceil(WARPS_PER_BLOCK).min(MAX_BLOCKS);
             check(
                 sys::cuLaunchKernel(self.function, blocks, 1, 1, BLOCK_THREADS, 1, 1, 0, self.stream, params.as_mut_ptr(), std::ptr::null_mut()),
                 "launching the batched copy",
@@ -163,15 +183,20 @@ pub fn submit(device: u32, entries: usize, copies: impl Iterator<Item = Result<C
         if c.len >= COPY_ENGINE_MIN {
             large.push(c);
         } else {
-            if written == slot.capacity {
+            if written + entries_for(c.len) > slot.capacity {
                 outcome = Err(Error::invalid("more copies than announced"));
                 break;
             }
-            // SAFETY: within the slot's capacity; not yet handed to the GPU.
-            unsafe { slot.host.add(written).write(c) };
-            written += 1;
+            let mut at = 0;
+            while at < c.len.max(1) {
+                let len = PIECE.min(c.len - at);
+                // SAFETY: within the slot's capacity (checked above); not yet handed to the GPU.
+                unsafe { slot.host.add(written).write(Copy { src: c.src + at, dst: c.dst + at, len }) };
+                written += 1;
+                at += PIECE;
+            }
         }
-        if written - issued == CHUNK || large.len() == 64 {
+        if written - issued >= CHUNK || large.len() == 64 {
             if let Err(e) = engine.issue(&slot, issued, written, &large) {
                 outcome = Err(e);
                 break;
@@ -237,7 +262,8 @@ impl Drop for Pending {
 
 /// Copy `copies` on `device` and wait: for tools and tests.
 pub fn copy_and_wait(device: u32, copies: &[Copy]) -> Result<()> {
-    let pending = submit(device, copies.len(), copies.iter().map(|c| Ok(*c)))?;
+    let entries = copies.iter().map(|c| entries_for(c.len)).sum();
+    let pending = submit(device, entries, copies.iter().map(|c| Ok(*c)))?;
     if !pending.wait(Instant::now() + std::time::Duration::from_secs(60))? {
         return Err(Error::timeout("batched copy did not finish within 60 s"));
     }

@@ -212,7 +212,7 @@ pub(super) fn try_submit(agent: &UcxAgent, req: &TransferRequest<'_>, remote: &A
         if resolver.resolve(run.local.addr, run.remote.addr, run.len()).is_none() {
             return Ok(None);
         }
-        count += 1;
+        count += batch::entries_for(run.len());
     }
     let Some(device) = resolver.device else { return Ok(None) };
     let write = req.op == kvx_transfer_op::KVX_OP_WRITE;
