@@ -182,6 +182,15 @@ pub fn submit(device: u32, entries: usize, copies: impl Iterator<Item = Result<C
         };
         if c.len >= COPY_ENGINE_MIN {
             large.push(c);
+        } else if c.len <= PIECE {
+            // The common case (KV blocks): one entry, no splitting.
+            if written == slot.capacity {
+                outcome = Err(Error::invalid("more copies than announced"));
+                break;
+            }
+            // SAFETY: within the slot's capacity (checked above); not yet handed to the GPU.
+            unsafe { slot.host.add(written).write(c) };
+            written += 1;
         } else {
             if written + entries_for(c.len) > slot.capacity {
                 outcome = Err(Error::invalid("more copies than announced"));

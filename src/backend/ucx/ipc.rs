@@ -18,7 +18,7 @@ use crate::backend::ucx::worker::Worker;
 use crate::core::coalesce;
 use crate::core::completion::Completion;
 use crate::core::error::{Error, Result};
-use crate::core::memory::{kvx_memory_type, RegionMap};
+use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionMap};
 use crate::core::wire::{AgentDescriptor, IpcRegion, IpcSection};
 use crate::cuda::{batch, ipc as cuda_ipc};
 use crate::dispatch::{kvx_transfer_op, TransferRequest};
@@ -143,6 +143,30 @@ impl Resolver<'_> {
     }
 }
 
+/// Lowest address and highest end of `descs`, and the kernel list entries
+/// they need at most (coalescing only merges). Ranges were checked for
+/// overflow by the C ABI layer.
+fn span(descs: &[kvx_memory_desc]) -> (u64, u64, usize) {
+    descs.iter().fold((u64::MAX, 0, 0), |(lo, hi, n), d| (lo.min(d.addr), hi.max(d.addr + d.len), n + batch::entries_for(d.len)))
+}
+
+/// When every local descriptor lies in one local region and every remote one
+/// in one peer region (a registered KV pool), peer addresses map by one
+/// constant and no descriptor needs a lookup: (device, remote-to-mapped shift, entries).
+fn single_region(resolver: &mut Resolver<'_>, req: &TransferRequest<'_>) -> Option<(u32, u64, usize)> {
+    let (llo, lhi, entries) = span(req.local);
+    let (rlo, rhi, _) = span(req.remote);
+    let (_, local) = resolver.local.find_containing(llo, lhi.checked_sub(llo)?)?;
+    if local.mem_type != VRAM {
+        return None;
+    }
+    let (start, region) = resolver.peer.regions.find_containing(rlo, rhi.checked_sub(rlo)?)?;
+    let mapping = region.mapping(local.device_id).map_err(|e| crate::log_at!(Warn, "CUDA IPC path not taken: {e}")).ok()?;
+    let shift = (mapping.base + region.offset).wrapping_sub(start);
+    resolver.mappings.push(mapping);
+    Some((local.device_id, shift, entries))
+}
+
 /// Copies waiting for their event, then for the sync message.
 struct Job {
     pending: batch::Pending,
@@ -206,22 +230,27 @@ pub(super) fn try_submit(agent: &UcxAgent, req: &TransferRequest<'_>, remote: &A
     }
     let local = agent.core.local.lock();
     let mut resolver = Resolver { local: &local, peer, device: None, last_local: None, last_remote: None, mappings: Vec::new() };
-    // Check everything before anything moves.
-    let mut count = 0usize;
-    for run in coalesce::runs(req.local, req.remote) {
-        if resolver.resolve(run.local.addr, run.remote.addr, run.len()).is_none() {
-            return Ok(None);
-        }
-        count += batch::entries_for(run.len());
-    }
-    let Some(device) = resolver.device else { return Ok(None) };
     let write = req.op == kvx_transfer_op::KVX_OP_WRITE;
-    let copies = coalesce::runs(req.local, req.remote).map(|run| {
-        let (l, r) = resolver.resolve(run.local.addr, run.remote.addr, run.len()).ok_or_else(|| Error::invalid("registrations changed during submit"))?;
-        let (src, dst) = if write { (l, r) } else { (r, l) };
-        Ok(batch::Copy { src, dst, len: run.len() })
-    });
-    let pending = batch::submit(device, count, copies)?;
+    let copy = |l: u64, r: u64, len: u64| if write { batch::Copy { src: l, dst: r, len } } else { batch::Copy { src: r, dst: l, len } };
+    let pending = if let Some((device, shift, entries)) = single_region(&mut resolver, req) {
+        let copies = coalesce::runs(req.local, req.remote).map(|run| Ok(copy(run.local.addr, run.remote.addr.wrapping_add(shift), run.len())));
+        batch::submit(device, entries, copies)?
+    } else {
+        // Several regions: check every descriptor before anything moves.
+        let mut count = 0usize;
+        for run in coalesce::runs(req.local, req.remote) {
+            if resolver.resolve(run.local.addr, run.remote.addr, run.len()).is_none() {
+                return Ok(None);
+            }
+            count += batch::entries_for(run.len());
+        }
+        let Some(device) = resolver.device else { return Ok(None) };
+        let copies = coalesce::runs(req.local, req.remote).map(|run| {
+            let (l, r) = resolver.resolve(run.local.addr, run.remote.addr, run.len()).ok_or_else(|| Error::invalid("registrations changed during submit"))?;
+            Ok(copy(l, r, run.len()))
+        });
+        batch::submit(device, count, copies)?
+    };
     let mappings = std::mem::take(&mut resolver.mappings);
     drop(local);
     let shared = Arc::new(TransferShared {
