@@ -68,5 +68,5 @@ if [ "$mode" != "--bench-only" ]; then
     step tests-nixl 100 env TRTLLM_USE_NIXL_KVCACHE=1 TRTLLM_USE_UCX_KVCACHE=0 "$root/bin/gpu_transfers" --test-threads=1 --nocapture
 fi
 if [ "$mode" != "--tests-only" ]; then
-    TAIL=40 step bench 360 "$root/bin/kvxfer-gpu" bench --iters "${KVX_BENCH_ITERS:-3}" --json "$out/bench.json"
+    TAIL=40 step bench 360 "$root/bin/kvxfer-gpu" bench --iters "${KVX_BENCH_ITERS:-3}" --systems "${KVX_BENCH_SYSTEMS:-ipc,transport,nixl}" --json "$out/bench.json"
 fi

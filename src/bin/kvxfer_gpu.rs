@@ -5,7 +5,7 @@
 //! kvxfer-gpu check                 device memory end to end on the backend the
 //!                                  environment selects (TRTLLM_USE_NIXL_KVCACHE=1
 //!                                  for NIXL); exits non-zero on any mismatch
-//! kvxfer-gpu bench [--iters N] [--json PATH]
+//! kvxfer-gpu bench [--iters N] [--json PATH] [--systems ipc,transport,nixl]
 //!                                  Llama-3-70B, 4k-token prompt (1.25 GiB) GPU0 -> GPU1:
 //!                                  staging and paged layouts, READ and WRITE, over UCX
 //!                                  (batched IPC path and plain transport) and NIXL, as
@@ -504,12 +504,16 @@ fn bench(args: &[String]) {
     let iters = num(args, "--iters", 5);
     let (fwd, back) = ceiling(total, 10);
     let mut rows: Vec<Row> = Vec::new();
-    let systems: [(&str, &[(&str, &str)]); 3] = [
-        ("kvxfer-ucx (batched IPC)", &[("TRTLLM_USE_NIXL_KVCACHE", "0"), ("KVX_UCX_IPC", "1")]),
-        ("kvxfer-ucx (transport)", &[("TRTLLM_USE_NIXL_KVCACHE", "0"), ("KVX_UCX_IPC", "0")]),
-        ("kvxfer-nixl", &[("TRTLLM_USE_NIXL_KVCACHE", "1"), ("TRTLLM_USE_UCX_KVCACHE", "0")]),
+    let systems: [(&str, &str, &[(&str, &str)]); 3] = [
+        ("ipc", "kvxfer-ucx (batched IPC)", &[("TRTLLM_USE_NIXL_KVCACHE", "0"), ("KVX_UCX_IPC", "1")]),
+        ("transport", "kvxfer-ucx (transport)", &[("TRTLLM_USE_NIXL_KVCACHE", "0"), ("KVX_UCX_IPC", "0")]),
+        ("nixl", "kvxfer-nixl", &[("TRTLLM_USE_NIXL_KVCACHE", "1"), ("TRTLLM_USE_UCX_KVCACHE", "0")]),
     ];
-    for (system, env) in systems {
+    let wanted = opt(args, "--systems").unwrap_or_else(|| "ipc,transport,nixl".into());
+    for (key, system, env) in systems {
+        if !wanted.split(',').any(|w| w == key) {
+            continue;
+        }
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args(["initiator", "--iters", &iters.to_string()]).stdout(Stdio::piped());
         for (k, v) in env.iter() {
