@@ -158,69 +158,120 @@ pub struct Pending {
     slot: Option<Slot>,
 }
 
-/// Copy every entry `copies` yields on `device`'s stream (all pointers must
-/// be reachable from that device: its own memory or mapped peer memory).
-/// The list is built and issued chunk by chunk, so long lists overlap
-/// building with copying.
-pub fn submit(device: u32, entries: usize, copies: impl Iterator<Item = Result<Copy>>) -> Result<Pending> {
-    let engine = engine(device)?;
-    let _scope = ContextScope::enter(device)?;
-    let slot = engine.take_slot(entries)?;
-    let mut pending = Pending { engine: engine.clone(), slot: None };
-    let _order = engine.issue.lock();
-    let mut written = 0usize;
-    let mut issued = 0usize;
-    let mut large: Vec<Copy> = Vec::new();
-    let mut outcome: Result<()> = Ok(());
-    for c in copies {
-        let c = match c {
-            Ok(c) => c,
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
+/// A batch being built: its list slot is cut into disjoint ranges, one per
+/// `Writer`, so several threads can build and issue parts of one long list.
+pub struct Batch {
+    engine: Arc<Engine>,
+    slot: Slot,
+}
+
+unsafe impl Sync for Batch {}
+
+impl Batch {
+    /// A batch on `device` with room for `entries` list entries.
+    pub fn new(device: u32, entries: usize) -> Result<Batch> {
+        let engine = engine(device)?;
+        let slot = {
+            let _scope = ContextScope::enter(device)?;
+            engine.take_slot(entries)?
         };
+        Ok(Batch { engine, slot })
+    }
+
+    /// A writer for list entries `start..start + capacity` (ranges of different writers must not overlap).
+    pub fn writer(&self, start: usize, capacity: usize) -> Result<Writer<'_>> {
+        if start.checked_add(capacity).map_or(true, |end| end > self.slot.capacity) {
+            return Err(Error::invalid("batch writer outside the list"));
+        }
+        Ok(Writer { batch: self, end: start + capacity, written: start, issued: start, large: Vec::new() })
+    }
+
+    /// Close the batch: everything written was issued by its writer's `finish`.
+    /// The event is recorded even after an error, so the list is reused only once the GPU is done with it.
+    pub fn finish(self, outcome: Result<()>) -> Result<Pending> {
+        let recorded = {
+            let _scope = ContextScope::enter(self.engine.device)?;
+            // SAFETY: event and stream belong to this engine.
+            check(unsafe { sys::cuEventRecord(self.slot.event, self.engine.stream) }, "recording the copy event")
+        };
+        let pending = Pending { engine: self.engine, slot: Some(self.slot) };
+        outcome.and(recorded)?;
+        Ok(pending)
+    }
+}
+
+/// Builds one range of a batch's list, issuing every `CHUNK` entries.
+pub struct Writer<'a> {
+    batch: &'a Batch,
+    end: usize,
+    written: usize,
+    issued: usize,
+    large: Vec<Copy>,
+}
+
+impl Writer<'_> {
+    pub fn push(&mut self, c: Copy) -> Result<()> {
+        let slot = &self.batch.slot;
         if c.len >= COPY_ENGINE_MIN {
-            large.push(c);
+            self.large.push(c);
         } else if c.len <= PIECE {
             // The common case (KV blocks): one entry, no splitting.
-            if written == slot.capacity {
-                outcome = Err(Error::invalid("more copies than announced"));
-                break;
+            if self.written == self.end {
+                return Err(Error::invalid("more copies than announced"));
             }
-            // SAFETY: within the slot's capacity (checked above); not yet handed to the GPU.
-            unsafe { slot.host.add(written).write(c) };
-            written += 1;
+            // SAFETY: within this writer's range of the slot; not yet handed to the GPU.
+            unsafe { slot.host.add(self.written).write(c) };
+            self.written += 1;
         } else {
-            if written + entries_for(c.len) > slot.capacity {
-                outcome = Err(Error::invalid("more copies than announced"));
-                break;
+            if self.written + entries_for(c.len) > self.end {
+                return Err(Error::invalid("more copies than announced"));
             }
             let mut at = 0;
-            while at < c.len.max(1) {
+            while at < c.len {
                 let len = PIECE.min(c.len - at);
-                // SAFETY: within the slot's capacity (checked above); not yet handed to the GPU.
-                unsafe { slot.host.add(written).write(Copy { src: c.src + at, dst: c.dst + at, len }) };
-                written += 1;
+                // SAFETY: within this writer's range (checked above); not yet handed to the GPU.
+                unsafe { slot.host.add(self.written).write(Copy { src: c.src + at, dst: c.dst + at, len }) };
+                self.written += 1;
                 at += PIECE;
             }
         }
-        if written - issued >= CHUNK || large.len() == 64 {
-            if let Err(e) = engine.issue(&slot, issued, written, &large) {
-                outcome = Err(e);
-                break;
-            }
-            issued = written;
-            large.clear();
+        if self.written - self.issued >= CHUNK || self.large.len() == 64 {
+            self.flush()?;
         }
+        Ok(())
     }
-    // Whatever was issued must finish before the slot is reused, even on error.
-    let tail = if outcome.is_ok() { engine.issue(&slot, issued, written, &large) } else { Ok(()) };
-    // SAFETY: event and stream belong to this engine.
-    let recorded = check(unsafe { sys::cuEventRecord(slot.event, engine.stream) }, "recording the copy event");
-    pending.slot = Some(slot);
-    outcome.and(tail).and(recorded)?;
-    Ok(pending)
+
+    fn flush(&mut self) -> Result<()> {
+        let engine = &self.batch.engine;
+        let _scope = ContextScope::enter(engine.device)?;
+        {
+            let _order = engine.issue.lock();
+            engine.issue(&self.batch.slot, self.issued, self.written, &self.large)?;
+        }
+        self.issued = self.written;
+        self.large.clear();
+        Ok(())
+    }
+
+    /// Issue what is left.
+    pub fn finish(mut self) -> Result<()> {
+        self.flush()
+    }
+}
+
+/// Copy every entry `copies` yields on `device`'s stream (all pointers must
+/// be reachable from that device: its own memory or mapped peer memory).
+/// The list is built and issued chunk by chunk, so long lists overlap
+/// building with copying. `entries` bounds the list entries (`entries_for`).
+pub fn submit(device: u32, entries: usize, copies: impl Iterator<Item = Result<Copy>>) -> Result<Pending> {
+    let batch = Batch::new(device, entries)?;
+    let outcome = batch.writer(0, entries).and_then(|mut w| {
+        for c in copies {
+            w.push(c?)?;
+        }
+        w.finish()
+    });
+    batch.finish(outcome)
 }
 
 impl Pending {
