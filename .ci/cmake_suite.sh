@@ -64,32 +64,33 @@ for w in ucx nixl; do
   grep -q "Shared library: \[libkvxfer.so.$major\]" <<<"$dyn" || { echo "$f: not linked to libkvxfer.so.$major" >&2; exit 1; }
   grep -q 'R.*PATH.*\[\$ORIGIN\]' <<<"$dyn" || { echo "$f: RUNPATH is not \$ORIGIN" >&2; exit 1; }
 done
-for sym in makeUcxConnectionManager; do
-  nm -D --defined-only "$lib/libtensorrt_llm_ucx_wrapper.so" | grep -qw "T $sym" || { echo "missing $sym" >&2; exit 1; }
-done
-for sym in createNixlTransferAgent createNixlLoopbackAgent; do
-  nm -D --defined-only "$lib/libtensorrt_llm_nixl_wrapper.so" | grep -qw "T $sym" || { echo "missing $sym" >&2; exit 1; }
+for export in ucx:makeUcxConnectionManager nixl:createNixlTransferAgent nixl:createNixlLoopbackAgent; do
+  nm -D --defined-only "$lib/libtensorrt_llm_${export%%:*}_wrapper.so" | grep -qw "T ${export#*:}" \
+    || { echo "libtensorrt_llm_${export%%:*}_wrapper.so does not export ${export#*:}" >&2; exit 1; }
 done
 echo "ok: wrappers have SONAME = file name, NODELETE, RUNPATH \$ORIGIN, no libtensorrt_llm.so, their factories"
+
+# Configures, builds and runs one GoogleTest project against the installed
+# package; a failure is remembered in tests_rc so the consumer checks still run.
+tests_rc=0
+run_suite() {
+  local src="$1" build="$2"
+  shift 2
+  cmake -S "$ROOT/$src" -B "$BUILD_ROOT/$build" "${GENERATOR_ARGS[@]}" -DCMAKE_PREFIX_PATH="$PREFIX" "$@"
+  cmake --build "$BUILD_ROOT/$build" -j "$JOBS"
+  # shellcheck disable=SC2086
+  (cd "$BUILD_ROOT/$build" && ctest --output-on-failure -j "$JOBS" $CTEST_ARGS) || tests_rc=$?
+}
 
 step "build + run the GoogleTest suite (tests/cpp) against the installed package"
 test_args=()
 if [[ -n "${KVXFER_TEST_UCX_TLS:-}" ]]; then test_args+=("-DKVXFER_TEST_UCX_TLS=$KVXFER_TEST_UCX_TLS"); fi
-cmake -S "$ROOT/tests/cpp" -B "$BUILD_ROOT/tests" "${GENERATOR_ARGS[@]}" \
-  -DCMAKE_PREFIX_PATH="$PREFIX" "${test_args[@]}"
-cmake --build "$BUILD_ROOT/tests" -j "$JOBS"
-tests_rc=0
-# shellcheck disable=SC2086
-(cd "$BUILD_ROOT/tests" && ctest --output-on-failure -j "$JOBS" $CTEST_ARGS) || tests_rc=$?
+run_suite tests/cpp tests "${test_args[@]}"
 
 step "build + run TensorRT-LLM's scenarios (tests/trtllm) through the installed wrappers"
 trtllm_args=()
 if [[ -n "${KVXFER_TEST_NIXL:-}" ]]; then trtllm_args+=("-DKVXFER_TEST_NIXL=$KVXFER_TEST_NIXL"); fi
-cmake -S "$ROOT/tests/trtllm" -B "$BUILD_ROOT/trtllm" "${GENERATOR_ARGS[@]}" \
-  -DCMAKE_PREFIX_PATH="$PREFIX" "${trtllm_args[@]}"
-cmake --build "$BUILD_ROOT/trtllm" -j "$JOBS"
-# shellcheck disable=SC2086
-(cd "$BUILD_ROOT/trtllm" && ctest --output-on-failure -j "$JOBS" $CTEST_ARGS) || tests_rc=$?
+run_suite tests/trtllm trtllm "${trtllm_args[@]}"
 
 # TensorRT-LLM's own layout: the wrappers replace the files in tensorrt_llm/libs/
 # and find libkvxfer next to them ($ORIGIN).

@@ -133,28 +133,45 @@ kvc::CommState deserializeCommState(std::string const& bytes)
     return kvc::CommState{std::move(sockets), selfIdx};
 }
 
-void runTransfer(TransferOp op)
+// Two agents in one process, as in every upstream scenario.
+struct AgentPair
 {
     std::string name0 = uniqueName("agent0");
     std::string name1 = uniqueName("agent1");
-    auto agent0 = makeTransferAgent(name0);
-    auto agent1 = makeTransferAgent(name1);
-    std::vector<char> mem0(100, 10);
-    std::vector<char> mem1(100, 1);
-    Registered reg0(*agent0, hostDescs(mem0));
-    Registered reg1(*agent1, hostDescs(mem1));
+    std::unique_ptr<kvc::BaseTransferAgent> agent0 = makeTransferAgent(name0);
+    std::unique_ptr<kvc::BaseTransferAgent> agent1 = makeTransferAgent(name1);
 
-    agent0->loadRemoteAgent(name1, agent1->getLocalConnectionInfo());
-    ASSERT_NO_FATAL_FAILURE(waitRemoteDescs(*agent0, name1, reg1.descs()));
-    auto status = agent0->submitTransferRequests(TransferRequest{op, reg0.descs(), reg1.descs(), name1});
+    // agent0 loads agent1 by connection info and polls until `remote` is visible.
+    void connect(MemoryDescs const& remote)
+    {
+        agent0->loadRemoteAgent(name1, agent1->getLocalConnectionInfo());
+        ASSERT_NO_FATAL_FAILURE(waitRemoteDescs(*agent0, name1, remote));
+    }
+};
+
+// Submits and waits for success.
+void transfer(kvc::BaseTransferAgent& agent, TransferRequest const& request)
+{
+    auto status = agent.submitTransferRequests(request);
     ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr();
     EXPECT_TRUE(status->isCompleted());
+}
+
+void runTransfer(TransferOp op)
+{
+    AgentPair pair;
+    std::vector<char> mem0(100, 10);
+    std::vector<char> mem1(100, 1);
+    Registered reg0(*pair.agent0, hostDescs(mem0));
+    Registered reg1(*pair.agent1, hostDescs(mem1));
+    ASSERT_NO_FATAL_FAILURE(pair.connect(reg1.descs()));
+    ASSERT_NO_FATAL_FAILURE(transfer(*pair.agent0, TransferRequest{op, reg0.descs(), reg1.descs(), pair.name1}));
     // WRITE pushes local (src) into remote (dst); READ pulls remote (dst) into local (src).
     if (op == TransferOp::kWRITE)
         EXPECT_EQ(mem1, std::vector<char>(100, 10));
     else
         EXPECT_EQ(mem0, std::vector<char>(100, 1));
-    agent0->invalidateRemoteAgent(name1);
+    pair.agent0->invalidateRemoteAgent(pair.name1);
 }
 
 } // namespace
@@ -173,25 +190,22 @@ TEST(TransferAgent, Basic2)
 // TensorRT-LLM's AgentConnectionManager does on the context side.
 TEST(TransferAgent, LoadByAgentDesc)
 {
-    std::string name0 = uniqueName("agent0");
-    std::string name1 = uniqueName("agent1");
-    auto agent0 = makeTransferAgent(name0);
-    auto agent1 = makeTransferAgent(name1);
+    AgentPair pair;
     auto payload = randomBytes(4096, 7);
     std::vector<char> mem0 = payload;
     std::vector<char> mem1(payload.size(), 0);
-    Registered reg0(*agent0, hostDescs(mem0));
-    Registered reg1(*agent1, hostDescs(mem1));
-    kvc::AgentDesc desc = agent1->getLocalAgentDesc();
+    Registered reg0(*pair.agent0, hostDescs(mem0));
+    Registered reg1(*pair.agent1, hostDescs(mem1));
+    kvc::AgentDesc desc = pair.agent1->getLocalAgentDesc();
     EXPECT_FALSE(desc.getBackendAgentDesc().empty());
-    agent0->invalidateRemoteAgent(name1); // unknown peer: a no-op, as TensorRT-LLM relies on
-    agent0->loadRemoteAgent(name1, desc);
-    EXPECT_TRUE(agent0->checkRemoteDescs(name1, reg1.descs()));
-    auto status = agent0->submitTransferRequests(TransferRequest{TransferOp::kWRITE, reg0.descs(), reg1.descs(), name1});
-    ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr();
+    pair.agent0->invalidateRemoteAgent(pair.name1); // unknown peer: a no-op, as TensorRT-LLM relies on
+    pair.agent0->loadRemoteAgent(pair.name1, desc);
+    EXPECT_TRUE(pair.agent0->checkRemoteDescs(pair.name1, reg1.descs()));
+    ASSERT_NO_FATAL_FAILURE(
+        transfer(*pair.agent0, TransferRequest{TransferOp::kWRITE, reg0.descs(), reg1.descs(), pair.name1}));
     EXPECT_EQ(mem1, payload);
-    agent0->invalidateRemoteAgent(name1);
-    EXPECT_FALSE(agent0->checkRemoteDescs(name1, reg1.descs()));
+    pair.agent0->invalidateRemoteAgent(pair.name1);
+    EXPECT_FALSE(pair.agent0->checkRemoteDescs(pair.name1, reg1.descs()));
 }
 
 TEST(TransferAgent, Connect)
@@ -216,9 +230,8 @@ TEST(TransferAgent, Connect)
         std::fill(mem1.begin(), mem1.end(), 1);
         writer->loadRemoteAgent(name1, info1);
         ASSERT_NO_FATAL_FAILURE(waitRemoteDescs(*writer, name1, reg1.descs()));
-        auto status = writer->submitTransferRequests(
-            TransferRequest{TransferOp::kWRITE, reg0.descs(), reg1.descs(), name1});
-        ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr();
+        ASSERT_NO_FATAL_FAILURE(
+            transfer(*writer, TransferRequest{TransferOp::kWRITE, reg0.descs(), reg1.descs(), name1}));
         EXPECT_EQ(mem1, shared);
     }
     agent0->invalidateRemoteAgent(name1);
@@ -227,17 +240,16 @@ TEST(TransferAgent, Connect)
 
 TEST(TransferAgent, SyncMessage)
 {
-    std::string name0 = uniqueName("agent0");
-    std::string name1 = uniqueName("agent1");
-    auto agent0 = makeTransferAgent(name0);
-    auto agent1 = makeTransferAgent(name1);
+    AgentPair pair;
+    auto& agent0 = pair.agent0;
+    auto& agent1 = pair.agent1;
+    auto const& name0 = pair.name0;
+    auto const& name1 = pair.name1;
     std::vector<char> mem0(100, 10);
     std::vector<char> mem1(100, 1);
     Registered reg0(*agent0, hostDescs(mem0));
     Registered reg1(*agent1, hostDescs(mem1));
-
-    agent0->loadRemoteAgent(name1, agent1->getLocalConnectionInfo());
-    ASSERT_NO_FATAL_FAILURE(waitRemoteDescs(*agent0, name1, reg1.descs()));
+    ASSERT_NO_FATAL_FAILURE(pair.connect(reg1.descs()));
 
     // (a) a WRITE without a message, then a separate notification: exactly one
     // notification arrives, so the WRITE itself notified nobody.
@@ -303,22 +315,18 @@ TEST(TransferAgent, DeviceMemory)
     Cuda* cuda = Cuda::get();
     if (cuda == nullptr)
         GTEST_SKIP() << "no CUDA driver or device";
-    std::string name0 = uniqueName("agent0");
-    std::string name1 = uniqueName("agent1");
-    auto agent0 = makeTransferAgent(name0);
-    auto agent1 = makeTransferAgent(name1);
+    AgentPair pair;
     DeviceBuffer dev0(*cuda, 100);
     DeviceBuffer dev1(*cuda, 100);
     dev0.upload(std::vector<char>(100, 10));
     dev1.upload(std::vector<char>(100, 1));
-    Registered reg0(*agent0, MemoryDescs{MemoryType::kVRAM, {MemoryDesc{dev0.data(), 100, 0}}});
-    Registered reg1(*agent1, MemoryDescs{MemoryType::kVRAM, {MemoryDesc{dev1.data(), 100, 0}}});
-    agent0->loadRemoteAgent(name1, agent1->getLocalConnectionInfo());
-    ASSERT_NO_FATAL_FAILURE(waitRemoteDescs(*agent0, name1, reg1.descs()));
-    auto status = agent0->submitTransferRequests(TransferRequest{TransferOp::kWRITE, reg0.descs(), reg1.descs(), name1});
-    ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr();
+    Registered reg0(*pair.agent0, MemoryDescs{MemoryType::kVRAM, {MemoryDesc{dev0.data(), 100, 0}}});
+    Registered reg1(*pair.agent1, MemoryDescs{MemoryType::kVRAM, {MemoryDesc{dev1.data(), 100, 0}}});
+    ASSERT_NO_FATAL_FAILURE(pair.connect(reg1.descs()));
+    ASSERT_NO_FATAL_FAILURE(
+        transfer(*pair.agent0, TransferRequest{TransferOp::kWRITE, reg0.descs(), reg1.descs(), pair.name1}));
     EXPECT_EQ(dev1.download(), std::vector<char>(100, 10));
-    agent0->invalidateRemoteAgent(name1);
+    pair.agent0->invalidateRemoteAgent(pair.name1);
 }
 
 // AgentConnectionManager submits, notifies and drains from several threads at once.
@@ -326,17 +334,17 @@ TEST(TransferAgent, ConcurrentSubmitters)
 {
     constexpr int kThreads = 8;
     constexpr size_t kSlice = 4096;
-    std::string name0 = uniqueName("agent0");
-    std::string name1 = uniqueName("agent1");
-    auto agent0 = makeTransferAgent(name0);
-    auto agent1 = makeTransferAgent(name1);
+    AgentPair pair;
+    auto& agent0 = pair.agent0;
+    auto& agent1 = pair.agent1;
+    auto const& name0 = pair.name0;
+    auto const& name1 = pair.name1;
     auto payload = randomBytes(kThreads * kSlice, 11);
     std::vector<char> mem0 = payload;
     std::vector<char> mem1(payload.size(), 0);
     Registered reg0(*agent0, hostDescs(mem0));
     Registered reg1(*agent1, hostDescs(mem1));
-    agent0->loadRemoteAgent(name1, agent1->getLocalConnectionInfo());
-    ASSERT_NO_FATAL_FAILURE(waitRemoteDescs(*agent0, name1, reg1.descs()));
+    ASSERT_NO_FATAL_FAILURE(pair.connect(reg1.descs()));
 
     std::vector<std::thread> threads;
     std::atomic<int> failures{0};

@@ -382,7 +382,7 @@ std::vector<std::string> joinRankZero(RankInfo const& info, std::string const& s
     return addresses;
 }
 
-// Parses a whole decimal integer in [lo, hi]; nullopt when unset.
+// Parses a whole decimal integer in [lo, hi] into out; false when unset.
 bool readIntEnv(char const* name, long long lo, long long hi, long long& out)
 {
     char const* text = std::getenv(name);
