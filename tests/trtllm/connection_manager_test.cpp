@@ -5,8 +5,13 @@
 // all-gather and every CommState holds one socket.
 #include "trtllm_test_util.hpp"
 
+#include <spawn.h>
+#include <sys/wait.h>
+
 #include <future>
 #include <set>
+
+extern char** environ;
 
 using namespace trtllm_test;
 
@@ -268,4 +273,65 @@ TEST(ConnectionManager, FanOut8)
         s.get();
     for (auto& r : readers)
         r.get();
+}
+
+// TensorRT-LLM's receive tasks ask for connections from many threads at once:
+// every caller gets the one connection per peer.
+TEST(ConnectionManager, ConcurrentGetConnections)
+{
+    constexpr int kThreads = 8;
+    Manager m1 = makeManager();
+    Manager m2 = makeManager();
+    std::vector<std::future<kvc::Connection const*>> callers;
+    for (int i = 0; i < kThreads; ++i)
+        callers.push_back(std::async(std::launch::async, [&] { return connectTo(*m2, *m1); }));
+    std::set<kvc::Connection const*> distinct;
+    for (auto& c : callers)
+        distinct.insert(c.get());
+    EXPECT_EQ(distinct.size(), 1u);
+}
+
+// A peer process that dies turns blocked and later calls into exceptions, not hangs.
+TEST(ConnectionManager, DeadPeerIsAnError)
+{
+    int out[2];
+    ASSERT_EQ(::pipe(out), 0);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&actions, out[0]);
+    char mode[] = "die-after-id";
+    char* argv[] = {const_cast<char*>(TRTLLM_PEER_HELPER), mode, nullptr};
+    pid_t pid = 0;
+    ASSERT_EQ(::posix_spawn(&pid, TRTLLM_PEER_HELPER, &actions, nullptr, argv, environ), 0);
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(out[1]);
+    std::string line;
+    char ch = 0;
+    while (::read(out[0], &ch, 1) == 1 && ch != '\n')
+        line += ch;
+    ::close(out[0]);
+    char ip[256] = {};
+    unsigned port = 0;
+    ASSERT_EQ(std::sscanf(line.c_str(), "%255s %u", ip, &port), 2) << "helper said '" << line << "'";
+
+    Manager m = makeManager();
+    auto conns = m->getConnections(kvc::CommState{std::vector<kvc::SocketState>{{static_cast<uint16_t>(port), ip}}, 0});
+    ASSERT_EQ(conns.size(), 1u);
+    auto const* c = conns[0];
+    auto start = std::chrono::steady_clock::now();
+    auto receiver = std::async(std::launch::async,
+        [&]
+        {
+            std::vector<char> buffer(kPayload);
+            c->recv(kvc::DataContext{kHostTag}, buffer.data(), buffer.size());
+        });
+    uint64_t id = kRequestSend;
+    c->send(kvc::DataContext{kIdTag}, &id, sizeof id); // the helper exits on receipt
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    EXPECT_THROW(receiver.get(), std::exception);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, kWaitLimit);
+    auto data = randomBytes(kPayload, 9);
+    EXPECT_THROW(sendHost(c, kHostTag, data), std::exception);
 }

@@ -428,3 +428,39 @@ TEST(LoopbackAgent, HostMemoryToFileAndBack)
                      kvc::FileDescs{std::move(none)}, true),
         std::exception);
 }
+
+// A WRITE to an agent that has gone away fails (at submission or in wait), within bounds.
+TEST(TransferAgent, DeadPeerIsAnError)
+{
+    AgentPair pair;
+    std::vector<char> mem0(4096, 10);
+    std::vector<char> mem1(4096, 1);
+    Registered reg0(*pair.agent0, hostDescs(mem0));
+    auto reg1 = std::make_unique<Registered>(*pair.agent1, hostDescs(mem1));
+    MemoryDescs remote = reg1->descs();
+    ASSERT_NO_FATAL_FAILURE(pair.connect(remote));
+    reg1.reset();
+    pair.agent1.reset();
+    auto start = std::chrono::steady_clock::now();
+    bool failed = false;
+    // The loss may take the transport a moment to notice: keep writing until it does.
+    while (!failed && std::chrono::steady_clock::now() - start < kWaitLimit)
+    {
+        try
+        {
+            auto status = pair.agent0->submitTransferRequests(
+                TransferRequest{TransferOp::kWRITE, reg0.descs(), remote, pair.name1});
+            failed = status->wait(5000) == TransferState::kFAILURE;
+            if (failed)
+            {
+                EXPECT_FALSE(status->getLastStatusStr().empty());
+            }
+        }
+        catch (std::exception const&)
+        {
+            failed = true;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_TRUE(failed) << "writes to a destroyed agent kept succeeding";
+}

@@ -1,8 +1,11 @@
-// One rank of a multi-process makeUcxConnectionManager() test, started by
-// rendezvous_test.cpp with KVX_RANK / KVX_WORLD_SIZE / KVX_RENDEZVOUS set.
+// Peer process for the suite's multi-process tests.
+// Default: one rank of a multi-process makeUcxConnectionManager() test, started
+// by rendezvous_test.cpp with KVX_RANK / KVX_WORLD_SIZE / KVX_RENDEZVOUS set.
 // Checks the CommState the collective factory returns, then exchanges an id
 // and a payload with every other rank. Exit codes: 0 ok, 1 wrong result,
 // 3 the factory threw (message on stderr).
+// With argument "die-after-id": prints its manager's "ip port" on stdout,
+// waits for one id message and exits at once, as a crashing peer would.
 #include "trtllm_test_util.hpp"
 
 #include <cstdio>
@@ -31,8 +34,21 @@ int fail(std::string const& what)
 
 } // namespace
 
-int main()
+int dieAfterId()
 {
+    auto manager = makeUcxConnectionManager();
+    auto const& self = manager->getCommState().getSocketState().at(0);
+    std::printf("%s %u\n", self.mIp.c_str(), static_cast<unsigned>(self.mPort));
+    std::fflush(stdout);
+    uint64_t id = 0;
+    manager->recvConnect(kvc::DataContext{kIdTag}, &id, sizeof id);
+    std::_Exit(0);
+}
+
+int main(int argc, char** argv)
+{
+    if (argc > 1 && std::string(argv[1]) == "die-after-id")
+        return dieAfterId();
     int const rank = std::atoi(std::getenv("KVX_RANK") ? std::getenv("KVX_RANK") : "0");
     int const world = std::atoi(std::getenv("KVX_WORLD_SIZE") ? std::getenv("KVX_WORLD_SIZE") : "1");
     std::unique_ptr<kvc::ConnectionManager> manager;
