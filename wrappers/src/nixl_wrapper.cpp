@@ -48,6 +48,8 @@ std::vector<kvx_memory_desc> kvxDescs(kvc::MemoryDescs const& descs)
     return out;
 }
 
+// Thread safety: isCompleted, wait and getLastStatusStr from any threads at
+// once; release and destruction by the owner only.
 class KvxTransferStatus final : public kvc::TransferStatus
 {
 public:
@@ -105,6 +107,9 @@ private:
     kvx_xfer* mXfer;
 };
 
+// Thread safety: every method may run concurrently from any threads (each is
+// one kvx_agent_* call, all documented any-thread), as TensorRT-LLM's
+// AgentConnectionManager does; destruction needs all other calls finished.
 class KvxTransferAgent final : public kvc::BaseTransferAgent
 {
 public:
@@ -223,7 +228,7 @@ public:
             uint8_t const* message = nullptr;
             size_t len = 0;
             check(kvx_notification_list_get(list.get(), i, &sender, &message, &len), "kvx_notification_list_get");
-            out[sender].emplace_back(reinterpret_cast<char const*>(message), len);
+            out[sender ? sender : ""].emplace_back(reinterpret_cast<char const*>(message), len);
         }
         return out;
     }
@@ -253,7 +258,8 @@ private:
     std::unique_ptr<kvx_agent, AgentDeleter> mAgent;
 };
 
-// Memory <-> file copies for KV-cache offload. kvxfer has no GPUDirect
+// Memory <-> file copies for KV-cache offload; concurrent requests are fine
+// as long as they name different files. kvxfer has no GPUDirect
 // Storage path, so only host memory is served (pread/pwrite, blocking);
 // device memory is refused with an exception rather than staged silently.
 class KvxLoopbackAgent final : public kvc::BaseLoopbackAgent

@@ -50,6 +50,7 @@ kvc::SocketState socketStateOf(std::string const& address)
     return kvc::SocketState{static_cast<std::uint16_t>(port), ip};
 }
 
+// Thread safety: send and recv from any threads at once (isThreadSafe() says so).
 class KvxConnection final : public kvc::Connection
 {
 public:
@@ -82,6 +83,8 @@ private:
     kvx_conn const* mConn;
 };
 
+// Thread safety: recvConnect, getConnections, getCommState and isRunning from
+// any threads at once; destruction needs all other calls finished.
 class KvxConnectionManager final : public kvc::ConnectionManager
 {
 public:
