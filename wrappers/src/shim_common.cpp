@@ -12,7 +12,10 @@ void check(kvx_status status, char const* what)
 {
     if (status == KVX_OK)
         return;
-    std::string message = std::string("kvxfer: ") + what + " failed: " + kvx_status_str(status) + ": " + kvx_last_error();
+    // kvx_last_error() already starts with the status name; fall back to it alone.
+    char const* detail = kvx_last_error();
+    std::string message
+        = std::string("kvxfer: ") + what + " failed: " + (detail && *detail ? detail : kvx_status_str(status));
     throw KvxError(status, message);
 }
 
