@@ -131,21 +131,33 @@ impl TransferAgent for NixlAgent {
     type Transfer = NixlTransfer;
 
     fn create(settings: &AgentSettings) -> Result<Self> {
-        let (listen_port, connection_info) = if settings.use_listener {
-            let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_NIXL_INTERFACE")?;
-            // NIXL cannot report the port it bound, so pick a free one first.
-            let port = if settings.listen_port != 0 {
-                settings.listen_port
+        // NIXL cannot report the port it bound, so a free one is picked first;
+        // another process may take it before NIXL binds (seen with parallel
+        // test processes), so a picked port gets a few fresh tries.
+        let picks_port = settings.use_listener && settings.listen_port == 0;
+        let attempts = if picks_port { 5 } else { 1 };
+        let mut attempt = 0;
+        let (handle, connection_info) = loop {
+            attempt += 1;
+            let (listen_port, connection_info) = if settings.use_listener {
+                let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_NIXL_INTERFACE")?;
+                let port = if picks_port {
+                    let probe = std::net::TcpListener::bind((ip, 0)).map_err(|e| Error::system("choosing a listener port", e))?;
+                    probe.local_addr().map_err(|e| Error::system("choosing a listener port", e))?.port()
+                } else {
+                    settings.listen_port
+                };
+                (Some(port), net::format_connection_info(&std::net::SocketAddr::new(ip, port)))
             } else {
-                let probe = std::net::TcpListener::bind((ip, 0)).map_err(|e| Error::system("choosing a listener port", e))?;
-                probe.local_addr().map_err(|e| Error::system("choosing a listener port", e))?.port()
+                (None, String::new())
             };
-            (Some(port), net::format_connection_info(&std::net::SocketAddr::new(ip, port)))
-        } else {
-            (None, String::new())
+            let options = NixlOptions::resolve(settings.progress_thread, settings.num_workers, &settings.backend_params, listen_port);
+            match NixlHandle::create(&settings.name, &options) {
+                Ok(handle) => break (handle, connection_info),
+                Err(e) if attempt >= attempts => return Err(e),
+                Err(_) => continue,
+            }
         };
-        let options = NixlOptions::resolve(settings.progress_thread, settings.num_workers, &settings.backend_params, listen_port);
-        let handle = NixlHandle::create(&settings.name, &options)?;
         let core = Arc::new(AgentCore {
             handle,
             timeout: Duration::from_millis(settings.timeout_ms),
