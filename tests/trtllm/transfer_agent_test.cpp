@@ -401,6 +401,24 @@ TEST(TransferAgent, ErrorsAreExceptions)
         std::exception);
 }
 
+// backendParams reach kvxfer (num_workers as its own setting); entries it
+// cannot represent are refused rather than dropped.
+TEST(TransferAgent, BackendParams)
+{
+    auto create = reinterpret_cast<CreateTransferAgent>(wrapperSymbol(kNixlWrapper, "createNixlTransferAgent"));
+    auto config = [](std::unordered_map<std::string, std::string> params)
+    {
+        return kvc::BaseAgentConfig{
+            uniqueName("params"), true, false, true, false, std::move(params), std::nullopt, std::nullopt, 0, {}};
+    };
+    auto ok = config({{"num_workers", "2"}});
+    EXPECT_NE(create(&ok), nullptr);
+    auto badWorkers = config({{"num_workers", "two"}});
+    EXPECT_THROW(create(&badWorkers), std::exception);
+    auto badEntry = config({{"a;b", "1"}});
+    EXPECT_THROW(create(&badEntry), std::exception);
+}
+
 TEST(LoopbackAgent, HostMemoryToFileAndBack)
 {
     auto agent = makeLoopbackAgent(uniqueName("loopback"));

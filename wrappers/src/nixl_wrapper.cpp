@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -45,6 +46,30 @@ std::vector<kvx_memory_desc> kvxDescs(kvc::MemoryDescs const& descs)
     out.reserve(descs.getDescs().size());
     for (auto const& d : descs.getDescs())
         out.push_back(kvx_memory_desc{static_cast<uint64_t>(d.getAddr()), static_cast<uint64_t>(d.getLen()), d.getDeviceId()});
+    return out;
+}
+
+// TensorRT-LLM's backendParams as kvxfer's "key=value;key=value"; its
+// "num_workers" entry goes to its own field, as TensorRT-LLM's NIXL wrapper reads it.
+std::string nixlBackendParams(std::unordered_map<std::string, std::string> const& backendParams, uint32_t& numWorkers)
+{
+    std::string out;
+    for (auto const& [key, value] : backendParams)
+    {
+        if (key == "num_workers")
+        {
+            char* end = nullptr;
+            unsigned long n = std::strtoul(value.c_str(), &end, 10);
+            if (value.empty() || *end != '\0' || n == 0 || n > 1024)
+                throw std::invalid_argument("kvxfer: backendParams num_workers='" + value + "' is not a count of workers");
+            numWorkers = static_cast<uint32_t>(n);
+            continue;
+        }
+        if (key.empty() || key.find_first_of(";=") != std::string::npos || value.find(';') != std::string::npos)
+            throw std::invalid_argument("kvxfer: backendParams entry '" + key + "=" + value
+                + "' cannot be passed on (';' and '=' separate entries)");
+        out += (out.empty() ? "" : ";") + key + "=" + value;
+    }
     return out;
 }
 
@@ -119,8 +144,14 @@ public:
         check(kvx_agent_config_init(&kvxConfig), "kvx_agent_config_init");
         kvxConfig.name = config.mName.c_str();
         kvxConfig.use_listen_thread = config.useListenThread;
-        // Progress and worker threads are kvxfer's own business: useProgThread,
-        // multiThread and backendParams have no kvxfer equivalent.
+        // NIXL only. useProgThread asks for a progress thread: kvxfer's automatic
+        // choice gives one where it helps (NIXL's spins, so not on small hosts);
+        // without it kvxfer's own poller still drives transfers.
+        kvxConfig.progress_thread = config.useProgThread ? 0 : 2;
+        std::string params = nixlBackendParams(config.backendParams, kvxConfig.num_workers);
+        kvxConfig.backend_params = params.empty() ? nullptr : params.c_str();
+        // multiThread, enableTelemetry, rank/worldSize and the bounce settings
+        // have no kvxfer counterpart.
         kvx_agent* agent = nullptr;
         check(kvx_agent_create(&kvxConfig, &agent), "createNixlTransferAgent (kvx_agent_create)");
         mAgent.reset(agent);
