@@ -8,7 +8,7 @@
 #   BUILD_ROOT=/tmp/kvx .ci/cmake_suite.sh
 #   CTEST_ARGS="-R api" .ci/cmake_suite.sh
 #   KVXFER_TEST_UCX_TLS="tcp,self" .ci/cmake_suite.sh   # UCX_TLS variants to register
-#   KVXFER_TEST_NIXL=ON .ci/cmake_suite.sh     # force the NIXL runs of tests/trtllm on/off
+#   KVXFER_TEST_NIXL=OFF .ci/cmake_suite.sh    # NIXL runs of tests/trtllm: AUTO (default), ON, OFF
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
