@@ -120,7 +120,7 @@ fn tick(core: &CmCore) -> bool {
     if got {
         core.arrived.notify_all();
     }
-    let since_send = core.epoch.elapsed().as_millis() as u64 - core.last_send_ms.load(Ordering::Relaxed);
+    let since_send = (core.epoch.elapsed().as_millis() as u64).saturating_sub(core.last_send_ms.load(Ordering::Relaxed));
     got || since_send < SEND_GRACE.as_millis() as u64
 }
 
