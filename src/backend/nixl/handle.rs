@@ -193,7 +193,9 @@ impl NixlHandle {
         let status = unsafe { (api.nixl_capi_get_plugin_params)(self.agent, plugin.as_ptr(), &mut mems, &mut params) };
         let _mems = Owned { ptr: mems, destroy: api.nixl_capi_destroy_mem_list };
         let params = Owned { ptr: params, destroy: api.nixl_capi_destroy_params };
-        check(status, &format!("reading NIXL plugin {plugin:?}'s parameters"))?;
+        check(status, &format!("reading NIXL plugin {plugin:?}'s parameters")).map_err(|e| {
+            Error::new(kvx_status::KVX_ERR_BACKEND_UNAVAILABLE, format!("{} (NIXL could not load the plugin: its own libraries may be missing on this host)", e.message))
+        })?;
         let mut out = BTreeMap::new();
         let mut empty = true;
         // SAFETY: valid params object.
