@@ -113,6 +113,27 @@ fn missing_nixl_library_or_plugin_is_a_clean_error() {
 }
 
 #[test]
+fn libfabric_plugin_works_or_is_a_clean_error() {
+    // The plugin ships in the wheel but needs libfabric on the host: either outcome is fine, an abort is not.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvxfer-demo"))
+        .args(["target", "--size", "4096"])
+        .env("TRTLLM_USE_NIXL_KVCACHE", "1")
+        .env_remove("TRTLLM_USE_UCX_KVCACHE")
+        .env("TRTLLM_NIXL_KVCACHE_BACKEND", "LIBFABRIC")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let _ = child.stdin.take().unwrap().write_all(b"quit\n");
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_ne!(out.status.code(), None, "killed by a signal: {stderr}");
+    assert!(stdout.starts_with("READY") || stderr.contains("KVX_ERR_BACKEND_UNAVAILABLE"), "{stdout}{stderr}");
+}
+
+#[test]
 fn hostile_descriptors_never_crash() {
     let agent = Agent::new("fuzzed");
     let victim = Agent::new("victim");

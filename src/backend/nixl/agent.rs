@@ -127,25 +127,38 @@ fn check_registered(regions: &Registrations<()>, side: &str, mem_type: kvx_memor
     Ok(())
 }
 
+/// A free port for NIXL's listener: NIXL cannot report the port it bound, so pick one first.
+fn free_port(ip: std::net::IpAddr) -> Result<u16> {
+    let probe = std::net::TcpListener::bind((ip, 0)).map_err(|e| Error::system("choosing a listener port", e))?;
+    Ok(probe.local_addr().map_err(|e| Error::system("choosing a listener port", e))?.port())
+}
+
+/// The NIXL agent and its connection info. A port picked for NIXL can be
+/// taken by someone else before NIXL binds it; then try another.
+fn create_with_listener(settings: &AgentSettings) -> Result<(NixlHandle, String)> {
+    let options = |port| NixlOptions::resolve(settings.progress_thread, settings.num_workers, &settings.backend_params, port);
+    if !settings.use_listener {
+        return Ok((NixlHandle::create(&settings.name, &options(None))?, String::new()));
+    }
+    let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_NIXL_INTERFACE")?;
+    let attempts = if settings.listen_port != 0 { 1 } else { 5 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let port = if settings.listen_port != 0 { settings.listen_port } else { free_port(ip)? };
+        match NixlHandle::create(&settings.name, &options(Some(port))) {
+            Ok(handle) => return Ok((handle, net::format_connection_info(&std::net::SocketAddr::new(ip, port)))),
+            Err(e) if e.status == kvx_status::KVX_ERR_TRANSPORT => last = Some(e.context(&format!("listening on port {port}"))),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
 impl TransferAgent for NixlAgent {
     type Transfer = NixlTransfer;
 
     fn create(settings: &AgentSettings) -> Result<Self> {
-        let (listen_port, connection_info) = if settings.use_listener {
-            let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_NIXL_INTERFACE")?;
-            // NIXL cannot report the port it bound, so pick a free one first.
-            let port = if settings.listen_port != 0 {
-                settings.listen_port
-            } else {
-                let probe = std::net::TcpListener::bind((ip, 0)).map_err(|e| Error::system("choosing a listener port", e))?;
-                probe.local_addr().map_err(|e| Error::system("choosing a listener port", e))?.port()
-            };
-            (Some(port), net::format_connection_info(&std::net::SocketAddr::new(ip, port)))
-        } else {
-            (None, String::new())
-        };
-        let options = NixlOptions::resolve(settings.progress_thread, settings.num_workers, &settings.backend_params, listen_port);
-        let handle = NixlHandle::create(&settings.name, &options)?;
+        let (handle, connection_info) = create_with_listener(settings)?;
         let core = Arc::new(AgentCore {
             handle,
             timeout: Duration::from_millis(settings.timeout_ms),

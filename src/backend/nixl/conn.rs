@@ -10,6 +10,7 @@
 
 use super::handle::{NixlHandle, NixlOptions};
 use super::poller::{Poller, Waker};
+use crate::core::connections::{answer_connect, ConnectionCache};
 use crate::core::control::{self, ControlHandler, ControlServer};
 use crate::core::error::{kvx_status, Error, Result};
 use crate::core::net;
@@ -81,8 +82,7 @@ struct CmCore {
     timeout: Duration,
     next_id: AtomicU32,
     by_id: RwLock<HashMap<u32, Arc<NixlConnection>>>,
-    by_peer: Mutex<HashMap<String, Arc<NixlConnection>>>,
-    connect_lock: Mutex<()>,
+    cache: ConnectionCache<NixlConnection>,
     running: AtomicBool,
     mailbox: Mutex<Mailbox>,
     arrived: Condvar,
@@ -120,7 +120,7 @@ fn tick(core: &CmCore) -> bool {
     if got {
         core.arrived.notify_all();
     }
-    let since_send = core.epoch.elapsed().as_millis() as u64 - core.last_send_ms.load(Ordering::Relaxed);
+    let since_send = (core.epoch.elapsed().as_millis() as u64).saturating_sub(core.last_send_ms.load(Ordering::Relaxed));
     got || since_send < SEND_GRACE.as_millis() as u64
 }
 
@@ -184,29 +184,13 @@ impl ControlHandler for Listener {
         let Some(core) = self.0.upgrade() else {
             return ControlMessage::Refused { reason: "connection manager is shutting down".into() };
         };
-        if core.check_running().is_err() {
-            return ControlMessage::Refused { reason: "connection manager was shut down".into() };
-        }
-        match request {
-            ControlMessage::Connect { client_conn_id, endpoint, client_address } => {
-                let Ok(peer_id) = u32::try_from(client_conn_id) else {
-                    return ControlMessage::Refused { reason: "connection id out of range".into() };
-                };
-                let metadata = match core.handle.local_metadata() {
-                    Ok(m) => m,
-                    Err(e) => return ControlMessage::Refused { reason: e.to_string() },
-                };
-                let local_id = core.next_id.fetch_add(1, Ordering::Relaxed);
-                match core.new_connection(local_id, peer_id, &endpoint, client_address.clone()) {
-                    Ok(conn) => {
-                        core.by_peer.lock().entry(client_address).or_insert(conn);
-                        ControlMessage::Accept { server_conn_id: local_id as u64, endpoint: metadata }
-                    }
-                    Err(e) => ControlMessage::Refused { reason: e.to_string() },
-                }
-            }
-            _ => ControlMessage::Refused { reason: "unexpected request for a connection manager".into() },
-        }
+        answer_connect(request, core.check_running().is_ok(), |peer_id, endpoint, client_address| {
+            let metadata = core.handle.local_metadata()?;
+            let local_id = core.next_id.fetch_add(1, Ordering::Relaxed);
+            let conn = core.new_connection(local_id, peer_id, endpoint, client_address.clone())?;
+            core.cache.insert_accepted(client_address, conn);
+            Ok((local_id, metadata))
+        })
     }
 }
 
@@ -249,8 +233,7 @@ impl ConnectionManager for NixlConnectionManager {
             timeout: Duration::from_millis(settings.timeout_ms),
             next_id: AtomicU32::new(1),
             by_id: RwLock::new(HashMap::new()),
-            by_peer: Mutex::new(HashMap::new()),
-            connect_lock: Mutex::new(()),
+            cache: ConnectionCache::default(),
             running: AtomicBool::new(true),
             mailbox: Mutex::new(Mailbox::default()),
             arrived: Condvar::new(),
@@ -275,23 +258,7 @@ impl ConnectionManager for NixlConnectionManager {
 
     fn get_connections(&self, addresses: &[&str], deadline: Option<Instant>) -> Result<Vec<*const NixlConnection>> {
         self.core.check_running()?;
-        let mut out = Vec::with_capacity(addresses.len());
-        for &address in addresses {
-            if let Some(c) = self.core.by_peer.lock().get(address) {
-                out.push(Arc::as_ptr(c));
-                continue;
-            }
-            // One connect at a time, so concurrent callers for one peer share a connection.
-            let _serial = self.core.connect_lock.lock();
-            if let Some(c) = self.core.by_peer.lock().get(address) {
-                out.push(Arc::as_ptr(c));
-                continue;
-            }
-            let conn = self.connect(address, deadline)?;
-            let conn = self.core.by_peer.lock().entry(address.to_owned()).or_insert(conn).clone();
-            out.push(Arc::as_ptr(&conn));
-        }
-        Ok(out)
+        self.core.cache.get_or_connect(addresses, |address| self.connect(address, deadline))
     }
 
     fn recv_connect(&self, tag: u32, data: &mut [u8], deadline: Option<Instant>) -> Result<*const NixlConnection> {
@@ -330,7 +297,7 @@ impl Drop for NixlConnectionManager {
     fn drop(&mut self) {
         self.shutdown();
         self.poller.take();
-        self.core.by_peer.lock().clear();
+        self.core.cache.clear();
         let conns: Vec<_> = self.core.by_id.write().drain().map(|(_, c)| c).collect();
         drop(conns);
     }

@@ -24,14 +24,7 @@ const PLUGINS: [&str; 2] = ["UCX", "LIBFABRIC"];
 
 impl NixlOptions {
     pub fn resolve(progress_thread: Option<bool>, num_workers: u32, caller_params: &[(String, String)], listen_port: Option<u16>) -> NixlOptions {
-        let plugin = match std::env::var("TRTLLM_NIXL_KVCACHE_BACKEND") {
-            Ok(v) if PLUGINS.contains(&v.as_str()) => v,
-            Ok(v) if !v.is_empty() => {
-                crate::log_at!(Warn, "TRTLLM_NIXL_KVCACHE_BACKEND={v:?} is not UCX or LIBFABRIC; using UCX");
-                "UCX".into()
-            }
-            _ => "UCX".into(),
-        };
+        let plugin = plugin_from(std::env::var("TRTLLM_NIXL_KVCACHE_BACKEND").ok().as_deref());
         // NIXL's progress thread spins; on a small host it takes the core the
         // transfer needs (half the bandwidth on 2 cores), so kvxfer's own
         // backing-off poller is the default there.
@@ -54,6 +47,18 @@ impl NixlOptions {
         }
         params.extend(caller_params.iter().cloned());
         NixlOptions { plugin, progress_thread, listen_port, params }
+    }
+}
+
+/// The plugin `TRTLLM_NIXL_KVCACHE_BACKEND` names, as TensorRT-LLM reads it.
+fn plugin_from(value: Option<&str>) -> String {
+    match value {
+        Some(v) if PLUGINS.contains(&v) => v.to_owned(),
+        Some(v) if !v.is_empty() => {
+            crate::log_at!(Warn, "TRTLLM_NIXL_KVCACHE_BACKEND={v:?} is not UCX or LIBFABRIC; using UCX");
+            "UCX".into()
+        }
+        _ => "UCX".into(),
     }
 }
 
@@ -188,7 +193,9 @@ impl NixlHandle {
         let status = unsafe { (api.nixl_capi_get_plugin_params)(self.agent, plugin.as_ptr(), &mut mems, &mut params) };
         let _mems = Owned { ptr: mems, destroy: api.nixl_capi_destroy_mem_list };
         let params = Owned { ptr: params, destroy: api.nixl_capi_destroy_params };
-        check(status, &format!("reading NIXL plugin {plugin:?}'s parameters"))?;
+        check(status, &format!("reading NIXL plugin {plugin:?}'s parameters")).map_err(|e| {
+            Error::new(kvx_status::KVX_ERR_BACKEND_UNAVAILABLE, format!("{} (NIXL could not load the plugin: its own libraries may be missing on this host)", e.message))
+        })?;
         let mut out = BTreeMap::new();
         let mut empty = true;
         // SAFETY: valid params object.
@@ -429,6 +436,14 @@ impl Drop for NixlHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_follows_trtllm_variable() {
+        assert_eq!(plugin_from(None), "UCX");
+        assert_eq!(plugin_from(Some("LIBFABRIC")), "LIBFABRIC");
+        assert_eq!(plugin_from(Some("ucx")), "UCX", "names are exact, anything else falls back to UCX");
+        assert_eq!(plugin_from(Some("GDS")), "UCX");
+    }
 
     #[test]
     fn shared_memory_only_transports_are_recognised() {
