@@ -455,16 +455,7 @@ impl TransferAgent for UcxAgent {
         }
         let ops = self.resolve_ops(req, &remote)?;
         let worker = self.core.worker.0.clone();
-        let shared = Arc::new(TransferShared {
-            done: Completion::default(),
-            deadline: Instant::now() + self.core.timeout,
-            remote: Mutex::new(Some(remote.clone())),
-        });
-        {
-            let mut pending = remote.pending.lock();
-            pending.retain(|w| w.upgrade().is_some_and(|t| !t.done.is_done()));
-            pending.push(Arc::downgrade(&shared));
-        }
+        let shared = TransferShared::tracked(&remote, self.core.timeout);
         let api = worker.api();
         let _g = worker.lock();
         let ep = remote.endpoint.handle_locked(&remote.name)?;
@@ -577,6 +568,22 @@ struct TransferShared {
     done: Completion<()>,
     deadline: Instant,
     remote: Mutex<Option<Arc<RemoteAgent>>>,
+}
+
+impl TransferShared {
+    /// A new transfer to `remote`, listed among the peer's pending transfers so a peer failure fails it.
+    fn tracked(remote: &Arc<RemoteAgent>, timeout: Duration) -> Arc<TransferShared> {
+        let shared = Arc::new(TransferShared {
+            done: Completion::default(),
+            deadline: Instant::now() + timeout,
+            remote: Mutex::new(Some(remote.clone())),
+        });
+        let mut pending = remote.pending.lock();
+        pending.retain(|w| w.upgrade().is_some_and(|t| !t.done.is_done()));
+        pending.push(Arc::downgrade(&shared));
+        drop(pending);
+        shared
+    }
 }
 
 pub struct UcxTransfer {

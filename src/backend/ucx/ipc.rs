@@ -16,7 +16,6 @@ use super::{post_notification, LocalRegion, RemoteAgent, TransferShared, UcxAgen
 use crate::backend::ucx::ops::Op;
 use crate::backend::ucx::worker::Worker;
 use crate::core::coalesce;
-use crate::core::completion::Completion;
 use crate::core::error::{Error, Result};
 use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionMap};
 use crate::core::wire::{AgentDescriptor, IpcRegion, IpcSection};
@@ -26,7 +25,6 @@ use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Instant;
 
 const VRAM: kvx_memory_type = kvx_memory_type::KVX_MEMORY_VRAM;
 
@@ -304,16 +302,7 @@ pub(super) fn try_submit(agent: &UcxAgent, req: &TransferRequest<'_>, remote: &A
     };
     let mappings = std::mem::take(&mut resolver.mappings);
     drop(local);
-    let shared = Arc::new(TransferShared {
-        done: Completion::default(),
-        deadline: Instant::now() + agent.core.timeout,
-        remote: Mutex::new(Some(remote.clone())),
-    });
-    {
-        let mut pending_list = remote.pending.lock();
-        pending_list.retain(|w| w.upgrade().is_some_and(|t| !t.done.is_done()));
-        pending_list.push(Arc::downgrade(&shared));
-    }
+    let shared = TransferShared::tracked(remote, agent.core.timeout);
     let worker = agent.core.worker.0.clone();
     let job = Job {
         pending,
