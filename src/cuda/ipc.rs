@@ -58,14 +58,17 @@ pub fn host_identity() -> Vec<u8> {
 pub struct Mapping {
     pub base: u64,
     device: u32,
-    key: ([u8; HANDLE_LEN], u32),
+    key: MappingKey,
 }
 
 unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
+/// A handle and the device whose context maps it.
+type MappingKey = ([u8; HANDLE_LEN], u32);
+
 /// Mappings are shared per process: the driver maps one handle once per context.
-static OPEN: Lazy<Mutex<HashMap<([u8; HANDLE_LEN], u32), Weak<Mapping>>>> = Lazy::new(Default::default);
+static OPEN: Lazy<Mutex<HashMap<MappingKey, Weak<Mapping>>>> = Lazy::new(Default::default);
 
 /// Map a peer's allocation for use by kernels and copies on `device`.
 pub fn open(handle: &[u8; HANDLE_LEN], device: u32) -> Result<Arc<Mapping>> {
