@@ -78,9 +78,14 @@ fn two_processes_on_two_gpus_move_device_memory_correctly() {
         return;
     }
     let tool = std::env::var("KVX_GPU_TOOL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kvxfer-gpu").to_string());
-    let out = std::process::Command::new(&tool).arg("check").output().unwrap_or_else(|e| panic!("{tool}: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "kvxfer-gpu check failed ({})", out.status);
-    assert!(text.lines().filter(|l| l.starts_with("CHECK ok")).count() >= 8, "missing check lines");
+    // On UCX the same-host batched copy path serves plain device memory; KVX_UCX_IPC=0
+    // sends it through UCX's cuda_ipc transport instead: both must be right.
+    let variants: &[&str] = if backend_under_test() == kvxfer::core::select::kvx_backend::KVX_BACKEND_UCX { &["1", "0"] } else { &["1"] };
+    for ipc in variants {
+        let out = std::process::Command::new(&tool).arg("check").env("KVX_UCX_IPC", ipc).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        eprintln!("KVX_UCX_IPC={ipc}\n{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "kvxfer-gpu check failed with KVX_UCX_IPC={ipc} ({})", out.status);
+        assert!(text.lines().filter(|l| l.starts_with("CHECK ok")).count() >= 8, "missing check lines");
+    }
 }

@@ -57,6 +57,8 @@ pub fn host_identity() -> Vec<u8> {
 /// `device`), closed when the last user drops it.
 pub struct Mapping {
     pub base: u64,
+    /// Size of the mapped allocation, as the driver reports it (not as the peer claims).
+    pub size: u64,
     device: u32,
     key: MappingKey,
 }
@@ -85,7 +87,11 @@ pub fn open(handle: &[u8; HANDLE_LEN], device: u32) -> Result<Arc<Mapping>> {
         unsafe { sys::cuIpcOpenMemHandle_v2(&mut base, raw, sys::CUipcMem_flags::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32) },
         "opening a peer's CUDA IPC handle",
     )?;
-    let mapping = Arc::new(Mapping { base, device, key });
+    let mut size = 0usize;
+    // SAFETY: out-parameters for a pointer just mapped.
+    let sized = check(unsafe { sys::cuMemGetAddressRange_v2(std::ptr::null_mut(), &mut size, base) }, "sizing a peer's mapped allocation");
+    let mapping = Arc::new(Mapping { base, size: size as u64, device, key });
+    sized?;
     open.insert(key, Arc::downgrade(&mapping));
     Ok(mapping)
 }

@@ -57,6 +57,7 @@ pub(super) fn export_section(local: &RegionMap<LocalRegion>) -> Option<IpcSectio
 
 /// A peer region reachable through IPC, mapped on first use.
 struct PeerRegion {
+    len: u64,
     end: u64,
     handle: [u8; cuda_ipc::HANDLE_LEN],
     offset: u64,
@@ -80,7 +81,7 @@ impl PeerIpc {
         for e in &ipc.regions {
             let r = &desc.regions[e.region as usize];
             if r.mem_type == VRAM {
-                regions.insert(r.addr, r.len, PeerRegion { end: r.addr + r.len, handle: e.handle, offset: e.offset, mapped: Mutex::new(Vec::new()) });
+                regions.insert(r.addr, r.len, PeerRegion { len: r.len, end: r.addr + r.len, handle: e.handle, offset: e.offset, mapped: Mutex::new(Vec::new()) });
             }
         }
         Some(PeerIpc { regions })
@@ -95,6 +96,11 @@ impl PeerRegion {
             return Ok(m.clone());
         }
         let m = cuda_ipc::open(&self.handle, device)?;
+        // The descriptor is untrusted: a region that overruns the allocation the
+        // handle maps would make the copy kernel fault; never use it.
+        if self.offset.checked_add(self.len).map_or(true, |end| end > m.size) {
+            return Err(Error::malformed(format!("peer region of {} bytes at offset {} overruns its {}-byte allocation", self.len, self.offset, m.size)));
+        }
         mapped.push((device, m.clone()));
         Ok(m)
     }
