@@ -93,6 +93,11 @@ impl<T> RegionMap<T> {
     /// The region containing `[addr, addr + len)`, with its start address.
     /// A zero-length range is contained by a region that contains `addr`.
     pub fn find_containing(&self, addr: u64, len: u64) -> Option<(u64, &T)> {
+        self.find_region(addr, len).map(|(start, _, value)| (start, value))
+    }
+
+    /// Like `find_containing`, also giving the region's length.
+    pub fn find_region(&self, addr: u64, len: u64) -> Option<(u64, u64, &T)> {
         let end = addr.checked_add(len)?;
         for (&(start, rlen), value) in self.regions.range(..=(addr, u64::MAX)).rev() {
             // Regions further left cannot reach `end` once even the longest is too short.
@@ -101,10 +106,39 @@ impl<T> RegionMap<T> {
             }
             let rend = start.saturating_add(rlen);
             if start <= addr && end <= rend && (len > 0 || addr < rend) {
-                return Some((start, value));
+                return Some((start, rlen, value));
             }
         }
         None
+    }
+}
+
+/// Repeated lookups into one `RegionMap`, remembering the last region hit:
+/// a request's descriptors mostly fall in the region of the one before, so
+/// most lookups skip the tree search.
+pub struct RegionLookup<'m, T> {
+    map: &'m RegionMap<T>,
+    last: Option<(u64, u64, &'m T)>,
+}
+
+impl<'m, T> RegionLookup<'m, T> {
+    pub fn new(map: &'m RegionMap<T>) -> Self {
+        RegionLookup { map, last: None }
+    }
+
+    /// A region containing the range, found whenever `find_containing` finds
+    /// one (where regions overlap, possibly another region that also contains it).
+    pub fn find(&mut self, addr: u64, len: u64) -> Option<&'m T> {
+        if let Some((start, end, value)) = self.last {
+            if let Some(range_end) = addr.checked_add(len) {
+                if start <= addr && range_end <= end && (len > 0 || addr < end) {
+                    return Some(value);
+                }
+            }
+        }
+        let (start, rlen, value) = self.map.find_region(addr, len)?;
+        self.last = Some((start, start + rlen, value));
+        Some(value)
     }
 }
 
@@ -126,5 +160,25 @@ mod tests {
         assert!(map.find_containing(5010, 0).is_none());
         assert!(map.find_containing(u64::MAX, 2).is_none());
         assert_eq!(map.find_containing(1055, 2).map(|r| r.0), Some(1050));
+        assert_eq!(map.find_region(1090, 10).map(|r| (r.0, r.1)), Some((1000, 100)));
+    }
+
+    #[test]
+    fn cached_lookup_answers_like_the_map() {
+        let mut map = RegionMap::default();
+        for (addr, len) in [(1000, 100), (1100, 100), (5000, 10), (1050, 10)] {
+            map.insert(addr, len, (addr, len));
+        }
+        let mut lookup = RegionLookup::new(&map);
+        let probes = [(1000, 10), (1010, 90), (1090, 20), (1100, 0), (1199, 1), (1199, 2), (1200, 0), (5000, 10), (5009, 2), (1050, 5), (1000, 100), (999, 1), (1055, 0)];
+        for round in 0..2 {
+            for &(addr, len) in &probes {
+                let found = lookup.find(addr, len);
+                assert_eq!(found.is_some(), map.find_containing(addr, len).is_some(), "round {round} {addr}+{len}");
+                if let Some(&(start, rlen)) = found {
+                    assert!(start <= addr && addr + len <= start + rlen && (len > 0 || addr < start + rlen), "{addr}+{len} not in {start}+{rlen}");
+                }
+            }
+        }
     }
 }
