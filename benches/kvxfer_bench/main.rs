@@ -189,7 +189,7 @@ impl Row {
         format!("RESULT {}", fields.join(" "))
     }
     fn parse(line: &str) -> Option<Row> {
-        let rest = line.strip_prefix("RESULT ")?;
+        let rest = &line[line.find("RESULT ")? + "RESULT ".len()..];
         Some(Row(rest.split(' ').filter_map(|f| f.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()))
     }
 }
@@ -238,7 +238,7 @@ fn pool_buffer(bytes: u64) -> Vec<u8> {
 }
 
 fn reply(line: &str) {
-    println!("{line}");
+    println!("{MARK}{line}");
     std::io::stdout().flush().unwrap();
 }
 
@@ -302,7 +302,13 @@ fn target(o: &Opts) {
                         let n: usize = w[2].parse().unwrap();
                         reply("PINGREADY");
                         for _ in 0..n {
-                            while agent.notifications().is_empty() {}
+                            // Bounded: a vanished initiator must not leave this spinning.
+                            let deadline = Instant::now() + Duration::from_secs(10);
+                            while agent.notifications().is_empty() {
+                                if Instant::now() > deadline {
+                                    fail("no ping for 10 s");
+                                }
+                            }
                             harness::ok(agent.notify("bench-initiator", b"pong0000"));
                         }
                     }
@@ -343,24 +349,40 @@ impl TargetProc {
             .unwrap_or_else(|e| fail(&format!("cannot start target: {e}")));
         let stdin = child.stdin.take().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = lines.next().and_then(|l| l.ok()).unwrap_or_else(|| fail("target exited before READY"));
+        let ready = expect_line(&mut lines, "READY ");
         let w: Vec<&str> = ready.split_whitespace().collect();
-        if w.len() != 3 || w[0] != "READY" {
-            fail(&format!("target said {ready:?}"));
+        if w.len() != 2 {
+            fail(&format!("target said READY {ready:?}"));
         }
-        TargetProc { contact: w[1].to_string(), base: w[2].parse().unwrap(), child, stdin, lines }
+        TargetProc { contact: w[0].to_string(), base: w[1].parse().unwrap(), child, stdin, lines }
     }
     fn send(&mut self, line: &str) {
         writeln!(self.stdin, "{line}").unwrap();
         self.stdin.flush().unwrap();
     }
     fn expect(&mut self, prefix: &str) -> String {
-        let line = self.lines.next().and_then(|l| l.ok()).unwrap_or_else(|| fail("target exited"));
-        line.strip_prefix(prefix).unwrap_or_else(|| fail(&format!("target said {line:?}, expected {prefix}"))).trim().to_string()
+        expect_line(&mut self.lines, prefix)
     }
     fn cpu(&mut self) -> f64 {
         self.send("cpu");
         self.expect("CPU ").parse().unwrap()
+    }
+}
+
+/// Marks the target's protocol lines: UCX may log to the same stdout (e.g.
+/// UCX_PROTO_INFO=y), with block-buffered output that can end mid-line.
+const MARK: &str = "@@";
+
+/// What follows `MARK key` in the target's next line that has it; other
+/// lines are passed on to stderr.
+fn expect_line(lines: &mut std::io::Lines<BufReader<ChildStdout>>, key: &str) -> String {
+    let tag = format!("{MARK}{key}");
+    loop {
+        let line = lines.next().and_then(|l| l.ok()).unwrap_or_else(|| fail(&format!("target exited while {key:?} was expected")));
+        match line.find(&tag) {
+            Some(at) => return line[at + tag.len()..].trim().to_string(),
+            None => eprintln!("target: {line}"),
+        }
     }
 }
 
@@ -641,7 +663,13 @@ fn run_initiator(o: &Opts, system: &str) -> Vec<Row> {
             return Vec::new();
         }
     };
-    let rows: Vec<Row> = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok).filter_map(|l| Row::parse(&l)).collect();
+    let mut rows = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok) {
+        match Row::parse(&line) {
+            Some(row) => rows.push(row),
+            None => eprintln!("{system}: {line}"),
+        }
+    }
     let status = child.wait().unwrap();
     if !status.success() {
         eprintln!("{system}: initiator exited with {status} after {} results", rows.len());

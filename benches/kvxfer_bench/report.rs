@@ -44,6 +44,12 @@ fn perftest_once(test: &str, size: u64, iters: u64, port: u16) -> Result<Vec<f64
         .map(|s| s.to_string())
         .collect();
     let out = run(&args).output().map_err(|e| e.to_string());
+    // A server whose client failed waits for another client: end it.
+    let give_up = std::time::Instant::now() + Duration::from_secs(3);
+    while matches!(server.try_wait(), Ok(None)) && std::time::Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = server.kill();
     let _ = server.wait();
     let out = out?;
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
@@ -51,7 +57,7 @@ fn perftest_once(test: &str, size: u64, iters: u64, port: u16) -> Result<Vec<f64
     Ok(line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect())
 }
 
-/// Raw UCX at the sweep's sizes (put/get bandwidth, window 32) and 8-byte tag latency.
+/// Raw UCX at the sweep's sizes (`ucp_put_bw`, `ucp_get`: window of 32) and 8-byte tag latency.
 pub fn perftest(o: &Opts) -> Vec<Row> {
     let mut rows = Vec::new();
     let base_port = 20000 + (std::process::id() % 20000) as u16;
@@ -63,7 +69,7 @@ pub fn perftest(o: &Opts) -> Vec<Row> {
         Vec::new()
     };
     for op in o.list("ops", "write,read") {
-        let (test, name) = if op == "read" { ("ucp_get_bw", "READ") } else { ("ucp_put_bw", "WRITE") };
+        let (test, name) = if op == "read" { ("ucp_get", "READ") } else { ("ucp_put_bw", "WRITE") };
         for &size in &sizes {
             eprint!("\r[ucx_perftest] {test} {:<8}", human(size));
             port += 1;
@@ -71,7 +77,7 @@ pub fn perftest(o: &Opts) -> Vec<Row> {
             let iters = ((1u64 << 30) / size).clamp(200, 100_000);
             let mut row = Row::default();
             row.set("system", "ucx_perftest").set("kind", "transfer").set("id", format!("raw-{}-{name}", human(size)));
-            row.set("layout", "raw").set("model", "-").set("op", name).set("desc_size", size).set("descs", 32).set("bytes", size);
+            row.set("layout", "raw").set("model", "-").set("op", name).set("desc_size", size).set("descs", 1).set("window", 32).set("bytes", size);
             match perftest_once(test, size, iters, port) {
                 // Final: iters, overhead p50/avg/overall (us), bandwidth avg/overall (MiB/s), msg rate avg/overall.
                 Ok(f) if f.len() >= 6 => {
