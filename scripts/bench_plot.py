@@ -5,9 +5,11 @@ usage: bench_plot.py RESULTS.csv OUT.png
 
 Raw sweep, WRITE and READ side by side. For kvxfer and NIXL each point is
 the request with the largest descriptor count <= 32 that fits the pool, the
-closest match to ucx_perftest's window of 32 operations in flight.
+closest match to ucx_perftest's window of 32 operations in flight; the median
+over rounds when the run had several.
 """
 import csv
+import statistics
 import sys
 
 import matplotlib
@@ -15,8 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-SYSTEMS = ["ucx_perftest", "kvxfer-ucx", "kvxfer-nixl", "nixl"]
-STYLE = {"ucx_perftest": "k--o", "kvxfer-ucx": "C0-o", "kvxfer-nixl": "C1-s", "nixl": "C3-^"}
+SYSTEMS = ["ucx_perftest", "kvxfer-ucx", "kvxfer-nixl", "nixl", "nixl-prep"]
+STYLE = {"ucx_perftest": "k--o", "kvxfer-ucx": "C0-o", "kvxfer-nixl": "C1-s", "nixl": "C3-^", "nixl-prep": "C2-v"}
 
 
 def main(src, out):
@@ -24,18 +26,18 @@ def main(src, out):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, op in zip(axes, ["WRITE", "READ"]):
         for system in SYSTEMS:
-            best = {}
+            runs = {}
             for r in rows:
                 if r["system"] != system or r["op"] != op:
                     continue
                 size, descs = int(r["desc_size"]), int(r["descs"])
                 if system != "ucx_perftest" and descs > 32:
                     continue
-                if size not in best or descs > best[size][0]:
-                    best[size] = (descs, float(r["gbps"]))
+                runs.setdefault(size, {}).setdefault(descs, []).append(float(r["gbps"]))
+            best = {size: statistics.median(by[max(by)]) for size, by in runs.items()}
             if best:
                 sizes = sorted(best)
-                ax.plot(sizes, [best[s][1] for s in sizes], STYLE[system], label=system)
+                ax.plot(sizes, [best[s] for s in sizes], STYLE[system], label=system)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("descriptor size (bytes)")
         ax.set_title(f"{op}: bandwidth vs descriptor size")

@@ -25,7 +25,9 @@ const HELP: &str = "\
 kvxfer-bench [OPTIONS]            run the comparison (driver)
 
 Systems and memory:
-  --systems LIST     ucx_perftest,kvxfer-ucx,kvxfer-nixl,nixl (default: all)
+  --systems LIST     ucx_perftest,kvxfer-ucx,kvxfer-nixl,nixl,nixl-prep (default: all)
+                     nixl: a new request per transfer (createXferReq, as TensorRT-LLM);
+                     nixl-prep: prepared lists + indices (makeXferReq, as vLLM)
   --backend ucx|nixl kvxfer backend(s) to include (default: both)
   --mem dram|vram    memory kind (vram needs a GPU; host memory otherwise)
   --tls UCX_TLS      transports for every process (default sm,self)
@@ -43,6 +45,7 @@ Measurement:
   --time SECONDS     per case and system (default 0.3)
   --max-iters N      per case (default 5000)
   --latency-iters N  8-byte notification round trips (default 20000)
+  --rounds N         repeat every system N times, interleaved; report medians
   --reg-count N --reg-size BYTES --reg-large BYTES   registration test
                      (default 10000 x 4k, and one 256m region)
 Output:
@@ -262,7 +265,7 @@ fn target(o: &Opts) {
     let base = pool.as_ptr() as u64;
     let rx = commands();
     match o.get("system", "").as_str() {
-        "nixl" => {
+        "nixl" | "nixl-prep" => {
             let nixl = nixl::Nixl::new("bench-target").unwrap_or_else(|e| fail(&e));
             nixl.register(&[(base, pool.len() as u64)]).unwrap_or_else(|e| fail(&e));
             reply(&format!("READY {} {base}", hex(&nixl.metadata().unwrap_or_else(|e| fail(&e)))));
@@ -396,7 +399,9 @@ impl Drop for TargetProc {
 /// The library under test from the initiator's side.
 enum Initiator {
     Kvx(Agent),
-    Nixl(nixl::Nixl, CString),
+    /// NIXL directly; `prepped`: prepared lists and indices (vLLM's way)
+    /// instead of a new request from descriptor lists each time (TensorRT-LLM's way).
+    Nixl { nixl: nixl::Nixl, peer: CString, prepped: bool },
 }
 
 impl Initiator {
@@ -418,7 +423,7 @@ impl Initiator {
                     harness::ok(agent.deregister(&descs));
                     (reg, desc_bytes, t.elapsed())
                 }
-                Initiator::Nixl(nixl, _) => {
+                Initiator::Nixl { nixl, .. } => {
                     let t = Instant::now();
                     nixl.register(&regions)?;
                     let reg = t.elapsed();
@@ -463,7 +468,7 @@ impl Initiator {
                     }
                 }
             }
-            Initiator::Nixl(nixl, peer) => {
+            Initiator::Nixl { nixl, peer, .. } => {
                 for i in 0..n + warm {
                     let t = Instant::now();
                     nixl.notify(peer, b"ping0000")?;
@@ -508,9 +513,20 @@ impl Initiator {
                     Ok((post, t.elapsed()))
                 })
             }
-            Initiator::Nixl(nixl, peer) => {
+            Initiator::Nixl { nixl, peer, prepped } => {
                 let local = nixl.xfer_list(case.pieces.iter().map(|p| (lbase + p.0, p.2)))?;
                 let remote = nixl.xfer_list(case.pieces.iter().map(|p| (rbase + p.1, p.2)))?;
+                if *prepped {
+                    let (local, remote) = (nixl.prep(None, &local)?, nixl.prep(Some(peer), &remote)?);
+                    let indices: Vec<i32> = (0..case.pieces.len() as i32).collect();
+                    return measure(o, || {
+                        let t = Instant::now();
+                        let req = nixl.post_prepped(write, &local, &remote, &indices)?;
+                        let post = t.elapsed();
+                        nixl.wait(req, deadline())?;
+                        Ok((post, t.elapsed()))
+                    });
+                }
                 measure(o, || {
                     let t = Instant::now();
                     let req = nixl.post(write, &local, &remote, peer)?;
@@ -530,13 +546,13 @@ fn initiator(o: &Opts) {
     let pool = pool_buffer(o.size("pool", "256m"));
     let lbase = pool.as_ptr() as u64;
     let lib = match system.as_str() {
-        "nixl" => {
+        "nixl" | "nixl-prep" => {
             let nixl = nixl::Nixl::new("bench-initiator").unwrap_or_else(|e| fail(&e));
             nixl.register(&[(lbase, pool.len() as u64)]).unwrap_or_else(|e| fail(&e));
             let peer = nixl.load_remote(&unhex(&target.contact)).unwrap_or_else(|e| fail(&e));
             let md = hex(&nixl.metadata().unwrap_or_else(|e| fail(&e)));
             target.send(&format!("md {md}"));
-            Initiator::Nixl(nixl, CString::new(peer).unwrap())
+            Initiator::Nixl { nixl, peer: CString::new(peer).unwrap(), prepped: system == "nixl-prep" }
         }
         _ => {
             let agent = Agent::try_new("bench-initiator", true).unwrap_or_else(|(s, e)| fail(&format!("agent: {s:?} {e}")));
@@ -617,7 +633,7 @@ fn driver(o: &Opts) {
     }
     let tls = o.get("tls", "sm,self");
     std::env::set_var("UCX_TLS", &tls);
-    let mut systems = o.list("systems", "ucx_perftest,kvxfer-ucx,kvxfer-nixl,nixl");
+    let mut systems = o.list("systems", "ucx_perftest,kvxfer-ucx,kvxfer-nixl,nixl,nixl-prep");
     if let Some(b) = o.0.get("backend") {
         let keep = format!("kvxfer-{b}");
         if b != "ucx" && b != "nixl" {
@@ -629,15 +645,25 @@ fn driver(o: &Opts) {
     let all = cases(o);
     eprintln!("kvxfer-bench: {} cases x {} systems, UCX_TLS={tls}, {} per case", all.len(), systems.len(), o.get("time", "0.3"));
     let started = Instant::now();
+    let rounds = o.num("rounds", "1").max(1.0) as usize;
+    let load_before = load_average();
     let mut rows: Vec<Row> = Vec::new();
-    for system in &systems {
-        eprintln!("== {system} ({:.0}s)", started.elapsed().as_secs_f64());
-        match system.as_str() {
-            "ucx_perftest" => rows.extend(report::perftest(o)),
-            "kvxfer-ucx" | "kvxfer-nixl" | "nixl" => rows.extend(run_initiator(&child_opts, system)),
-            other => fail(&format!("unknown system {other:?}")),
+    // Rounds interleave the systems, so drifting load on a shared machine hits all of them.
+    for round in 1..=rounds {
+        for system in &systems {
+            eprintln!("== {system}, round {round}/{rounds} ({:.0}s)", started.elapsed().as_secs_f64());
+            let got = match system.as_str() {
+                "ucx_perftest" => report::perftest(o),
+                "kvxfer-ucx" | "kvxfer-nixl" | "nixl" | "nixl-prep" => run_initiator(&child_opts, system),
+                other => fail(&format!("unknown system {other:?}")),
+            };
+            rows.extend(got.into_iter().map(|mut r| {
+                r.set("round", round);
+                r
+            }));
         }
     }
+    println!("machine: {} cores, load average {load_before} before and {} after; {rounds} round(s), medians shown", cores(), load_average());
     report::print(o, &rows);
     if let Some(path) = o.0.get("json") {
         std::fs::write(path, report::json(&rows)).unwrap_or_else(|e| fail(&format!("{path}: {e}")));
@@ -646,6 +672,14 @@ fn driver(o: &Opts) {
         std::fs::write(path, report::csv(&rows)).unwrap_or_else(|e| fail(&format!("{path}: {e}")));
     }
     eprintln!("kvxfer-bench: done in {:.0}s", started.elapsed().as_secs_f64());
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_else(|_| "?".into())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
 }
 
 /// One initiator process (which starts its target); its RESULT lines.

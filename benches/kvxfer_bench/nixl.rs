@@ -55,6 +55,9 @@ nixl_api! {
     create_xfer_dlist: fn(u32, *mut Handle) -> Status;
     destroy_xfer_dlist: fn(Handle) -> Status;
     xfer_dlist_add_desc: fn(Handle, usize, usize, u64) -> Status;
+    prep_xfer_dlist: fn(Handle, *const c_char, Handle, *mut Handle, Handle) -> Status;
+    release_xfer_dlist_handle: fn(Handle, Handle) -> Status;
+    make_xfer_req: fn(Handle, u32, Handle, *const i32, usize, Handle, *const i32, usize, *mut Handle, Handle) -> Status;
     create_xfer_req: fn(Handle, u32, Handle, Handle, *const c_char, *mut Handle, Handle) -> Status;
     post_xfer_req: fn(Handle, Handle, Handle) -> Status;
     get_xfer_status: fn(Handle, Handle) -> Status;
@@ -225,6 +228,34 @@ impl Nixl {
         Ok(req)
     }
 
+    /// Prepare a descriptor list once (vLLM's `prep_xfer_dlist`): `peer`
+    /// None for local memory, else the remote agent's name.
+    pub fn prep(&self, peer: Option<&CStr>, list: &XferList) -> Result<Prepped<'_>, String> {
+        let local = cstr("");
+        let mut handle: Handle = std::ptr::null_mut();
+        // SAFETY: a list of ours; NIXL copies what it keeps.
+        check("prep xfer dlist", unsafe { (self.api.prep_xfer_dlist)(self.agent, peer.unwrap_or(&local).as_ptr(), list.list, &mut handle, std::ptr::null_mut()) })?;
+        Ok(Prepped { nixl: self, handle })
+    }
+
+    /// Make a request from prepared lists and indices (vLLM's `make_prepped_xfer`) and post it.
+    pub fn post_prepped(&self, write: bool, local: &Prepped, remote: &Prepped, indices: &[i32]) -> Result<Handle, String> {
+        let mut req: Handle = std::ptr::null_mut();
+        // SAFETY: prepared handles of this agent; indices are in range.
+        unsafe {
+            check(
+                "make xfer",
+                (self.api.make_xfer_req)(self.agent, write as u32, local.handle, indices.as_ptr(), indices.len(), remote.handle, indices.as_ptr(), indices.len(), &mut req, std::ptr::null_mut()),
+            )?;
+            let st = (self.api.post_xfer_req)(self.agent, req, std::ptr::null_mut());
+            if st != SUCCESS && st != IN_PROG {
+                self.finish(req);
+                return Err(format!("NIXL post failed: status {st}"));
+            }
+        }
+        Ok(req)
+    }
+
     /// Poll a posted request until it is done (this drives NIXL's progress).
     pub fn wait(&self, req: Handle, deadline: std::time::Instant) -> Result<(), String> {
         loop {
@@ -300,5 +331,17 @@ impl Drop for XferList<'_> {
     fn drop(&mut self) {
         // SAFETY: a list we own.
         unsafe { (self.nixl.api.destroy_xfer_dlist)(self.list) };
+    }
+}
+
+pub struct Prepped<'a> {
+    nixl: &'a Nixl,
+    handle: Handle,
+}
+
+impl Drop for Prepped<'_> {
+    fn drop(&mut self) {
+        // SAFETY: a handle this agent prepared.
+        unsafe { (self.nixl.api.release_xfer_dlist_handle)(self.nixl.agent, self.handle) };
     }
 }
