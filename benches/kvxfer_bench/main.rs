@@ -282,7 +282,10 @@ fn target(o: &Opts) {
                     Ok(cmd) => {
                         let w: Vec<&str> = cmd.split_whitespace().collect();
                         match w.first().copied() {
-                            Some("md") => peer = Some(CString::new(nixl.load_remote(&unhex(w[1])).unwrap_or_else(|e| fail(&e))).unwrap()),
+                            Some("md") => {
+                                peer = Some(CString::new(nixl.load_remote(&unhex(w[1])).unwrap_or_else(|e| fail(&e))).unwrap());
+                                reply("MDLOADED");
+                            }
                             Some("cpu") => reply(&format!("CPU {}", cpu_seconds())),
                             _ => break,
                         }
@@ -552,6 +555,8 @@ fn initiator(o: &Opts) {
             let peer = nixl.load_remote(&unhex(&target.contact)).unwrap_or_else(|e| fail(&e));
             let md = hex(&nixl.metadata().unwrap_or_else(|e| fail(&e)));
             target.send(&format!("md {md}"));
+            // Pings are answered only once the target knows this agent.
+            target.expect("MDLOADED");
             Initiator::Nixl { nixl, peer: CString::new(peer).unwrap(), prepped: system == "nixl-prep" }
         }
         _ => {

@@ -1,7 +1,8 @@
 //! NIXL used directly through its C API (`libnixl_capi.so` from the
-//! `nixl-cu12` wheel), for the baseline column. Only the dozen calls the
-//! benchmark needs, bound at run time; progress thread off (it halves
-//! bandwidth on two cores), so the target keeps polling notifications.
+//! `nixl-cu12` wheel), for the baseline columns: the calls the benchmark
+//! needs, including prepared lists (`prep_xfer_dlist`/`make_xfer_req`) that
+//! kvxfer's backend does not bind. Progress thread off (it halves bandwidth
+//! on two cores), so the target keeps polling notifications.
 
 use libloading::Library;
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -73,24 +74,10 @@ nixl_api! {
     gen_notif: fn(Handle, *const c_char, *const c_void, usize, Handle) -> Status;
 }
 
-/// `libnixl_capi.so`: `KVX_NIXL_CAPI` if set, else the `nixl-cu12`/`-cu13`
-/// wheel in the site-packages of `python3`.
+/// `libnixl_capi.so` as kvxfer's NIXL backend finds it (`KVX_NIXL_LIB`, the
+/// library path, the `nixl-cu12`/`-cu13` wheels), so both columns use one copy.
 pub fn library_path() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("KVX_NIXL_CAPI") {
-        return Ok(p.into());
-    }
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
-        .output()
-        .map_err(|e| format!("python3: {e}"))?;
-    let site = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    for wheel in [".nixl_cu12.mesonpy.libs", ".nixl_cu13.mesonpy.libs"] {
-        let p = site.join(wheel).join("libnixl_capi.so");
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    Err(format!("libnixl_capi.so not found under {} (pip install nixl-cu12, or set KVX_NIXL_CAPI)", site.display()))
+    kvxfer::backend::nixl::loader::load().map(|l| PathBuf::from(&l.path)).map_err(|e| e.to_string())
 }
 
 pub struct Nixl {
