@@ -33,13 +33,8 @@ fn paged_requests_with_contiguous_runs_move_exact_bytes() {
     let rd = a1.register(&[&dst])[0].addr;
     ok(a0.load_by_info("c1", &a1.conn_info()));
     // Block tables: runs of consecutive blocks on both sides, broken at random.
-    let mut x = 0x9E3779B97F4A7C15u64;
-    let mut rnd = move |m: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % m
-    };
+    let mut rng = XorShift::new(1);
+    let mut rnd = move |m: u64| rng.below(m);
     let mut pieces = Vec::new();
     let (mut sb, mut db) = (0u64, 7u64);
     for _ in 0..200 {

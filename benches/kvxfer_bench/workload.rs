@@ -3,6 +3,7 @@
 //! offset, length) inside a pool of `pool` bytes on each side, built the same
 //! way (deterministically) in every process that needs it.
 
+use kvxfer::harness::XorShift as Rng;
 use std::fmt::Write;
 
 /// KV geometry of a model (bf16). MLA models keep one latent per layer,
@@ -79,30 +80,6 @@ pub struct Case {
 impl Case {
     pub fn bytes(&self) -> u64 {
         self.pieces.iter().map(|p| p.2).sum()
-    }
-}
-
-/// Deterministic xorshift, so every process builds identical cases.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-    /// A random permutation of 0..n.
-    pub fn permutation(&mut self, n: u64) -> Vec<u64> {
-        let mut v: Vec<u64> = (0..n).collect();
-        for i in (1..v.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            v.swap(i, j);
-        }
-        v
     }
 }
 
