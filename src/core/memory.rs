@@ -175,6 +175,8 @@ impl<T> Registrations<T> {
         map: impl FnOnce(&[kvx_memory_desc]) -> Result<Vec<T>>,
     ) -> Result<()> {
         let mut new: Vec<kvx_memory_desc> = Vec::new();
+        // Set of the new ranges: a linear scan made registering 10,000 regions quadratic.
+        let mut seen: std::collections::HashSet<(u64, u64)> = std::collections::HashSet::new();
         for d in descs {
             d.end()?;
             if d.len == 0 {
@@ -186,7 +188,7 @@ impl<T> Registrations<T> {
                 }
                 continue;
             }
-            if new.iter().any(|n| (n.addr, n.len) == (d.addr, d.len)) {
+            if !seen.insert((d.addr, d.len)) {
                 continue;
             }
             let (found_type, device) = crate::cuda::pointer_location(d.addr);
@@ -216,10 +218,15 @@ impl<T> Registrations<T> {
     /// gets the regions whose last reference went. Unknown regions fail the
     /// whole call before anything changes.
     pub fn deregister(&mut self, descs: &[kvx_memory_desc], mut unmap: impl FnMut(kvx_memory_desc, Registered<T>)) -> Result<()> {
+        // References each range loses; counted in one pass (a scan per descriptor
+        // made deregistering 10,000 regions take a third of a second).
+        let mut wanted: std::collections::HashMap<(u64, u64), usize> = std::collections::HashMap::new();
         for d in descs {
-            let wanted = descs.iter().filter(|x| (x.addr, x.len) == (d.addr, d.len)).count();
+            *wanted.entry((d.addr, d.len)).or_default() += 1;
+        }
+        for d in descs {
             match self.regions.get(d.addr, d.len) {
-                Some(r) if r.references >= wanted => {}
+                Some(r) if r.references >= wanted[&(d.addr, d.len)] => {}
                 _ => return Err(Error::not_found(format!("region {:#x}+{} is not registered (deregister exactly what was registered)", d.addr, d.len))),
             }
         }
