@@ -37,7 +37,7 @@ else
   bin=target/release/kvxfer-bench
   args=(--sizes 4k,16k,64k,256k,1m,4m,16m,64m --counts 1,32,1024
         --models llama3-8b,llama3-70b,deepseek-v3 --tp 8 --tokens-per-block 16 --prompts 1k,4k
-        --time 0.25 --rounds 2 --pool 256m)
+        --blocks random,contiguous --time 0.2 --rounds 3 --pool 256m)
 fi
 "$bin" "${args[@]}" "${extra[@]}" --json "$out/results.json" --csv "$out/results.csv" | tee "$out/report.txt"
 

@@ -37,7 +37,8 @@ Workloads:
   --models LIST      llama3-8b,llama3-70b,deepseek-v3 (default: all)
   --tp LIST          TP degrees, per-rank share (default 1,8)
   --tokens-per-block LIST   (default 16)     --prompts LIST (default 1k,4k)
-  --blocks random|contiguous  paged block placement (default random)
+  --blocks LIST      paged block placement: random (scattered on both sides, nothing
+                     merges), contiguous (a fresh pool: each region one run) (default random)
   --sizes LIST       raw descriptor sizes (default 4k,16k,64k,256k,1m,4m,16m,64m)
   --counts LIST      raw descriptors per request (default 1,32,256,4096)
   --pool BYTES       buffer per side (default 256m)
@@ -116,7 +117,7 @@ pub fn cases(o: &Opts) -> Vec<Case> {
         })
         .collect();
     let layouts = o.list("layouts", "raw,staging,paged");
-    let blocks = Blocks::parse(&o.get("blocks", "random")).unwrap_or_else(|| fail("--blocks: random or contiguous"));
+    let blocks: Vec<Blocks> = o.list("blocks", "random").iter().map(|b| Blocks::parse(b).unwrap_or_else(|| fail("--blocks: random, contiguous"))).collect();
     let mut out = Vec::new();
     for &op in &ops {
         if layouts.iter().any(|l| l == "raw") {
@@ -143,7 +144,9 @@ pub fn cases(o: &Opts) -> Vec<Case> {
                             out.push(shape.staging(op, pool));
                         }
                         if layouts.iter().any(|l| l == "paged") {
-                            out.extend(shape.paged(op, pool, blocks, prompt ^ tpb ^ tp));
+                            for &b in &blocks {
+                                out.extend(shape.paged(op, pool, b, prompt ^ tpb ^ tp));
+                            }
                         }
                     }
                 }
