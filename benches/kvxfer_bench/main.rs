@@ -53,6 +53,12 @@ Output:
   --json FILE  --csv FILE   all results (one row per case and system)
 ";
 
+/// Every option `--help` lists, plus `system` (set for the initiator and target processes).
+const OPTIONS: [&str; 24] = [
+    "systems", "backend", "mem", "tls", "layouts", "ops", "models", "tp", "tokens-per-block", "prompts", "blocks", "sizes", "counts",
+    "pool", "time", "max-iters", "latency-iters", "rounds", "reg-count", "reg-size", "reg-large", "json", "csv", "system",
+];
+
 /// Options as `--name value` pairs.
 #[derive(Clone)]
 pub struct Opts(BTreeMap<String, String>);
@@ -66,6 +72,9 @@ impl Opts {
             if name == "help" {
                 print!("{HELP}");
                 std::process::exit(0);
+            }
+            if !OPTIONS.contains(&name) {
+                return Err(format!("unknown option --{name} (see --help)"));
             }
             let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
             map.insert(name.to_string(), value.clone());
