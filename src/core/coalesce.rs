@@ -207,13 +207,8 @@ mod tests {
     #[test]
     fn random_requests_move_the_same_bytes() {
         // Pseudo-random paged requests: block tables with runs of contiguous blocks.
-        let mut x = 0x2545F4914F6CDD1Du64;
-        let mut rnd = move |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let mut rng = crate::harness::XorShift::new(7);
+        let mut rnd = move |m: u64| rng.below(m);
         for _ in 0..200 {
             let n = 1 + rnd(64) as usize;
             let block = 1 + rnd(4);

@@ -9,7 +9,8 @@ use super::worker::{ucx_error, Endpoint, Worker, WorkerOwner};
 use crate::core::completion::Completion;
 use crate::core::control::{self, ControlHandler, ControlServer};
 use crate::core::error::{kvx_status, Error, Result};
-use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionMap};
+use crate::core::coalesce;
+use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionLookup, RegionMap};
 use crate::core::net;
 use crate::core::notify::NotificationQueue;
 use crate::core::select::kvx_backend;
@@ -236,7 +237,8 @@ impl ControlHandler for Listener {
     }
 }
 
-/// One posted RMA operation, resolved before anything is posted.
+/// One posted RMA operation (a run of descriptors contiguous on both
+/// sides), resolved before anything is posted.
 struct RmaOp {
     local: u64,
     len: u64,
@@ -245,18 +247,31 @@ struct RmaOp {
     memh: ucp_mem_h,
 }
 
+/// Operations whose space a thread keeps between submissions (64 K x 40 B).
+const MAX_KEPT_OPS: usize = 1 << 16;
+
+thread_local! {
+    /// Per-thread operation list reused across submissions, so the hot path
+    /// allocates nothing per descriptor (nor per request once warm).
+    static RMA_OPS: std::cell::RefCell<Vec<RmaOp>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl UcxAgent {
-    fn resolve_ops(&self, req: &TransferRequest<'_>, remote: &RemoteAgent) -> Result<Vec<RmaOp>> {
+    /// Check every descriptor and fill `ops` with one operation per run of
+    /// descriptors contiguous on both sides. A run that crosses from one
+    /// registered region into another is split back into its descriptors.
+    fn resolve_ops(&self, req: &TransferRequest<'_>, remote: &RemoteAgent, ops: &mut Vec<RmaOp>) -> Result<()> {
         let local = self.core.local.lock();
-        let mut ops = Vec::with_capacity(req.local.len());
-        for (i, (l, r)) in req.local.iter().zip(req.remote).enumerate() {
-            let (_, region) = local.find_containing(l.addr, l.len).ok_or_else(|| {
+        let mut locals = RegionLookup::new(&local);
+        let mut remotes = RegionLookup::new(&remote.regions);
+        let mut resolve = |i: usize, l: &kvx_memory_desc, r: &kvx_memory_desc, ops: &mut Vec<RmaOp>| -> Result<()> {
+            let region = locals.find(l.addr, l.len).ok_or_else(|| {
                 Error::new(kvx_status::KVX_ERR_NOT_REGISTERED, format!("descriptor {i}: local range {:#x}+{} is not registered with this agent", l.addr, l.len))
             })?;
             if region.mem_type != req.local_type {
                 return Err(Error::invalid(format!("descriptor {i}: local range is registered as {:?}, request says {:?}", region.mem_type, req.local_type)));
             }
-            let (_, key) = remote.regions.find_containing(r.addr, r.len).ok_or_else(|| {
+            let key = remotes.find(r.addr, r.len).ok_or_else(|| {
                 Error::new(kvx_status::KVX_ERR_NOT_REGISTERED, format!("descriptor {i}: remote range {:#x}+{} is outside the memory {:?} registered", r.addr, r.len, remote.name))
             })?;
             if key.mem_type != req.remote_type {
@@ -265,8 +280,79 @@ impl UcxAgent {
             if l.len > 0 {
                 ops.push(RmaOp { local: l.addr, len: l.len, remote: r.addr, rkey: key.rkey, memh: region.memh });
             }
+            Ok(())
+        };
+        for run in coalesce::runs(req.local, req.remote) {
+            let merged = resolve(run.first, &run.local, &run.remote, ops);
+            if merged.is_err() && run.count > 1 {
+                for i in run.first..run.first + run.count {
+                    resolve(i, &req.local[i], &req.remote[i], ops)?;
+                }
+            } else {
+                merged?;
+            }
         }
-        Ok(ops)
+        Ok(())
+    }
+
+    /// Post a resolved request: every operation, then one endpoint flush whose
+    /// completion (after the sync message, if any) completes the transfer.
+    fn post(&self, req: &TransferRequest<'_>, remote: &Arc<RemoteAgent>, ops: &[RmaOp]) -> Result<UcxTransfer> {
+        let worker = self.core.worker.0.clone();
+        let shared = TransferShared::tracked(remote, self.core.timeout);
+        let api = worker.api();
+        let _g = worker.lock();
+        let ep = remote.endpoint.handle_locked(&remote.name)?;
+        let mut param: ucp_request_param_t = zeroed();
+        for op in ops {
+            param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+            param.memh = op.memh;
+            // SAFETY: ranges were checked against registrations; requests complete before the flush does.
+            let ret = unsafe {
+                match req.op {
+                    kvx_transfer_op::KVX_OP_WRITE => (api.ucp_put_nbx)(ep, op.local as *const c_void, op.len as usize, op.remote, op.rkey, &param),
+                    kvx_transfer_op::KVX_OP_READ => (api.ucp_get_nbx)(ep, op.local as *mut c_void, op.len as usize, op.remote, op.rkey, &param),
+                }
+            };
+            match classify(ret) {
+                Posted::Done => {}
+                // SAFETY: we do not track individual requests; the flush covers them.
+                Posted::Pending(r) => unsafe { (api.ucp_request_free)(r) },
+                Posted::Failed(st) => {
+                    let e = ucx_error(worker.ucx, "posting transfer", st);
+                    shared.done.complete(Err(e.clone()));
+                    return Ok(UcxTransfer { shared, worker: worker.clone() });
+                }
+            }
+        }
+        // One flush completes when every operation above is complete at the target.
+        let flush = Op::new(&worker, "transfer flush");
+        let sync = req.sync_message.map(|m| m.to_vec());
+        let sender = self.core.name.clone();
+        let after = shared.clone();
+        let remote_for_sync = remote.clone();
+        let worker_for_sync = worker.clone();
+        flush.then(move |w, outcome| match (outcome, sync) {
+            (Ok(_), Some(message)) => {
+                // Data is visible at the target: now the sync message.
+                let note = Op::new(&worker_for_sync, "sync message");
+                let done = after.clone();
+                note.then(move |_, r| {
+                    done.done.complete(r.map(|_| ()));
+                });
+                post_notification(w, &remote_for_sync, &sender, message, &note);
+            }
+            (outcome, _) => {
+                after.done.complete(outcome.map(|_| ()));
+            }
+        });
+        let fparam = flush.param(false);
+        // SAFETY: under the worker lock.
+        let ret = unsafe { (api.ucp_ep_flush_nbx)(ep, &fparam) };
+        flush.posted(&fparam, ret);
+        drop(_g);
+        worker.wake();
+        Ok(UcxTransfer { shared, worker })
     }
 }
 
@@ -453,62 +539,21 @@ impl TransferAgent for UcxAgent {
         if let Some(batched) = ipc::try_submit(self, req, &remote)? {
             return Ok(batched);
         }
-        let ops = self.resolve_ops(req, &remote)?;
-        let worker = self.core.worker.0.clone();
-        let shared = TransferShared::tracked(&remote, self.core.timeout);
-        let api = worker.api();
-        let _g = worker.lock();
-        let ep = remote.endpoint.handle_locked(&remote.name)?;
-        let mut param: ucp_request_param_t = zeroed();
-        for op in &ops {
-            param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
-            param.memh = op.memh;
-            // SAFETY: ranges were checked against registrations; requests complete before the flush does.
-            let ret = unsafe {
-                match req.op {
-                    kvx_transfer_op::KVX_OP_WRITE => (api.ucp_put_nbx)(ep, op.local as *const c_void, op.len as usize, op.remote, op.rkey, &param),
-                    kvx_transfer_op::KVX_OP_READ => (api.ucp_get_nbx)(ep, op.local as *mut c_void, op.len as usize, op.remote, op.rkey, &param),
-                }
+        RMA_OPS.with(|ops| {
+            // A fresh list if this thread is somehow already inside a submission.
+            let mut fresh = Vec::new();
+            let mut reused = ops.try_borrow_mut();
+            let ops = match reused.as_mut() {
+                Ok(list) => &mut **list,
+                Err(_) => &mut fresh,
             };
-            match classify(ret) {
-                Posted::Done => {}
-                // SAFETY: we do not track individual requests; the flush covers them.
-                Posted::Pending(r) => unsafe { (api.ucp_request_free)(r) },
-                Posted::Failed(st) => {
-                    let e = ucx_error(worker.ucx, "posting transfer", st);
-                    shared.done.complete(Err(e.clone()));
-                    return Ok(UcxTransfer { shared, worker: worker.clone() });
-                }
-            }
-        }
-        // One flush completes when every operation above is complete at the target.
-        let flush = Op::new(&worker, "transfer flush");
-        let sync = req.sync_message.map(|m| m.to_vec());
-        let sender = self.core.name.clone();
-        let after = shared.clone();
-        let remote_for_sync = remote.clone();
-        let worker_for_sync = worker.clone();
-        flush.then(move |w, outcome| match (outcome, sync) {
-            (Ok(_), Some(message)) => {
-                // Data is visible at the target: now the sync message.
-                let note = Op::new(&worker_for_sync, "sync message");
-                let done = after.clone();
-                note.then(move |_, r| {
-                    done.done.complete(r.map(|_| ()));
-                });
-                post_notification(w, &remote_for_sync, &sender, message, &note);
-            }
-            (outcome, _) => {
-                after.done.complete(outcome.map(|_| ()));
-            }
-        });
-        let fparam = flush.param(false);
-        // SAFETY: under the worker lock.
-        let ret = unsafe { (api.ucp_ep_flush_nbx)(ep, &fparam) };
-        flush.posted(&fparam, ret);
-        drop(_g);
-        worker.wake();
-        Ok(UcxTransfer { shared, worker })
+            ops.clear();
+            let result = self.resolve_ops(req, &remote, ops).and_then(|()| self.post(req, &remote, ops));
+            ops.clear();
+            // Keep the list warm for typical requests without pinning a huge one's memory.
+            ops.shrink_to(MAX_KEPT_OPS);
+            result
+        })
     }
 
     fn notify(&self, name: &str, message: &[u8]) -> Result<()> {
