@@ -8,5 +8,5 @@ scripts/setup.sh
 cargo build --quiet --lib
 cargo test --no-fail-fast
 # The backend contract again on NIXL, chosen the way TensorRT-LLM chooses it.
-TRTLLM_USE_NIXL_KVCACHE=1 cargo test --no-fail-fast --test agent_basic --test connection_manager --test two_process --test c_abi
+TRTLLM_USE_NIXL_KVCACHE=1 cargo test --no-fail-fast --test agent_basic --test connection_manager --test two_process --test c_abi --test coalesced_transfers
 .ci/cmake_suite.sh

@@ -1,4 +1,4 @@
-//! The UCX fast path merges descriptors contiguous on both sides into one
+//! Both backends merge descriptors contiguous on both sides into one
 //! operation: the bytes that land must be exactly those of the request as
 //! written, including runs that cross registered regions, duplicates and
 //! unregistered pieces hidden inside an otherwise contiguous run.

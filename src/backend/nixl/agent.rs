@@ -5,6 +5,7 @@
 
 use super::handle::{NixlHandle, NixlOptions};
 use super::sys::*;
+use crate::core::coalesce::coalesce;
 use crate::core::error::{kvx_status, Error, Result};
 use crate::core::memory::{kvx_memory_desc, kvx_memory_type, Registrations};
 use crate::core::net;
@@ -13,6 +14,7 @@ use crate::core::wire;
 use crate::dispatch::{kvx_transfer_op, kvx_transfer_state, AgentSettings, Transfer, TransferAgent, TransferRequest};
 use super::poller::{Poller, Waker};
 use parking_lot::Mutex;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -154,6 +156,36 @@ fn create_with_listener(settings: &AgentSettings) -> Result<(NixlHandle, String)
     Err(last.expect("at least one attempt"))
 }
 
+impl NixlAgent {
+    /// Both lists lie in registered memory of the request's types, or the error says which rule broke.
+    fn validate(&self, req: &TransferRequest<'_>, local: &[kvx_memory_desc], remote: &[kvx_memory_desc], is_self: bool) -> Result<()> {
+        {
+            let regions = self.core.local.lock();
+            check_registered(&regions, "local", req.local_type, local)?;
+            if is_self {
+                check_registered(&regions, "remote", req.remote_type, remote)?;
+            }
+        }
+        let handle = &self.core.handle;
+        if is_self || handle.check_remote(req.remote_name, req.remote_type, remote)? {
+            return Ok(());
+        }
+        // Name the first offending descriptor (error path only: one check each).
+        let mut first_bad = None;
+        for (i, d) in remote.iter().enumerate() {
+            if !handle.check_remote(req.remote_name, req.remote_type, std::slice::from_ref(d))? {
+                first_bad = Some((i, d));
+                break;
+            }
+        }
+        let what = first_bad.map_or("a remote range".to_owned(), |(i, d)| format!("descriptor {i}: remote range {:#x}+{}", d.addr, d.len));
+        Err(Error::new(
+            kvx_status::KVX_ERR_NOT_REGISTERED,
+            format!("{what} is outside the memory {:?} registered (or of another memory type)", req.remote_name),
+        ))
+    }
+}
+
 impl TransferAgent for NixlAgent {
     type Transfer = NixlTransfer;
 
@@ -292,25 +324,20 @@ impl TransferAgent for NixlAgent {
         let core = &self.core;
         core.ensure_loaded(req.remote_name)?;
         let is_self = req.remote_name == core.handle.name;
-        {
-            let local = core.local.lock();
-            check_registered(&local, "local", req.local_type, req.local)?;
-            if is_self {
-                check_registered(&local, "remote", req.remote_type, req.remote)?;
-            }
-        }
-        // NIXL refuses a remote range it has no registration for; say which rule was broken.
-        if !is_self && !core.handle.check_remote(req.remote_name, req.remote_type, req.remote)? {
-            return Err(Error::new(
-                kvx_status::KVX_ERR_NOT_REGISTERED,
-                format!("a remote range is outside the memory {:?} registered (or of another memory type)", req.remote_name),
-            ));
-        }
+        // Merge runs contiguous on both sides (one NIXL descriptor each); a merged run
+        // that crosses two registrations on either side falls back to the request as given.
+        let (merged_local, merged_remote) = coalesce(req.local, req.remote);
+        let (local, remote) = if matches!(merged_local, Cow::Owned(_)) && self.validate(req, &merged_local, &merged_remote, is_self).is_ok() {
+            (merged_local, merged_remote)
+        } else {
+            self.validate(req, req.local, req.remote, is_self)?;
+            (Cow::Borrowed(req.local), Cow::Borrowed(req.remote))
+        };
         let op = match req.op {
             kvx_transfer_op::KVX_OP_READ => NIXL_CAPI_XFER_OP_READ,
             kvx_transfer_op::KVX_OP_WRITE => NIXL_CAPI_XFER_OP_WRITE,
         };
-        let (request, posted) = core.handle.post(op, (req.local_type, req.local), (req.remote_type, req.remote), req.remote_name, req.sync_message)?;
+        let (request, posted) = core.handle.post(op, (req.local_type, &local), (req.remote_type, &remote), req.remote_name, req.sync_message)?;
         let shared = Arc::new(TransferShared {
             request: Mutex::new(Some(request)),
             outcome: Mutex::new(None),
