@@ -245,6 +245,11 @@ impl<T> Registrations<T> {
         self.regions.find_containing(addr, len)
     }
 
+    /// The regions themselves, for lookups that remember their last hit (`RegionLookup`).
+    pub fn regions(&self) -> &RegionMap<Registered<T>> {
+        &self.regions
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&(u64, u64), &Registered<T>)> {
         self.regions.iter()
     }

@@ -10,7 +10,7 @@ use crate::core::completion::Completion;
 use crate::core::control::{self, ControlHandler, ControlServer};
 use crate::core::error::{kvx_status, Error, Result};
 use crate::core::coalesce;
-use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionLookup, RegionMap};
+use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionLookup, RegionMap, Registrations};
 use crate::core::net;
 use crate::core::notify::NotificationQueue;
 use crate::core::select::kvx_backend;
@@ -29,12 +29,10 @@ mod ipc;
 /// Active-message id of notifications (sync messages).
 const AM_NOTIFY: u32 = 0x6b76;
 
+/// UCX's part of a local registration (`Registrations` keeps type, device and references).
 struct LocalRegion {
     memh: ucp_mem_h,
-    mem_type: kvx_memory_type,
-    device_id: u32,
     packed_key: Vec<u8>,
-    references: usize,
     end: u64,
     ipc: Option<crate::cuda::ipc::Export>,
 }
@@ -74,7 +72,7 @@ struct AgentCore {
     name: String,
     worker: WorkerOwner,
     timeout: Duration,
-    local: Mutex<RegionMap<LocalRegion>>,
+    local: Mutex<Registrations<LocalRegion>>,
     remotes: RwLock<HashMap<String, Arc<RemoteAgent>>>,
     notifications: Arc<NotificationQueue>,
 }
@@ -123,7 +121,7 @@ impl AgentCore {
                 len,
                 mem_type: r.mem_type,
                 device_id: r.device_id,
-                key: r.packed_key.clone(),
+                key: r.native.packed_key.clone(),
             })
             .collect();
         AgentDescriptor {
@@ -131,7 +129,7 @@ impl AgentCore {
             name: self.name.clone(),
             endpoint: self.worker.address().to_vec(),
             regions,
-            ipc: ipc::export_section(&local),
+            ipc: ipc::export_section(local.regions()),
         }
     }
 
@@ -262,7 +260,7 @@ impl UcxAgent {
     /// registered region into another is split back into its descriptors.
     fn resolve_ops(&self, req: &TransferRequest<'_>, remote: &RemoteAgent, ops: &mut Vec<RmaOp>) -> Result<()> {
         let local = self.core.local.lock();
-        let mut locals = RegionLookup::new(&local);
+        let mut locals = RegionLookup::new(local.regions());
         let mut remotes = RegionLookup::new(&remote.regions);
         let mut resolve = |i: usize, l: &kvx_memory_desc, r: &kvx_memory_desc, ops: &mut Vec<RmaOp>| -> Result<()> {
             let region = locals.find(l.addr, l.len).ok_or_else(|| {
@@ -278,7 +276,7 @@ impl UcxAgent {
                 return Err(Error::invalid(format!("descriptor {i}: remote range is registered as {:?}, request says {:?}", key.mem_type, req.remote_type)));
             }
             if l.len > 0 {
-                ops.push(RmaOp { local: l.addr, len: l.len, remote: r.addr, rkey: key.rkey, memh: region.memh });
+                ops.push(RmaOp { local: l.addr, len: l.len, remote: r.addr, rkey: key.rkey, memh: region.native.memh });
             }
             Ok(())
         };
@@ -397,7 +395,7 @@ impl TransferAgent for UcxAgent {
             name: settings.name.clone(),
             worker,
             timeout: Duration::from_millis(settings.timeout_ms),
-            local: Mutex::new(RegionMap::default()),
+            local: Mutex::new(Registrations::default()),
             remotes: RwLock::new(HashMap::new()),
             notifications,
         });
@@ -417,77 +415,31 @@ impl TransferAgent for UcxAgent {
 
     fn register_memory(&self, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<()> {
         let worker = &self.core.worker;
-        let mut local = self.core.local.lock();
-        let mut added: Vec<(u64, u64)> = Vec::new();
-        let result = (|| {
-            for d in descs {
-                d.end()?;
-                if d.len == 0 {
-                    return Err(Error::invalid(format!("region {:#x} has zero length", d.addr)));
+        let result = self.core.local.lock().register(mem_type, descs, |new| {
+            let mut mapped: Vec<LocalRegion> = Vec::with_capacity(new.len());
+            for d in new {
+                match map_region(worker, mem_type, d) {
+                    Ok(region) => mapped.push(region),
+                    Err(e) => {
+                        // All or nothing: undo this call's mappings.
+                        for region in mapped {
+                            unmap_region(worker, region);
+                        }
+                        return Err(e);
+                    }
                 }
-                if let Some(existing) = local.get_mut(d.addr, d.len) {
-                    existing.references += 1;
-                    added.push((d.addr, d.len));
-                    continue;
-                }
-                let (found_type, device) = crate::cuda::pointer_location(d.addr);
-                if found_type != mem_type && crate::cuda::driver_available() {
-                    return Err(Error::invalid(format!("region {:#x} is {found_type:?} memory, registered as {mem_type:?}", d.addr)));
-                }
-                let mut params: ucp_mem_map_params_t = zeroed();
-                params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
-                params.address = d.addr as *mut c_void;
-                params.length = d.len as usize;
-                params.memory_type = if mem_type == kvx_memory_type::KVX_MEMORY_VRAM { UCS_MEMORY_TYPE_CUDA } else { UCS_MEMORY_TYPE_HOST };
-                let mut memh: ucp_mem_h = std::ptr::null_mut();
-                let _g = worker.lock();
-                // SAFETY: the caller promises the range is valid memory of this type.
-                let st = unsafe { (worker.api().ucp_mem_map)(worker.context(), &params, &mut memh) };
-                if st != UCS_OK {
-                    return Err(ucx_error(worker.ucx, &format!("cannot register {:#x}+{}", d.addr, d.len), st));
-                }
-                let mut buf: *mut c_void = std::ptr::null_mut();
-                let mut size = 0usize;
-                // SAFETY: memh was just mapped on this context.
-                let st = unsafe { (worker.api().ucp_rkey_pack)(worker.context(), memh, &mut buf, &mut size) };
-                if st != UCS_OK {
-                    unsafe { (worker.api().ucp_mem_unmap)(worker.context(), memh) };
-                    return Err(ucx_error(worker.ucx, "cannot pack remote key", st));
-                }
-                // SAFETY: UCX returned `size` bytes at `buf`, released right after copying.
-                let packed_key = unsafe { std::slice::from_raw_parts(buf as *const u8, size).to_vec() };
-                unsafe { (worker.api().ucp_rkey_buffer_release)(buf) };
-                let device_id = if mem_type == kvx_memory_type::KVX_MEMORY_VRAM && crate::cuda::driver_available() { device } else { d.device_id };
-                let ipc = ipc::export_region(mem_type, d.addr, d.len, device_id);
-                local.insert(d.addr, d.len, LocalRegion { memh, mem_type, device_id, packed_key, references: 1, end: d.addr + d.len, ipc });
-                added.push((d.addr, d.len));
             }
-            Ok(())
-        })();
-        if result.is_err() {
-            // All or nothing: undo this call's registrations.
-            for (addr, len) in added {
-                release_region(worker, &mut local, addr, len);
-            }
-        }
-        drop(local);
+            Ok(mapped)
+        });
         self.core.forget_self_view();
         result
     }
 
     fn deregister_memory(&self, _mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<()> {
-        let mut local = self.core.local.lock();
-        for d in descs {
-            if local.get(d.addr, d.len).is_none() {
-                return Err(Error::not_found(format!("region {:#x}+{} is not registered (deregister exactly what was registered)", d.addr, d.len)));
-            }
-        }
-        for d in descs {
-            release_region(&self.core.worker, &mut local, d.addr, d.len);
-        }
-        drop(local);
+        let worker = &self.core.worker;
+        let result = self.core.local.lock().deregister(descs, |_, region| unmap_region(worker, region.native));
         self.core.forget_self_view();
-        Ok(())
+        result
     }
 
     fn local_descriptor(&self) -> Result<Vec<u8>> {
@@ -583,15 +535,39 @@ impl TransferAgent for UcxAgent {
     }
 }
 
-fn release_region(worker: &Worker, local: &mut RegionMap<LocalRegion>, addr: u64, len: u64) {
-    let Some(region) = local.get_mut(addr, len) else { return };
-    region.references -= 1;
-    if region.references == 0 {
-        let region = local.remove(addr, len).unwrap();
-        let _g = worker.lock();
-        // SAFETY: mapped on this context; peers holding the old key get errors, not our memory.
-        unsafe { (worker.api().ucp_mem_unmap)(worker.context(), region.memh) };
+/// Map one region with UCX and pack its remote key (and CUDA IPC handle, for device memory).
+fn map_region(worker: &Worker, mem_type: kvx_memory_type, d: &kvx_memory_desc) -> Result<LocalRegion> {
+    let mut params: ucp_mem_map_params_t = zeroed();
+    params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+    params.address = d.addr as *mut c_void;
+    params.length = d.len as usize;
+    params.memory_type = if mem_type == kvx_memory_type::KVX_MEMORY_VRAM { UCS_MEMORY_TYPE_CUDA } else { UCS_MEMORY_TYPE_HOST };
+    let mut memh: ucp_mem_h = std::ptr::null_mut();
+    let _g = worker.lock();
+    // SAFETY: the caller promises the range is valid memory of this type.
+    let st = unsafe { (worker.api().ucp_mem_map)(worker.context(), &params, &mut memh) };
+    if st != UCS_OK {
+        return Err(ucx_error(worker.ucx, &format!("cannot register {:#x}+{}", d.addr, d.len), st));
     }
+    let mut buf: *mut c_void = std::ptr::null_mut();
+    let mut size = 0usize;
+    // SAFETY: memh was just mapped on this context.
+    let st = unsafe { (worker.api().ucp_rkey_pack)(worker.context(), memh, &mut buf, &mut size) };
+    if st != UCS_OK {
+        unsafe { (worker.api().ucp_mem_unmap)(worker.context(), memh) };
+        return Err(ucx_error(worker.ucx, "cannot pack remote key", st));
+    }
+    // SAFETY: UCX returned `size` bytes at `buf`, released right after copying.
+    let packed_key = unsafe { std::slice::from_raw_parts(buf as *const u8, size).to_vec() };
+    unsafe { (worker.api().ucp_rkey_buffer_release)(buf) };
+    let ipc = ipc::export_region(mem_type, d.addr, d.len, d.device_id);
+    Ok(LocalRegion { memh, packed_key, end: d.addr + d.len, ipc })
+}
+
+fn unmap_region(worker: &Worker, region: LocalRegion) {
+    let _g = worker.lock();
+    // SAFETY: mapped on this context; peers holding the old key get errors, not our memory.
+    unsafe { (worker.api().ucp_mem_unmap)(worker.context(), region.memh) };
 }
 
 impl Drop for UcxAgent {
@@ -599,12 +575,9 @@ impl Drop for UcxAgent {
         self.listener.take();
         let remotes: Vec<_> = self.core.remotes.write().drain().map(|(_, r)| r).collect();
         drop(remotes);
-        let mut local = self.core.local.lock();
-        let worker = &self.core.worker;
-        let _g = worker.lock();
-        for (_, region) in local.drain() {
-            // SAFETY: mapped on this context.
-            unsafe { (worker.api().ucp_mem_unmap)(worker.context(), region.memh) };
+        let regions: Vec<_> = self.core.local.lock().drain().collect();
+        for (_, region) in regions {
+            unmap_region(&self.core.worker, region.native);
         }
     }
 }

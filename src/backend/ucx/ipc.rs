@@ -17,7 +17,7 @@ use crate::backend::ucx::ops::Op;
 use crate::backend::ucx::worker::Worker;
 use crate::core::coalesce;
 use crate::core::error::{Error, Result};
-use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionMap};
+use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionMap, Registered};
 use crate::core::wire::{AgentDescriptor, IpcRegion, IpcSection};
 use crate::cuda::{batch, ipc as cuda_ipc};
 use crate::dispatch::{kvx_transfer_op, TransferRequest};
@@ -43,11 +43,11 @@ pub(super) fn export_region(mem_type: kvx_memory_type, addr: u64, len: u64, devi
 
 /// The descriptor's IPC section: None when no region is exported, so
 /// host-only agents keep writing version-1 descriptors.
-pub(super) fn export_section(local: &RegionMap<LocalRegion>) -> Option<IpcSection> {
+pub(super) fn export_section(local: &RegionMap<Registered<LocalRegion>>) -> Option<IpcSection> {
     let regions: Vec<IpcRegion> = local
         .iter()
         .enumerate()
-        .filter_map(|(i, (_, r))| r.ipc.map(|e| IpcRegion { region: i as u32, handle: e.handle, offset: e.offset }))
+        .filter_map(|(i, (_, r))| r.native.ipc.map(|e| IpcRegion { region: i as u32, handle: e.handle, offset: e.offset }))
         .collect();
     if regions.is_empty() {
         return None;
@@ -109,7 +109,7 @@ impl PeerRegion {
 /// Last region hit on each side: paged requests hit one pool region
 /// descriptor after descriptor, so lookups are a bounds check.
 struct Resolver<'a> {
-    local: &'a RegionMap<LocalRegion>,
+    local: &'a RegionMap<Registered<LocalRegion>>,
     peer: &'a PeerIpc,
     device: Option<u32>,
     last_local: Option<(u64, u64)>,
@@ -127,7 +127,7 @@ impl Resolver<'_> {
             if region.mem_type != VRAM || *self.device.get_or_insert(region.device_id) != region.device_id {
                 return None;
             }
-            self.last_local = Some((start, region.end));
+            self.last_local = Some((start, region.native.end));
         }
         let hit = self.last_remote.filter(|&(s, e, _)| remote >= s && remote.checked_add(len).is_some_and(|end| end <= e));
         let (start, _, base) = match hit {
@@ -272,7 +272,7 @@ pub(super) fn try_submit(agent: &UcxAgent, req: &TransferRequest<'_>, remote: &A
         return Ok(None);
     }
     let local = agent.core.local.lock();
-    let mut resolver = Resolver { local: &local, peer, device: None, last_local: None, last_remote: None, mappings: Vec::new() };
+    let mut resolver = Resolver { local: local.regions(), peer, device: None, last_local: None, last_remote: None, mappings: Vec::new() };
     let write = req.op == kvx_transfer_op::KVX_OP_WRITE;
     let copy = |l: u64, r: u64, len: u64| if write { batch::Copy { src: l, dst: r, len } } else { batch::Copy { src: r, dst: l, len } };
     let parts = slices(req.local.len());
