@@ -108,7 +108,10 @@ pub unsafe fn optional_text(ptr: *const c_char, what: &str) -> Result<Option<Str
 /// `ptr` must point to at least `struct_size` readable bytes.
 pub unsafe fn read_versioned<T: Copy>(ptr: *const T, defaults: T) -> Result<T> {
     let size = *(ptr as *const usize);
-    if size < std::mem::size_of::<usize>() {
+    // This layout is the first published one, so nothing shorter is valid, and
+    // copying a prefix that ends inside a field would tear a pointer in two.
+    // Later versions append fields and keep this size as the floor.
+    if size < std::mem::size_of::<T>() {
         return Err(Error::invalid(format!("struct_size {size} is too small: call the _init function first")));
     }
     let mut out = defaults;
@@ -217,5 +220,26 @@ pub fn deadline(timeout_ms: i64, default_ms: u64) -> Option<Instant> {
         deadline_from_ms(default_ms.min(i64::MAX as u64) as i64)
     } else {
         deadline_from_ms(timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_struct_sizes_are_refused_not_torn() {
+        let name = std::ffi::CString::new("agent").unwrap();
+        let mut cfg = agent_config_defaults();
+        cfg.name = name.as_ptr();
+        for size in [0, 8, 12, 15, std::mem::size_of::<kvx_agent_config>() - 1] {
+            cfg.struct_size = size;
+            assert!(unsafe { read_versioned(&cfg, agent_config_defaults()) }.is_err(), "size {size}");
+        }
+        for size in [std::mem::size_of::<kvx_agent_config>(), std::mem::size_of::<kvx_agent_config>() + 64] {
+            cfg.struct_size = size;
+            let read = unsafe { read_versioned(&cfg, agent_config_defaults()) }.unwrap();
+            assert_eq!(read.name, name.as_ptr(), "size {size}");
+        }
     }
 }
