@@ -175,6 +175,9 @@ fn peer_main() {
                 }
                 println!("STREAMED");
             }
+            Some("desc") => {
+                println!("DESC {}", agent.desc().iter().map(|b| format!("{b:02x}")).collect::<String>());
+            }
             Some("connect") => {
                 conn = Some(cm.connect(&[w[1].to_string()]).pop().unwrap());
                 println!("CONNECTED");
@@ -789,5 +792,29 @@ fn run_rounds(name: &str, l: &Launcher, rounds: usize) {
         println!("FAULTS PASSED");
     } else {
         panic!("{name}: {failed} of {rounds} rounds failed");
+    }
+}
+
+/// Loading the descriptor of a peer that has exited since (the race a kill
+/// during connection setup hits) is a peer error, not a transport error.
+#[test]
+fn descriptor_of_an_exited_peer_is_a_peer_error() {
+    for backend in backends() {
+        let survivor = Agent::try_new_on(backend, "survivor", false, 0).unwrap();
+        let l = Launcher { backend, ..Default::default() };
+        let mut peer = l.start("gone");
+        peer.command("desc");
+        let line = peer.expect("DESC ");
+        let hex = line.trim_start_matches("DESC ").trim();
+        let desc: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        peer.kill9();
+        let st = survivor.load("gone", &desc);
+        assert!(st == KVX_ERR_PEER || st == KVX_OK, "{st:?} {}", last_error());
+        if st == KVX_OK {
+            // Transports that attach lazily notice at the first transfer instead.
+            let buf = vec![0u8; 4096];
+            let d = survivor.register(&[&buf]);
+            wait_until_refused(&survivor, &peer, &d);
+        }
     }
 }
