@@ -13,7 +13,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install --quiet --locked cargo-fuzz --version 0.13.2
 fi
 export RUSTC_BOOTSTRAP=1
-export LSAN_OPTIONS="suppressions=$PWD/lsan.supp:print_suppressions=0"
+export LSAN_OPTIONS="suppressions=$PWD/../scripts/stress/lsan.supp:print_suppressions=0"
 export KVX_LOG=error
 cargo fuzz build --release
 status=0
