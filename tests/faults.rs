@@ -818,3 +818,30 @@ fn descriptor_of_an_exited_peer_is_a_peer_error() {
         }
     }
 }
+
+/// `invalidate` while another thread's notification is in flight: the
+/// notification fails as the peer's transfers do, with KVX_ERR_PEER (or
+/// KVX_ERR_NOT_FOUND once the name is gone), never as a bare UCX cancel.
+#[test]
+fn invalidate_racing_notify_reports_peer() {
+    for backend in backends() {
+        let sender = Agent::try_new_on(backend, "racer", false, 0).unwrap();
+        let target = Agent::try_new_on(backend, "raced", true, 0).unwrap();
+        let info = target.conn_info();
+        let message = vec![7u8; 1 << 20];
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..100 {
+            ok(sender.load_by_info("raced", &info));
+            let st = std::thread::scope(|s| {
+                let notify = s.spawn(|| sender.notify("raced", &message));
+                std::thread::sleep(Duration::from_micros(200));
+                let _ = sender.invalidate("raced");
+                notify.join().unwrap()
+            });
+            *seen.entry(format!("{st:?}")).or_insert(0) += 1;
+            assert!(st == KVX_OK || st == KVX_ERR_PEER || st == KVX_ERR_NOT_FOUND, "{st:?} {}", last_error());
+            drop(target.notifications());
+        }
+        println!("notify racing invalidate: {seen:?}");
+    }
+}
