@@ -569,6 +569,13 @@ fn scenario(name: &str) -> fn(&Launcher) -> Report {
 
 // ------------------------------------------------- running the scenarios
 
+/// The tests measure this whole process's descriptors and threads, so they
+/// run one at a time even when libtest runs them on several threads.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Backends to test: UCX always; NIXL once its backend loads here.
 fn backends() -> Vec<u32> {
     let mut out = vec![UCX];
@@ -610,6 +617,7 @@ fn run_in_child(name: &str, l: &Launcher, survivor_netns: Option<&str>, survivor
 
 #[test]
 fn sigkill_mid_transfer_fails_pending_keeps_completed_and_reconnects() {
+    let _serial = serial();
     for backend in backends() {
         run_rounds("kill_mid_transfer", &Launcher { backend, ..Default::default() }, rounds());
     }
@@ -617,6 +625,7 @@ fn sigkill_mid_transfer_fails_pending_keeps_completed_and_reconnects() {
 
 #[test]
 fn sigkill_during_connection_setup_fails_fast() {
+    let _serial = serial();
     for backend in backends() {
         run_rounds("kill_during_setup", &Launcher { backend, ..Default::default() }, rounds());
     }
@@ -624,6 +633,7 @@ fn sigkill_during_connection_setup_fails_fast() {
 
 #[test]
 fn sigkill_while_receiver_waits_fails_the_receive() {
+    let _serial = serial();
     for backend in backends() {
         run_rounds("kill_while_receiving", &Launcher { backend, ..Default::default() }, rounds());
     }
@@ -631,6 +641,7 @@ fn sigkill_while_receiver_waits_fails_the_receive() {
 
 #[test]
 fn sigstop_peer_forces_timeouts_over_tcp() {
+    let _serial = serial();
     for backend in backends() {
         let l = Launcher { backend, tls: Some("tcp".into()), ..Default::default() };
         println!("{}", run_in_child("stopped_peer", &l, None, None, rounds()));
@@ -682,6 +693,7 @@ impl Drop for NetnsPair {
 
 #[test]
 fn network_cut_between_namespaces_fails_then_recovers() {
+    let _serial = serial();
     let pair = match NetnsPair::create() {
         Ok(p) => p,
         Err(why) => {
@@ -699,6 +711,7 @@ fn network_cut_between_namespaces_fails_then_recovers() {
 /// memory registered with the agent, and only within the registered ranges.
 #[test]
 fn forged_descriptors_and_out_of_range_transfers_are_refused() {
+    let _serial = serial();
     for backend in backends() {
         let victim = Agent::try_new_on(backend, "guarded", true, 0).unwrap();
         let attacker = Agent::try_new_on(backend, "attacker", true, 0).unwrap();
@@ -799,6 +812,7 @@ fn run_rounds(name: &str, l: &Launcher, rounds: usize) {
 /// during connection setup hits) is a peer error, not a transport error.
 #[test]
 fn descriptor_of_an_exited_peer_is_a_peer_error() {
+    let _serial = serial();
     for backend in backends() {
         let survivor = Agent::try_new_on(backend, "survivor", false, 0).unwrap();
         let l = Launcher { backend, ..Default::default() };
@@ -824,6 +838,7 @@ fn descriptor_of_an_exited_peer_is_a_peer_error() {
 /// KVX_ERR_NOT_FOUND once the name is gone), never as a bare UCX cancel.
 #[test]
 fn invalidate_racing_notify_reports_peer() {
+    let _serial = serial();
     for backend in backends() {
         let sender = Agent::try_new_on(backend, "racer", false, 0).unwrap();
         let target = Agent::try_new_on(backend, "raced", true, 0).unwrap();
