@@ -130,6 +130,15 @@ typedef struct {
   uint16_t listen_port;
   // Bound for blocking calls and for waits without a timeout, in ms; 0 = default.
   uint64_t timeout_ms;
+  // NIXL only: 0 = automatic (NIXL's progress thread on hosts with more
+  // than 4 CPUs, else kvxfer's own backing-off poller), 1 = on, 2 = off.
+  // `KVX_NIXL_PROGRESS_THREAD=1/0` sets the automatic choice.
+  uint32_t progress_thread;
+  // NIXL only: transport workers of the plugin; 0 = `TRTLLM_NIXL_NUM_WORKERS`, else 1.
+  uint32_t num_workers;
+  // NIXL only: plugin parameters as `key=value;key=value` (TensorRT-LLM's
+  // `backendParams`), applied over the plugin defaults; NULL for none.
+  const char *backend_params;
 } kvx_agent_config;
 
 // One contiguous piece of memory: `addr` and `len` in bytes, `device_id` the

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything kvxfer needs on a fresh Debian machine: build tools
-# from apt, UCX from its PyPI wheel (not Debian's old libucx-dev), and the
-# Rust crates (fetched by cargo). Safe to run again.
+# from apt, UCX and NIXL from their PyPI wheels (not Debian's old
+# libucx-dev), and the Rust crates (fetched by cargo). Safe to run again.
 set -euo pipefail
 
 SUDO=""
@@ -19,6 +19,12 @@ fi
 # UCX 1.22 with CUDA support, from the wheel (libucp is found at run time).
 if ! python3 -c 'import libucx' 2>/dev/null; then
   python3 -m pip install --quiet --no-deps "libucx-cu12>=1.19"
+fi
+
+# NIXL 1.5.1 (C API, UCX plugin, its own bundled UCX), from the wheel: only the
+# shared libraries are used, so --no-deps keeps torch and friends out.
+if ! python3 -m pip show --quiet nixl-cu12 >/dev/null 2>&1 && ! python3 -m pip show --quiet nixl-cu13 >/dev/null 2>&1; then
+  python3 -m pip install --quiet --no-deps "nixl-cu12==1.5.1"
 fi
 
 command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }

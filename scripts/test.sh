@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Every test: Rust unit and integration tests (real UCX between threads and
-# processes, over shared memory and TCP), then the CMake package, the C++
+# Every test: Rust unit and integration tests (real UCX and NIXL between
+# threads and processes, over shared memory and TCP), then the CMake package, the C++
 # GoogleTest suite through find_package(kvxfer), and the consumer examples.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --quiet --lib
 cargo test --no-fail-fast
+# The backend contract again on NIXL, chosen the way TensorRT-LLM chooses it.
+TRTLLM_USE_NIXL_KVCACHE=1 cargo test --no-fail-fast --test agent_basic --test connection_manager --test two_process --test c_abi
 .ci/cmake_suite.sh

@@ -59,6 +59,12 @@ pub struct AgentSettings {
     pub listen_port: u16,
     /// Default bound for blocking calls and for transfers waited on without a timeout.
     pub timeout_ms: u64,
+    /// NIXL only: None = automatic.
+    pub progress_thread: Option<bool>,
+    /// NIXL only: 0 = default.
+    pub num_workers: u32,
+    /// NIXL only: plugin parameter overrides.
+    pub backend_params: Vec<(String, String)>,
 }
 
 /// Settings of a connection manager after validation.

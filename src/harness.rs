@@ -38,6 +38,13 @@ pub fn backend_available(backend: u32) -> Result<(), String> {
     }
 }
 
+/// The backend these tests run on: `TRTLLM_USE_*_KVCACHE`, as for any caller.
+pub fn backend_under_test() -> crate::core::select::kvx_backend {
+    let mut chosen = 0u32;
+    unsafe { ok(kvx_backend_resolve(0, &mut chosen)) };
+    crate::core::select::kvx_backend::from_raw(chosen).unwrap()
+}
+
 pub fn last_error() -> String {
     unsafe { CStr::from_ptr(kvx_last_error()).to_string_lossy().into_owned() }
 }

@@ -73,17 +73,64 @@ fn bad_values_from_c_are_refused() {
 }
 
 #[test]
-fn nixl_is_a_clear_error_until_its_backend_lands() {
-    let mut backend = 0u32;
-    unsafe { ok(kvx_backend_resolve(2, &mut backend)) };
-    assert_eq!(backend, 2);
+fn one_backend_per_process_and_the_other_is_a_clear_error() {
+    // Load the backend under test, then ask for the other: its UCX copy must not join ours.
+    let _agent = Agent::new("owner");
+    let (ours, other, our_lib) = match backend_under_test() {
+        kvxfer::core::select::kvx_backend::KVX_BACKEND_NIXL => (2u32, 1u32, "libnixl_capi"),
+        _ => (1, 2, "libucp"),
+    };
     let mut info: kvx_backend_info = unsafe { std::mem::zeroed() };
     info.struct_size = std::mem::size_of::<kvx_backend_info>();
-    assert_eq!(unsafe { kvx_backend_info_get(2, &mut info) }, KVX_ERR_BACKEND_UNAVAILABLE);
-    assert!(last_error().contains("NIXL"));
-    unsafe { ok(kvx_backend_info_get(1, &mut info)) };
+    unsafe { ok(kvx_backend_info_get(ours, &mut info)) };
     let path = unsafe { CStr::from_ptr(info.library_path) }.to_str().unwrap();
-    assert!(path.contains("libucp"), "{path}");
+    assert!(path.contains(our_lib), "{path}");
+    assert_eq!(unsafe { kvx_backend_info_get(other, &mut info) }, KVX_ERR_BACKEND_UNAVAILABLE);
+    assert!(last_error().contains("already loaded its UCX"), "{}", last_error());
+}
+
+/// Run the demo's target with NIXL selected and `env` set; it must fail cleanly, saying `expected`.
+fn nixl_target_fails_with(env: &[(&str, &str)], expected: &str) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kvxfer-demo"));
+    cmd.args(["target", "--size", "4096"]).env("TRTLLM_USE_NIXL_KVCACHE", "1").env_remove("TRTLLM_USE_UCX_KVCACHE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_ne!(out.status.code(), None, "killed by a signal (an abort?): {stderr}");
+    assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+    assert!(stderr.contains("KVX_ERR_BACKEND_UNAVAILABLE"), "{stderr}");
+}
+
+#[test]
+fn missing_nixl_library_or_plugin_is_a_clean_error() {
+    nixl_target_fails_with(&[("KVX_NIXL_LIB", "/nonexistent/libnixl_capi.so")], "pip install --no-deps nixl-cu12");
+    let empty = std::env::temp_dir().join(format!("kvx-no-plugins-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    nixl_target_fails_with(&[("NIXL_PLUGIN_DIR", empty.to_str().unwrap())], "NIXL plugin UCX not found");
+}
+
+#[test]
+fn libfabric_plugin_works_or_is_a_clean_error() {
+    // The plugin ships in the wheel but needs libfabric on the host: either outcome is fine, an abort is not.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvxfer-demo"))
+        .args(["target", "--size", "4096"])
+        .env("TRTLLM_USE_NIXL_KVCACHE", "1")
+        .env_remove("TRTLLM_USE_UCX_KVCACHE")
+        .env("TRTLLM_NIXL_KVCACHE_BACKEND", "LIBFABRIC")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let _ = child.stdin.take().unwrap().write_all(b"quit\n");
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_ne!(out.status.code(), None, "killed by a signal: {stderr}");
+    assert!(stdout.starts_with("READY") || stderr.contains("KVX_ERR_BACKEND_UNAVAILABLE"), "{stdout}{stderr}");
 }
 
 #[test]

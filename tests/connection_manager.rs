@@ -117,6 +117,11 @@ fn recv_times_out_and_fan_in_of_eight() {
 
 #[test]
 fn send_that_times_out_closes_the_connection() {
+    if backend_under_test() == kvxfer::core::select::kvx_backend::KVX_BACKEND_NIXL {
+        // NIXL copies a message when it is posted, so a send never waits for the receiver.
+        eprintln!("skipped on NIXL: sends are buffered and cannot time out waiting for a receiver");
+        return;
+    }
     let m1 = Cm::new();
     let m2 = Cm::new();
     let c = m2.connect(&[m1.address()]).pop().unwrap();

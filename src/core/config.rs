@@ -37,6 +37,15 @@ pub struct kvx_agent_config {
     pub listen_port: u16,
     /// Bound for blocking calls and for waits without a timeout, in ms; 0 = default.
     pub timeout_ms: u64,
+    /// NIXL only: 0 = automatic (NIXL's progress thread on hosts with more
+    /// than 4 CPUs, else kvxfer's own backing-off poller), 1 = on, 2 = off.
+    /// `KVX_NIXL_PROGRESS_THREAD=1/0` sets the automatic choice.
+    pub progress_thread: u32,
+    /// NIXL only: transport workers of the plugin; 0 = `TRTLLM_NIXL_NUM_WORKERS`, else 1.
+    pub num_workers: u32,
+    /// NIXL only: plugin parameters as `key=value;key=value` (TensorRT-LLM's
+    /// `backendParams`), applied over the plugin defaults; NULL for none.
+    pub backend_params: *const c_char,
 }
 
 /// Connection-manager configuration. Initialise with `kvx_cm_config_init`.
@@ -77,6 +86,15 @@ pub struct kvx_transfer_request {
     pub sync_message: *const u8,
     pub sync_message_len: usize,
     pub has_sync_message: bool,
+}
+
+/// `key=value;key=value` (values may contain commas, as `UCX_TLS` lists do).
+pub fn parse_params(text: &str) -> Vec<(String, String)> {
+    text.split(';')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
 }
 
 /// Read a required C string argument as UTF-8.
@@ -129,6 +147,9 @@ pub fn agent_config_defaults() -> kvx_agent_config {
         listen_ip: std::ptr::null(),
         listen_port: 0,
         timeout_ms: 0,
+        progress_thread: 0,
+        num_workers: 0,
+        backend_params: std::ptr::null(),
     }
 }
 
@@ -155,6 +176,16 @@ pub unsafe fn agent_settings(cfg: &kvx_agent_config) -> Result<AgentSettings> {
         listen_ip: optional_text(cfg.listen_ip, "listen_ip")?,
         listen_port: cfg.listen_port,
         timeout_ms: if cfg.timeout_ms == 0 { default_timeout_ms() } else { cfg.timeout_ms },
+        progress_thread: match cfg.progress_thread {
+            0 => None,
+            1 => Some(true),
+            2 => Some(false),
+            other => return Err(Error::invalid(format!("progress_thread {other} is unknown (0 = auto, 1 = on, 2 = off)"))),
+        },
+        num_workers: cfg.num_workers,
+        backend_params: optional_text(cfg.backend_params, "backend_params")?
+            .map(|t| parse_params(&t))
+            .unwrap_or_default(),
     })
 }
 
@@ -241,5 +272,13 @@ mod tests {
             let read = unsafe { read_versioned(&cfg, agent_config_defaults()) }.unwrap();
             assert_eq!(read.name, name.as_ptr(), "size {size}");
         }
+    }
+
+    #[test]
+    fn params_parse_with_commas_in_values() {
+        assert_eq!(
+            parse_params("num_workers=2; ucx_devices=a,b ;bad;=x"),
+            vec![("num_workers".into(), "2".into()), ("ucx_devices".into(), "a,b".into())]
+        );
     }
 }

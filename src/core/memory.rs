@@ -108,6 +108,111 @@ impl<T> RegionMap<T> {
     }
 }
 
+/// One registered region: the backend's handle plus what every backend tracks.
+#[derive(Debug)]
+pub struct Registered<T> {
+    pub native: T,
+    pub mem_type: kvx_memory_type,
+    pub device_id: u32,
+    references: usize,
+}
+
+/// An agent's local registrations. The same `(addr, len)` registered twice
+/// needs two deregistrations (TensorRT-LLM registers shared pools from
+/// several places); a call either registers every descriptor or none.
+#[derive(Debug)]
+pub struct Registrations<T> {
+    regions: RegionMap<Registered<T>>,
+}
+
+impl<T> Default for Registrations<T> {
+    fn default() -> Self {
+        Registrations { regions: RegionMap::default() }
+    }
+}
+
+impl<T> Registrations<T> {
+    /// Register `descs`; `map` gets the descriptors not registered yet (each
+    /// once) and returns one native handle per descriptor, or fails as a whole.
+    pub fn register(
+        &mut self,
+        mem_type: kvx_memory_type,
+        descs: &[kvx_memory_desc],
+        map: impl FnOnce(&[kvx_memory_desc]) -> Result<Vec<T>>,
+    ) -> Result<()> {
+        let mut new: Vec<kvx_memory_desc> = Vec::new();
+        for d in descs {
+            d.end()?;
+            if d.len == 0 {
+                return Err(Error::invalid(format!("region {:#x} has zero length", d.addr)));
+            }
+            if let Some(existing) = self.regions.get(d.addr, d.len) {
+                if existing.mem_type != mem_type {
+                    return Err(Error::invalid(format!("region {:#x}+{} is already registered as {:?}", d.addr, d.len, existing.mem_type)));
+                }
+                continue;
+            }
+            if new.iter().any(|n| (n.addr, n.len) == (d.addr, d.len)) {
+                continue;
+            }
+            let (found_type, device) = crate::cuda::pointer_location(d.addr);
+            let driver = crate::cuda::driver_available();
+            if found_type != mem_type && driver {
+                return Err(Error::invalid(format!("region {:#x} is {found_type:?} memory, registered as {mem_type:?}", d.addr)));
+            }
+            let device_id = if mem_type == kvx_memory_type::KVX_MEMORY_VRAM && driver { device } else { d.device_id };
+            new.push(kvx_memory_desc { device_id, ..*d });
+        }
+        let natives = if new.is_empty() { Vec::new() } else { map(&new)? };
+        if natives.len() != new.len() {
+            return Err(Error::new(super::error::kvx_status::KVX_ERR_INTERNAL, "backend returned the wrong number of registrations"));
+        }
+        for (d, native) in new.iter().zip(natives) {
+            self.regions.insert(d.addr, d.len, Registered { native, mem_type, device_id: d.device_id, references: 0 });
+        }
+        for d in descs {
+            if let Some(r) = self.regions.get_mut(d.addr, d.len) {
+                r.references += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop one reference to each of `descs` (exactly as registered); `unmap`
+    /// gets the regions whose last reference went. Unknown regions fail the
+    /// whole call before anything changes.
+    pub fn deregister(&mut self, descs: &[kvx_memory_desc], mut unmap: impl FnMut(kvx_memory_desc, Registered<T>)) -> Result<()> {
+        for d in descs {
+            let wanted = descs.iter().filter(|x| (x.addr, x.len) == (d.addr, d.len)).count();
+            match self.regions.get(d.addr, d.len) {
+                Some(r) if r.references >= wanted => {}
+                _ => return Err(Error::not_found(format!("region {:#x}+{} is not registered (deregister exactly what was registered)", d.addr, d.len))),
+            }
+        }
+        for d in descs {
+            let r = self.regions.get_mut(d.addr, d.len).expect("checked above");
+            r.references -= 1;
+            if r.references == 0 {
+                let r = self.regions.remove(d.addr, d.len).expect("present");
+                unmap(kvx_memory_desc { device_id: r.device_id, ..*d }, r);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn find_containing(&self, addr: u64, len: u64) -> Option<(u64, &Registered<T>)> {
+        self.regions.find_containing(addr, len)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&(u64, u64), &Registered<T>)> {
+        self.regions.iter()
+    }
+
+    pub fn drain(&mut self) -> impl Iterator<Item = ((u64, u64), Registered<T>)> {
+        self.regions.drain()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +231,32 @@ mod tests {
         assert!(map.find_containing(5010, 0).is_none());
         assert!(map.find_containing(u64::MAX, 2).is_none());
         assert_eq!(map.find_containing(1055, 2).map(|r| r.0), Some(1050));
+    }
+
+    #[test]
+    fn registrations_count_references_and_are_all_or_nothing() {
+        let dram = kvx_memory_type::KVX_MEMORY_DRAM;
+        let buf = vec![0u8; 64];
+        let a = kvx_memory_desc { addr: buf.as_ptr() as u64, len: 32, device_id: 0 };
+        let b = kvx_memory_desc { addr: buf.as_ptr() as u64 + 32, len: 32, device_id: 0 };
+        let mut regs: Registrations<u32> = Registrations::default();
+        let mut mapped = 0;
+        regs.register(dram, &[a, a, b], |new| {
+            mapped += new.len();
+            Ok((0..new.len() as u32).collect())
+        })
+        .unwrap();
+        assert_eq!(mapped, 2, "a duplicate in one call is mapped once");
+        assert!(regs.register(dram, &[a], |_| panic!("already mapped")).is_ok());
+        let mut unmapped = Vec::new();
+        assert!(regs.deregister(&[b, b], |d, _| unmapped.push(d)).is_err(), "b holds one reference");
+        regs.deregister(&[a, a], |d, _| unmapped.push(d)).unwrap();
+        assert!(unmapped.is_empty(), "a still holds a reference");
+        regs.deregister(&[a, b], |d, _| unmapped.push(d)).unwrap();
+        assert_eq!(unmapped.len(), 2);
+        let zero = kvx_memory_desc { len: 0, ..a };
+        assert!(regs.register(dram, &[a, zero], |_| panic!("refused before mapping")).is_err());
+        assert!(regs.register(dram, &[a], |_| Err(Error::invalid("native failure"))).is_err());
+        assert!(regs.find_containing(a.addr, 1).is_none(), "a failed call leaves nothing behind");
     }
 }

@@ -4,6 +4,7 @@
 pub mod buffer;
 pub mod completion;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod error;
 pub mod log;

@@ -19,6 +19,14 @@ namespace kvxtest {
 // Generous bound for every blocking call so a broken backend fails, never hangs.
 constexpr int64_t kTimeoutMs = 10000;
 
+// The backend the contract suites run on: chosen by TensorRT-LLM's variables
+// (CTest registers each suite once per backend), as for any caller.
+inline uint32_t backend_under_test() {
+  uint32_t chosen = 0;
+  kvx_backend_resolve(KVX_BACKEND_AUTO, &chosen);
+  return chosen;
+}
+
 inline std::string describe(kvx_status st) {
   return std::string(kvx_status_str(st)) + " (" + std::to_string(static_cast<int>(st)) +
          "): " + kvx_last_error();

@@ -26,7 +26,7 @@ void make_agent(const char* name, AgentPtr* out, bool listen = true) {
   kvx_agent_config cfg;
   KVX_ASSERT_OK(kvx_agent_config_init(&cfg));
   cfg.name = name;
-  cfg.backend = KVX_BACKEND_UCX;
+  cfg.backend = KVX_BACKEND_AUTO;
   cfg.use_listen_thread = listen;
   cfg.listen_ip = "127.0.0.1";
   cfg.timeout_ms = kTimeoutMs;
@@ -36,7 +36,7 @@ void make_agent(const char* name, AgentPtr* out, bool listen = true) {
   out->reset(a);
   uint32_t backend = 0;
   KVX_ASSERT_OK(kvx_agent_backend(a, &backend));
-  ASSERT_EQ(backend, static_cast<uint32_t>(KVX_BACKEND_UCX));
+  ASSERT_EQ(backend, kvxtest::backend_under_test());
 }
 
 std::string connection_info(kvx_agent* a) {

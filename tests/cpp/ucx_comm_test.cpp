@@ -19,7 +19,7 @@ constexpr size_t kDataSize = 1024;
 void make_cm(CmPtr* out) {
   kvx_cm_config cfg;
   KVX_ASSERT_OK(kvx_cm_config_init(&cfg));
-  cfg.backend = KVX_BACKEND_UCX;
+  cfg.backend = KVX_BACKEND_AUTO;
   cfg.listen_ip = "127.0.0.1";
   cfg.timeout_ms = kTimeoutMs;
   kvx_cm* cm = nullptr;
@@ -28,7 +28,7 @@ void make_cm(CmPtr* out) {
   out->reset(cm);
   uint32_t backend = 0;
   KVX_ASSERT_OK(kvx_cm_backend(cm, &backend));
-  ASSERT_EQ(backend, static_cast<uint32_t>(KVX_BACKEND_UCX));
+  ASSERT_EQ(backend, kvxtest::backend_under_test());
   bool running = false;
   KVX_ASSERT_OK(kvx_cm_is_running(cm, &running));
   ASSERT_TRUE(running);

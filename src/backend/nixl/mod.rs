@@ -1,21 +1,29 @@
-//! NIXL backend placeholder: selecting NIXL is a clear error until the NIXL
-//! backend lands. Nothing is loaded and nothing pretends to work.
+//! The NIXL backend: NIXL's C API bound at run time (only when NIXL is
+//! selected), one NIXL agent per kvxfer agent or connection manager, and
+//! the whole dispatch table.
 
-use crate::core::error::{kvx_status, Error, Result};
+pub mod agent;
+pub mod conn;
+pub mod handle;
+pub mod loader;
+pub mod poller;
+pub mod sys;
+
+use crate::core::error::Result;
+use crate::core::select::kvx_backend;
 use crate::dispatch::kvx_backend_table;
 
-fn unavailable() -> Error {
-    Error::new(
-        kvx_status::KVX_ERR_BACKEND_UNAVAILABLE,
-        "the NIXL backend is not available in this build of kvxfer; use UCX \
-         (unset TRTLLM_USE_NIXL_KVCACHE or set TRTLLM_USE_UCX_KVCACHE=1)",
-    )
-}
+static TABLE: kvx_backend_table =
+    crate::backend_table!(kvx_backend::KVX_BACKEND_NIXL, agent::NixlAgent, conn::NixlConnectionManager);
 
+/// The NIXL table, once `libnixl_capi.so` is loaded.
 pub fn table() -> Result<&'static kvx_backend_table> {
-    Err(unavailable())
+    loader::load()?;
+    Ok(&TABLE)
 }
 
+/// Path and version of the loaded NIXL C API.
 pub fn library() -> Result<(String, String)> {
-    Err(unavailable())
+    let nixl = loader::load()?;
+    Ok((nixl.path.clone(), nixl.version.clone()))
 }

@@ -9,6 +9,7 @@
 
 use super::ops::Op;
 use super::worker::{Endpoint, Worker, WorkerOwner};
+use crate::core::connections::{answer_connect, ConnectionCache};
 use crate::core::control::{self, ControlHandler, ControlServer};
 use crate::core::error::{kvx_status, Error, Result};
 use crate::core::net;
@@ -44,8 +45,7 @@ struct CmCore {
     timeout: Duration,
     next_id: AtomicU32,
     by_id: RwLock<HashMap<u32, Arc<UcxConnection>>>,
-    by_peer: Mutex<HashMap<String, Arc<UcxConnection>>>,
-    connect_lock: Mutex<()>,
+    cache: ConnectionCache<UcxConnection>,
     running: AtomicBool,
     /// `recv_connect` calls in flight, cancelled by shutdown.
     waiting: Mutex<Vec<Weak<Op>>>,
@@ -103,25 +103,12 @@ impl ControlHandler for Listener {
         let Some(core) = self.0.upgrade() else {
             return ControlMessage::Refused { reason: "connection manager is shutting down".into() };
         };
-        if core.check_running().is_err() {
-            return ControlMessage::Refused { reason: "connection manager was shut down".into() };
-        }
-        match request {
-            ControlMessage::Connect { client_conn_id, endpoint, client_address } => {
-                let Ok(peer_id) = u32::try_from(client_conn_id) else {
-                    return ControlMessage::Refused { reason: "connection id out of range".into() };
-                };
-                let local_id = core.allocate_id();
-                match core.new_connection(local_id, peer_id, client_address.clone(), &endpoint) {
-                    Ok(conn) => {
-                        core.by_peer.lock().entry(client_address).or_insert(conn);
-                        ControlMessage::Accept { server_conn_id: local_id as u64, endpoint: core.worker.address().to_vec() }
-                    }
-                    Err(e) => ControlMessage::Refused { reason: e.to_string() },
-                }
-            }
-            _ => ControlMessage::Refused { reason: "unexpected request for a connection manager".into() },
-        }
+        answer_connect(request, core.check_running().is_ok(), |peer_id, endpoint, client_address| {
+            let local_id = core.allocate_id();
+            let conn = core.new_connection(local_id, peer_id, client_address.clone(), endpoint)?;
+            core.cache.insert_accepted(client_address, conn);
+            Ok((local_id, core.worker.address().to_vec()))
+        })
     }
 }
 
@@ -176,8 +163,7 @@ impl ConnectionManager for UcxConnectionManager {
             timeout: Duration::from_millis(settings.timeout_ms),
             next_id: AtomicU32::new(1),
             by_id: RwLock::new(HashMap::new()),
-            by_peer: Mutex::new(HashMap::new()),
-            connect_lock: Mutex::new(()),
+            cache: ConnectionCache::default(),
             running: AtomicBool::new(true),
             waiting: Mutex::new(Vec::new()),
         });
@@ -197,23 +183,7 @@ impl ConnectionManager for UcxConnectionManager {
 
     fn get_connections(&self, addresses: &[&str], deadline: Option<Instant>) -> Result<Vec<*const UcxConnection>> {
         self.core.check_running()?;
-        let mut out = Vec::with_capacity(addresses.len());
-        for &address in addresses {
-            if let Some(c) = self.core.by_peer.lock().get(address) {
-                out.push(Arc::as_ptr(c));
-                continue;
-            }
-            // One connect at a time, so concurrent callers for one peer share a connection.
-            let _serial = self.core.connect_lock.lock();
-            if let Some(c) = self.core.by_peer.lock().get(address) {
-                out.push(Arc::as_ptr(c));
-                continue;
-            }
-            let conn = self.connect(address, deadline)?;
-            let conn = self.core.by_peer.lock().entry(address.to_owned()).or_insert(conn).clone();
-            out.push(Arc::as_ptr(&conn));
-        }
-        Ok(out)
+        self.core.cache.get_or_connect(addresses, |address| self.connect(address, deadline))
     }
 
     fn recv_connect(&self, tag: u32, data: &mut [u8], deadline: Option<Instant>) -> Result<*const UcxConnection> {
@@ -259,7 +229,7 @@ impl ConnectionManager for UcxConnectionManager {
 impl Drop for UcxConnectionManager {
     fn drop(&mut self) {
         self.shutdown();
-        self.core.by_peer.lock().clear();
+        self.core.cache.clear();
         let conns: Vec<_> = self.core.by_id.write().drain().map(|(_, c)| c).collect();
         drop(conns);
     }

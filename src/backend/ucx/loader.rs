@@ -3,9 +3,10 @@
 //! with another copy (NIXL bundles its own).
 
 use super::sys::UcpApi;
+use crate::backend::locate;
 use crate::core::error::{kvx_status, Error, Result};
 use once_cell::sync::OnceCell;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub struct LoadedUcx {
     pub api: UcpApi,
@@ -52,7 +53,7 @@ fn candidates() -> Vec<(PathBuf, &'static str)> {
         return out;
     }
     out.push((PathBuf::from(SONAME), "library search path"));
-    for site in python_site_dirs() {
+    for site in locate::python_site_dirs() {
         let lib = site.join("libucx").join("lib").join(SONAME);
         if lib.exists() {
             out.push((lib, "libucx wheel"));
@@ -61,64 +62,15 @@ fn candidates() -> Vec<(PathBuf, &'static str)> {
     out
 }
 
-/// Python site-packages folders worth searching for the UCX wheel, found
-/// without starting Python: virtualenv and conda prefixes, PYTHONPATH,
-/// interpreters on PATH, and the usual system and user locations.
-pub fn python_site_dirs() -> Vec<PathBuf> {
-    let mut prefixes: Vec<PathBuf> = Vec::new();
-    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
-        if let Ok(v) = std::env::var(var) {
-            prefixes.push(PathBuf::from(v));
-        }
-    }
-    if let Ok(path) = std::env::var("PATH") {
-        for dir in std::env::split_paths(&path) {
-            if dir.join("python3").exists() {
-                if let Some(prefix) = dir.parent() {
-                    prefixes.push(prefix.to_path_buf());
-                }
-            }
-        }
-    }
-    if let Ok(home) = std::env::var("HOME") {
-        prefixes.push(Path::new(&home).join(".local"));
-        // pyenv keeps one prefix per version.
-        if let Ok(entries) = std::fs::read_dir(Path::new(&home).join(".pyenv/versions")) {
-            prefixes.extend(entries.flatten().map(|e| e.path()));
-        }
-    }
-    prefixes.extend(["/usr/local", "/usr", "/opt/conda"].map(PathBuf::from));
-
-    let mut sites: Vec<PathBuf> = Vec::new();
-    if let Ok(pp) = std::env::var("PYTHONPATH") {
-        sites.extend(std::env::split_paths(&pp));
-    }
-    for prefix in prefixes {
-        for libdir in ["lib", "lib64"] {
-            let Ok(entries) = std::fs::read_dir(prefix.join(libdir)) else { continue };
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                if name.to_string_lossy().starts_with("python3") {
-                    sites.push(entry.path().join("site-packages"));
-                    sites.push(entry.path().join("dist-packages"));
-                }
-            }
-        }
-    }
-    sites.sort();
-    sites.dedup();
-    sites.into_iter().filter(|s| s.is_dir()).collect()
+fn try_load() -> std::result::Result<LoadedUcx, String> {
+    locate::with_ucx_copy("UCX", load_first_candidate)
 }
 
-fn try_load() -> std::result::Result<LoadedUcx, String> {
+fn load_first_candidate() -> std::result::Result<LoadedUcx, String> {
     let mut tried = Vec::new();
     for (path, source) in candidates() {
-        // SAFETY: loading UCX runs its constructors, which is what using it requires.
-        let lib = unsafe {
-            libloading::os::unix::Library::open(Some(&path), libc::RTLD_NOW | libc::RTLD_LOCAL)
-        };
-        let lib = match lib {
-            Ok(l) => libloading::Library::from(l),
+        let lib = match locate::open_private(&path) {
+            Ok(l) => l,
             Err(e) => {
                 tried.push(format!("{} ({source}): {e}", path.display()));
                 continue;
@@ -137,24 +89,9 @@ fn try_load() -> std::result::Result<LoadedUcx, String> {
                 MIN_VERSION.1
             ));
         }
-        let resolved = resolved_path(&api, &path);
+        let resolved = locate::mapped_file(api.ucp_get_version as *const libc::c_void, &path);
         return Ok(LoadedUcx { api, path: resolved, version: format!("{major}.{minor}.{release}"), source });
     }
     Err(format!("UCX library {SONAME} not found (tried: {}); {INSTALL_HINT}", tried.join("; ")))
 }
 
-/// The file the dynamic loader actually mapped, for logs and `kvx_backend_info`.
-fn resolved_path(api: &UcpApi, fallback: &Path) -> String {
-    // SAFETY: dladdr only reads loader data for a symbol address we hold.
-    unsafe {
-        let mut info: libc::Dl_info = std::mem::zeroed();
-        if libc::dladdr(api.ucp_get_version as *const libc::c_void, &mut info) != 0 && !info.dli_fname.is_null() {
-            let name = std::ffi::CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned();
-            if let Ok(canonical) = std::fs::canonicalize(&name) {
-                return canonical.display().to_string();
-            }
-            return name;
-        }
-    }
-    fallback.display().to_string()
-}

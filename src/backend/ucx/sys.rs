@@ -182,31 +182,10 @@ pub struct ucp_am_recv_param_t {
     pub reply_ep: ucp_ep_h,
 }
 
-macro_rules! ucp_api {
-    ($($name:ident : fn($($arg:ty),*) $(-> $ret:ty)?;)*) => {
-        /// Function pointers resolved from `libucp` (and its `libucs` dependency).
-        pub struct UcpApi {
-            $(pub $name: unsafe extern "C" fn($($arg),*) $(-> $ret)?,)*
-            /// Kept open for the life of the process: UCX must outlive every handle.
-            pub library: libloading::Library,
-        }
 
-        impl UcpApi {
-            /// # Safety
-            /// `library` must be a UCP library whose symbols have these signatures.
-            pub unsafe fn resolve(library: libloading::Library) -> Result<Self, String> {
-                Ok(UcpApi {
-                    $($name: *library
-                        .get::<unsafe extern "C" fn($($arg),*) $(-> $ret)?>(concat!(stringify!($name), "\0").as_bytes())
-                        .map_err(|e| format!("symbol {} missing: {e}", stringify!($name)))?,)*
-                    library,
-                })
-            }
-        }
-    };
-}
-
-ucp_api! {
+crate::native_api! {
+    /// Function pointers resolved from `libucp` (and its `libucs` dependency).
+    UcpApi;
     ucp_get_version: fn(*mut c_uint, *mut c_uint, *mut c_uint);
     ucp_get_version_string: fn() -> *const c_char;
     ucp_config_read: fn(*const c_char, *const c_char, *mut *mut ucp_config_t) -> ucs_status_t;

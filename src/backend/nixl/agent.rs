@@ -1,0 +1,486 @@
+//! Transfer agent over NIXL. The agent descriptor is NIXL's own metadata,
+//! so kvxfer agents and stock NIXL agents load each other; connection info
+//! is NIXL's listener (`ip:port`). READ/WRITE are NIXL transfer requests with
+//! the sync message as NIXL's completion notification.
+
+use super::handle::{NixlHandle, NixlOptions};
+use super::sys::*;
+use crate::core::error::{kvx_status, Error, Result};
+use crate::core::memory::{kvx_memory_desc, kvx_memory_type, Registrations};
+use crate::core::net;
+use crate::core::notify::NotificationQueue;
+use crate::core::wire;
+use crate::dispatch::{kvx_transfer_op, kvx_transfer_state, AgentSettings, Transfer, TransferAgent, TransferRequest};
+use super::poller::{Poller, Waker};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// A loaded peer, and the transfers in flight to it (failed when it is invalidated).
+struct RemoteAgent {
+    /// The metadata it was loaded from, so reloading the same bytes is a no-op.
+    metadata: Option<Vec<u8>>,
+    pending: Vec<Weak<TransferShared>>,
+}
+
+struct AgentCore {
+    handle: NixlHandle,
+    timeout: Duration,
+    connection_info: String,
+    local: Mutex<Registrations<()>>,
+    remotes: Mutex<HashMap<String, RemoteAgent>>,
+    notifications: NotificationQueue,
+    /// Transfers in flight. The poller drives them (so data and sync
+    /// messages move even when nobody waits) and releases those whose
+    /// handle was destroyed while they ran.
+    inflight: Mutex<Vec<Arc<TransferShared>>>,
+    /// Transfers in flight, so the poller polls briskly only while they run.
+    active: AtomicUsize,
+    waker: Arc<Waker>,
+}
+
+pub struct NixlAgent {
+    // Field order is drop order: the poller stops before the core goes.
+    poller: Option<Poller>,
+    core: Arc<AgentCore>,
+}
+
+impl AgentCore {
+    fn drain_notifications(&self) -> Result<bool> {
+        let mut any = false;
+        self.handle.poll_notifications(|sender, message| {
+            any = true;
+            if message.len() > wire::MAX_NOTIFICATION {
+                crate::log_at!(Error, "notification from {sender:?} dropped: {} bytes is too large", message.len());
+            } else {
+                self.notifications.push(sender.to_owned(), message.to_vec());
+            }
+        })?;
+        Ok(any)
+    }
+
+    fn drive_transfers(&self) {
+        let running: Vec<_> = self.inflight.lock().clone();
+        for t in &running {
+            t.poll(self);
+            if t.orphaned.load(Ordering::Acquire) {
+                t.finish_if_settled(self);
+            }
+        }
+        self.inflight.lock().retain(|t| t.outcome.lock().is_none() || (t.orphaned.load(Ordering::Acquire) && t.request.lock().is_some()));
+    }
+
+    fn wake_poller(&self) {
+        self.waker.wake();
+    }
+
+    fn ensure_loaded(&self, name: &str) -> Result<()> {
+        if name == self.handle.name || self.remotes.lock().contains_key(name) {
+            return Ok(());
+        }
+        Err(Error::not_found(format!("remote agent {name:?} is not loaded")))
+    }
+
+    fn forget(&self, name: &str, why: &str) {
+        let removed = self.remotes.lock().remove(name);
+        if let Some(remote) = removed {
+            for t in remote.pending.iter().filter_map(Weak::upgrade) {
+                t.fail(self, Error::peer(format!("agent {name:?} {why}")));
+            }
+        }
+    }
+
+    /// Record a peer NIXL now knows.
+    fn remember(&self, name: &str, metadata: Option<Vec<u8>>) {
+        self.remotes.lock().insert(name.to_owned(), RemoteAgent { metadata, pending: Vec::new() });
+    }
+}
+
+/// One poller round: collect notifications (driving NIXL's progress too) and reap orphans.
+fn tick(core: &AgentCore) -> bool {
+    let got = core.drain_notifications().unwrap_or_else(|e| {
+        crate::log_at!(Warn, "NIXL agent {:?}: {e}", core.handle.name);
+        false
+    });
+    core.drive_transfers();
+    got || core.active.load(Ordering::Relaxed) > 0
+}
+
+/// Every range must lie in one registration of the stated memory type.
+fn check_registered(regions: &Registrations<()>, side: &str, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<()> {
+    for (i, d) in descs.iter().enumerate() {
+        match regions.find_containing(d.addr, d.len) {
+            None => {
+                return Err(Error::new(
+                    kvx_status::KVX_ERR_NOT_REGISTERED,
+                    format!("descriptor {i}: {side} range {:#x}+{} is not registered with this agent", d.addr, d.len),
+                ))
+            }
+            Some((_, r)) if r.mem_type != mem_type => {
+                return Err(Error::invalid(format!("descriptor {i}: {side} range is registered as {:?}, request says {:?}", r.mem_type, mem_type)))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A free port for NIXL's listener: NIXL cannot report the port it bound, so pick one first.
+fn free_port(ip: std::net::IpAddr) -> Result<u16> {
+    let probe = std::net::TcpListener::bind((ip, 0)).map_err(|e| Error::system("choosing a listener port", e))?;
+    Ok(probe.local_addr().map_err(|e| Error::system("choosing a listener port", e))?.port())
+}
+
+/// The NIXL agent and its connection info. A port picked for NIXL can be
+/// taken by someone else before NIXL binds it; then try another.
+fn create_with_listener(settings: &AgentSettings) -> Result<(NixlHandle, String)> {
+    let options = |port| NixlOptions::resolve(settings.progress_thread, settings.num_workers, &settings.backend_params, port);
+    if !settings.use_listener {
+        return Ok((NixlHandle::create(&settings.name, &options(None))?, String::new()));
+    }
+    let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_NIXL_INTERFACE")?;
+    let attempts = if settings.listen_port != 0 { 1 } else { 5 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let port = if settings.listen_port != 0 { settings.listen_port } else { free_port(ip)? };
+        match NixlHandle::create(&settings.name, &options(Some(port))) {
+            Ok(handle) => return Ok((handle, net::format_connection_info(&std::net::SocketAddr::new(ip, port)))),
+            Err(e) if e.status == kvx_status::KVX_ERR_TRANSPORT => last = Some(e.context(&format!("listening on port {port}"))),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+impl TransferAgent for NixlAgent {
+    type Transfer = NixlTransfer;
+
+    fn create(settings: &AgentSettings) -> Result<Self> {
+        let (handle, connection_info) = create_with_listener(settings)?;
+        let core = Arc::new(AgentCore {
+            handle,
+            timeout: Duration::from_millis(settings.timeout_ms),
+            connection_info,
+            local: Mutex::new(Registrations::default()),
+            remotes: Mutex::new(HashMap::new()),
+            notifications: NotificationQueue::default(),
+            inflight: Mutex::new(Vec::new()),
+            active: AtomicUsize::new(0),
+            waker: Arc::new(Waker::default()),
+        });
+        let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
+        Ok(NixlAgent { poller: Some(poller), core })
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        self.core.timeout.as_millis() as u64
+    }
+
+    fn register_memory(&self, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<()> {
+        let handle = &self.core.handle;
+        self.core.local.lock().register(mem_type, descs, |new| {
+            handle.register(mem_type, new, true)?;
+            Ok(vec![(); new.len()])
+        })
+    }
+
+    fn deregister_memory(&self, _mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<()> {
+        let handle = &self.core.handle;
+        let mut failures = Vec::new();
+        self.core.local.lock().deregister(descs, |d, region| {
+            if let Err(e) = handle.register(region.mem_type, &[d], false) {
+                failures.push(e);
+            }
+        })?;
+        failures.into_iter().next().map_or(Ok(()), Err)
+    }
+
+    fn local_descriptor(&self) -> Result<Vec<u8>> {
+        Ok(wire::seal_nixl_metadata(self.core.handle.local_metadata()?))
+    }
+
+    fn connection_info(&self) -> Result<String> {
+        Ok(self.core.connection_info.clone())
+    }
+
+    fn load_remote(&self, name: &str, descriptor: &[u8]) -> Result<()> {
+        if name == self.core.handle.name {
+            return Ok(()); // NIXL serves loop-back transfers without loading itself.
+        }
+        let known = self.core.remotes.lock().get(name).map(|r| r.metadata.as_deref() == Some(descriptor));
+        match known {
+            Some(true) => return Ok(()),
+            Some(false) => {
+                // New metadata for a known name (a restarted peer): NIXL must forget the old first.
+                self.core.forget(name, "was reloaded");
+                let _ = self.core.handle.invalidate(name);
+            }
+            None => {}
+        }
+        let accept_stock = std::env::var("KVX_NIXL_ACCEPT_STOCK_METADATA").is_ok_and(|v| v == "1");
+        let metadata = wire::open_nixl_metadata(descriptor, accept_stock)?;
+        let loaded = self.core.handle.load_metadata(metadata).inspect_err(|_| {
+            // A half-loaded peer blocks later loads of the same name in NIXL: clear it.
+            let _ = self.core.handle.invalidate(name);
+        })?;
+        if loaded != name {
+            if !self.core.remotes.lock().contains_key(&loaded) {
+                let _ = self.core.handle.invalidate(&loaded);
+            }
+            return Err(Error::invalid(format!("descriptor belongs to agent {loaded:?}, not {name:?}")));
+        }
+        self.core.remember(name, Some(descriptor.to_vec()));
+        // Connect now, so the first transfer does not pay for it (and a dead peer shows here).
+        if let Err(e) = self.core.handle.make_connection(name) {
+            crate::log_at!(Debug, "NIXL agent {:?}: early connection to {name:?} not made: {e}", self.core.handle.name);
+        }
+        Ok(())
+    }
+
+    fn load_remote_by_connection_info(&self, name: &str, connection_info: &str, deadline: Option<Instant>) -> Result<()> {
+        let addr = net::parse_connection_info(connection_info)?;
+        if self.core.remotes.lock().contains_key(name) {
+            // Already loaded; a restarted peer is picked up after `invalidate_remote`.
+            return Ok(());
+        }
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.core.timeout);
+        let handle = &self.core.handle;
+        handle.fetch_metadata(name, &addr.ip().to_string(), addr.port())?;
+        // NIXL loads the answer on its listener thread: poll until it is usable, as TensorRT-LLM does.
+        loop {
+            if handle.check_remote(name, kvx_memory_type::KVX_MEMORY_DRAM, &[])? {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::timeout(format!("agent {name:?} did not answer at {connection_info} in time (is that its name and listener?)")));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.core.remember(name, None);
+        if let Err(e) = handle.make_connection(name) {
+            crate::log_at!(Debug, "NIXL agent {:?}: early connection to {name:?} not made: {e}", handle.name);
+        }
+        Ok(())
+    }
+
+    fn invalidate_remote(&self, name: &str) -> Result<()> {
+        if !self.core.remotes.lock().contains_key(name) {
+            return Err(Error::not_found(format!("remote agent {name:?} is not loaded")));
+        }
+        self.core.forget(name, "was invalidated");
+        self.core.handle.invalidate(name)
+    }
+
+    fn check_remote_descs(&self, name: &str, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<bool> {
+        if name == self.core.handle.name {
+            return Ok(check_registered(&self.core.local.lock(), "remote", mem_type, descs).is_ok());
+        }
+        if !self.core.remotes.lock().contains_key(name) {
+            return Ok(false);
+        }
+        self.core.handle.check_remote(name, mem_type, descs)
+    }
+
+    fn submit(&self, req: &TransferRequest<'_>) -> Result<NixlTransfer> {
+        let core = &self.core;
+        core.ensure_loaded(req.remote_name)?;
+        let is_self = req.remote_name == core.handle.name;
+        {
+            let local = core.local.lock();
+            check_registered(&local, "local", req.local_type, req.local)?;
+            if is_self {
+                check_registered(&local, "remote", req.remote_type, req.remote)?;
+            }
+        }
+        // NIXL refuses a remote range it has no registration for; say which rule was broken.
+        if !is_self && !core.handle.check_remote(req.remote_name, req.remote_type, req.remote)? {
+            return Err(Error::new(
+                kvx_status::KVX_ERR_NOT_REGISTERED,
+                format!("a remote range is outside the memory {:?} registered (or of another memory type)", req.remote_name),
+            ));
+        }
+        let op = match req.op {
+            kvx_transfer_op::KVX_OP_READ => NIXL_CAPI_XFER_OP_READ,
+            kvx_transfer_op::KVX_OP_WRITE => NIXL_CAPI_XFER_OP_WRITE,
+        };
+        let (request, posted) = core.handle.post(op, (req.local_type, req.local), (req.remote_type, req.remote), req.remote_name, req.sync_message)?;
+        let shared = Arc::new(TransferShared {
+            request: Mutex::new(Some(request)),
+            outcome: Mutex::new(None),
+            deadline: Instant::now() + core.timeout,
+            counted: AtomicBool::new(true),
+            orphaned: AtomicBool::new(false),
+        });
+        core.active.fetch_add(1, Ordering::Relaxed);
+        if posted == NIXL_CAPI_SUCCESS {
+            shared.settle(core, Ok(()));
+        } else {
+            if let Some(remote) = core.remotes.lock().get_mut(req.remote_name) {
+                remote.pending.retain(|w| w.upgrade().is_some_and(|t| t.outcome.lock().is_none()));
+                remote.pending.push(Arc::downgrade(&shared));
+            }
+            core.inflight.lock().push(shared.clone());
+        }
+        core.wake_poller();
+        Ok(NixlTransfer { shared, core: core.clone() })
+    }
+
+    fn notify(&self, name: &str, message: &[u8]) -> Result<()> {
+        if message.len() > wire::MAX_NOTIFICATION {
+            return Err(Error::invalid(format!("notification exceeds {} bytes", wire::MAX_NOTIFICATION)));
+        }
+        if name == self.core.handle.name {
+            self.core.notifications.push(name.to_owned(), message.to_vec());
+            return Ok(());
+        }
+        self.core.ensure_loaded(name)?;
+        self.core.handle.send_notification(name, message)?;
+        self.core.wake_poller();
+        Ok(())
+    }
+
+    fn take_notifications(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        // Deliver anything already arrived before reporting.
+        self.core.drain_notifications()?;
+        Ok(self.core.notifications.drain())
+    }
+}
+
+impl Drop for NixlAgent {
+    fn drop(&mut self) {
+        self.poller.take();
+        // Transfers still running end now: NIXL aborts them when released.
+        for t in self.core.inflight.lock().drain(..) {
+            t.settle(&self.core, Err(Error::new(kvx_status::KVX_ERR_CANCELED, "agent destroyed")));
+            t.finish_if_settled(&self.core);
+        }
+    }
+}
+
+struct TransferShared {
+    /// The NIXL request until it is released.
+    request: Mutex<Option<nixl_capi_xfer_req_t>>,
+    outcome: Mutex<Option<Result<()>>>,
+    deadline: Instant,
+    /// Whether this transfer still counts in `AgentCore::active`.
+    counted: AtomicBool,
+    /// Its handle was destroyed: the poller releases it when it ends.
+    orphaned: AtomicBool,
+}
+
+// SAFETY: the request pointer is only used under its lock, through a thread-safe NIXL agent.
+unsafe impl Send for TransferShared {}
+unsafe impl Sync for TransferShared {}
+
+impl TransferShared {
+    /// Record the first outcome; later ones are ignored.
+    fn settle(&self, core: &AgentCore, outcome: Result<()>) {
+        let mut slot = self.outcome.lock();
+        if slot.is_none() {
+            *slot = Some(outcome);
+            if self.counted.swap(false, Ordering::AcqRel) {
+                core.active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Fail a transfer still running: NIXL aborts it when released.
+    fn fail(&self, core: &AgentCore, error: Error) {
+        self.settle(core, Err(error));
+        self.finish_if_settled(core);
+    }
+
+    /// Ask NIXL how the transfer is doing (this also progresses it); fail it past its deadline.
+    fn poll(&self, core: &AgentCore) {
+        if self.outcome.lock().is_some() {
+            return;
+        }
+        let status = match *self.request.lock() {
+            Some(req) => core.handle.transfer_status(req),
+            None => return,
+        };
+        match status {
+            NIXL_CAPI_SUCCESS => self.settle(core, Ok(())),
+            NIXL_CAPI_IN_PROG if Instant::now() >= self.deadline => {
+                self.settle(core, Err(Error::timeout("transfer did not complete within the agent's timeout")));
+            }
+            NIXL_CAPI_IN_PROG => {}
+            s => self.settle(core, Err(Error::peer(format!("transfer failed: NIXL status {s} ({})", status_name(s))))),
+        }
+    }
+
+    /// Release the NIXL request once the outcome is known; true when released.
+    fn finish_if_settled(&self, core: &AgentCore) -> bool {
+        if self.outcome.lock().is_none() {
+            return false;
+        }
+        if let Some(req) = self.request.lock().take() {
+            core.handle.release(req);
+        }
+        true
+    }
+
+    fn state(&self) -> kvx_transfer_state {
+        match &*self.outcome.lock() {
+            None => kvx_transfer_state::KVX_TRANSFER_IN_PROGRESS,
+            Some(Ok(())) => kvx_transfer_state::KVX_TRANSFER_SUCCESS,
+            Some(Err(_)) => kvx_transfer_state::KVX_TRANSFER_FAILURE,
+        }
+    }
+}
+
+pub struct NixlTransfer {
+    shared: Arc<TransferShared>,
+    core: Arc<AgentCore>,
+}
+
+impl Transfer for NixlTransfer {
+    fn is_completed(&self) -> bool {
+        self.shared.poll(&self.core);
+        self.shared.state() == kvx_transfer_state::KVX_TRANSFER_SUCCESS
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> kvx_transfer_state {
+        let limit = deadline.map_or(self.shared.deadline, |d| d.min(self.shared.deadline));
+        let started = Instant::now();
+        loop {
+            self.shared.poll(&self.core);
+            let state = self.shared.state();
+            if state != kvx_transfer_state::KVX_TRANSFER_IN_PROGRESS || Instant::now() >= limit {
+                if state != kvx_transfer_state::KVX_TRANSFER_IN_PROGRESS {
+                    self.shared.finish_if_settled(&self.core);
+                }
+                return state;
+            }
+            // Polling drives NIXL's progress: spin briefly for small transfers, then back off gently.
+            if started.elapsed() < Duration::from_micros(200) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        }
+    }
+
+    fn release(&self) -> bool {
+        self.shared.finish_if_settled(&self.core)
+    }
+
+    fn last_status(&self) -> String {
+        match &*self.shared.outcome.lock() {
+            None => "in progress".into(),
+            Some(Ok(())) => "success".into(),
+            Some(Err(e)) => e.to_string(),
+        }
+    }
+}
+
+impl Drop for NixlTransfer {
+    fn drop(&mut self) {
+        // Still running: the caller's memory must stay valid until it ends (documented);
+        // the poller releases the NIXL request then.
+        self.shared.orphaned.store(true, Ordering::Release);
+        self.shared.finish_if_settled(&self.core);
+    }
+}
