@@ -475,18 +475,38 @@ fn kill_while_receiving(l: &Launcher) -> Report {
     format!("recv_fail_ms={} status={st:?}", took.as_millis())
 }
 
-/// SIGSTOP: the peer is alive but does nothing. Calls that need it must end
-/// with KVX_ERR_TIMEOUT (or the transfer fail) at their timeout, not hang.
-fn stopped_peer(l: &Launcher) -> Report {
+/// A survivor with a short timeout, a source and a read-back buffer, loaded
+/// and connected to `peer` on both handles. Field order is drop order: the
+/// agent goes before the buffers it registered.
+struct Survivor {
+    agent: Agent,
+    /// Owns `conn`.
+    _cm: Cm,
+    conn: Conn,
+    src: Vec<u8>,
+    local: Vec<kvx_memory_desc>,
+    back: Vec<u8>,
+    back_d: Vec<kvx_memory_desc>,
+}
+
+fn connected_survivor(l: &Launcher, peer: &Peer) -> Survivor {
     let agent = Agent::try_new_on(l.backend, "survivor", true, SHORT_TIMEOUT_MS).unwrap();
     let cm = Cm::try_new_on(l.backend, SHORT_TIMEOUT_MS).unwrap();
     let src = pattern(PEER_BUF, 5);
     let local = agent.register(&[&src]);
     let back = vec![0u8; PEER_BUF];
     let back_d = agent.register(&[&back]);
-    let peer = l.start("sleeper");
-    ok(agent.load_by_info("sleeper", &peer.info));
+    ok(agent.load_by_info(&peer.name, &peer.info));
     let conn = cm.connect(&[peer.cm_addr.clone()]).pop().unwrap();
+    Survivor { agent, _cm: cm, conn, src, local, back, back_d }
+}
+
+/// SIGSTOP: the peer is alive but does nothing. Calls that need it must end
+/// with KVX_ERR_TIMEOUT (or the transfer fail) at their timeout, not hang.
+fn stopped_peer(l: &Launcher) -> Report {
+    let peer = l.start("sleeper");
+    let sv = connected_survivor(l, &peer);
+    let (agent, local, back_d, conn, src, back) = (&sv.agent, &sv.local[..], &sv.back_d[..], &sv.conn, &sv.src, &sv.back);
     agent.submit(WRITE, &local, &peer.remote(0, PEER_BUF), "sleeper", None).unwrap().expect_success();
     peer.signal(libc::SIGSTOP);
     let limit = Duration::from_millis(SHORT_TIMEOUT_MS) + Duration::from_secs(3);
@@ -528,7 +548,6 @@ fn stopped_peer(l: &Launcher) -> Report {
     ok(agent.load_by_info("sleeper", &peer.info));
     agent.submit(READ, &back_d, &peer.remote(0, PEER_BUF), "sleeper", None).unwrap().expect_success();
     assert!(back == src, "READ after the peer resumed");
-    drop(conn);
     peer.quit();
     format!("xfer_fail_ms={xfer_ms} xfer_state={xfer_state:?} load_timeout_ms={load_ms} connect_timeout_ms={connect_ms} recv_timeout_ms={recv_ms}")
 }
@@ -540,17 +559,11 @@ fn network_cut(l: &Launcher) -> Report {
         let st = Command::new("ip").args(["-n", &ns_peer, "link", "set", "kvxveth-b", state]).status().unwrap();
         assert!(st.success(), "ip link set {state}");
     };
-    let agent = Agent::try_new_on(l.backend, "survivor", true, SHORT_TIMEOUT_MS).unwrap();
-    let cm = Cm::try_new_on(l.backend, SHORT_TIMEOUT_MS).unwrap();
-    let src = pattern(PEER_BUF, 5);
-    let local = agent.register(&[&src]);
-    let back = vec![0u8; PEER_BUF];
-    let back_d = agent.register(&[&back]);
     let peer = l.start("remote");
-    ok(agent.load_by_info("remote", &peer.info));
-    let conn = cm.connect(&[peer.cm_addr.clone()]).pop().unwrap();
+    let sv = connected_survivor(l, &peer);
+    let (agent, local, back_d, conn, src, back) = (&sv.agent, &sv.local[..], &sv.back_d[..], &sv.conn, &sv.src, &sv.back);
     agent.submit(READ, &back_d, &peer.remote(0, PEER_BUF), "remote", None).unwrap().expect_success();
-    assert!(back == pattern(PEER_BUF, 77));
+    assert!(*back == pattern(PEER_BUF, 77));
     link("down");
     let t = Instant::now();
     let x = agent.submit(WRITE, &local, &peer.remote(0, PEER_BUF), "remote", None).unwrap();
@@ -742,28 +755,27 @@ fn run_in_child(name: &str, l: &Launcher, survivor_netns: Option<&str>, survivor
     text.lines().filter(|l| l.starts_with("round ") || l.contains("passed, ") || l.starts_with("SKIPPED")).collect::<Vec<_>>().join("\n")
 }
 
-#[test]
-fn sigkill_mid_transfer_fails_pending_keeps_completed_and_reconnects() {
+/// A scenario in a survivor process per backend, one test at a time.
+fn run_on_every_backend(scenario: &str) {
     let _serial = serial();
     for backend in backends() {
-        println!("{}", run_in_child("kill_mid_transfer", &Launcher { backend, ..Default::default() }, None, None, rounds()));
+        println!("{}", run_in_child(scenario, &Launcher { backend, ..Default::default() }, None, None, rounds()));
     }
+}
+
+#[test]
+fn sigkill_mid_transfer_fails_pending_keeps_completed_and_reconnects() {
+    run_on_every_backend("kill_mid_transfer");
 }
 
 #[test]
 fn sigkill_during_connection_setup_fails_fast() {
-    let _serial = serial();
-    for backend in backends() {
-        println!("{}", run_in_child("kill_during_setup", &Launcher { backend, ..Default::default() }, None, None, rounds()));
-    }
+    run_on_every_backend("kill_during_setup");
 }
 
 #[test]
 fn sigkill_while_receiver_waits_fails_the_receive() {
-    let _serial = serial();
-    for backend in backends() {
-        println!("{}", run_in_child("kill_while_receiving", &Launcher { backend, ..Default::default() }, None, None, rounds()));
-    }
+    run_on_every_backend("kill_while_receiving");
 }
 
 #[test]
@@ -850,20 +862,14 @@ fn network_cut_between_namespaces_fails_then_recovers() {
 /// memory registered with the agent, and only within the registered ranges.
 #[test]
 fn forged_descriptors_and_out_of_range_transfers_are_refused() {
-    let _serial = serial();
-    for backend in backends() {
-        println!("{}", run_in_child("forged_descriptors", &Launcher { backend, ..Default::default() }, None, None, rounds()));
-    }
+    run_on_every_backend("forged_descriptors");
 }
 
 /// Loading the descriptor of a peer that has exited since (the race a kill
 /// during connection setup hits) is a peer error, not a transport error.
 #[test]
 fn descriptor_of_an_exited_peer_is_a_peer_error() {
-    let _serial = serial();
-    for backend in backends() {
-        println!("{}", run_in_child("exited_peer_descriptor", &Launcher { backend, ..Default::default() }, None, None, rounds()));
-    }
+    run_on_every_backend("exited_peer_descriptor");
 }
 
 /// `invalidate` while another thread's notification is in flight: the
@@ -871,10 +877,7 @@ fn descriptor_of_an_exited_peer_is_a_peer_error() {
 /// KVX_ERR_NOT_FOUND once the name is gone), never as a bare UCX cancel.
 #[test]
 fn invalidate_racing_notify_reports_peer() {
-    let _serial = serial();
-    for backend in backends() {
-        println!("{}", run_in_child("invalidate_racing_notify", &Launcher { backend, ..Default::default() }, None, None, rounds()));
-    }
+    run_on_every_backend("invalidate_racing_notify");
 }
 
 /// Entry point of peer processes and of survivors run in their own process.

@@ -8,10 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS="${ROUNDS:-50}"
-TESTS="${TESTS:-sigkill_mid_transfer sigkill_during_connection_setup sigkill_while_receiver_waits sigstop_peer network_cut}"
+TESTS="${TESTS:-sigkill_mid_transfer sigkill_during_connection_setup sigkill_while_receiver_waits sigstop_peer network_cut forged_descriptors descriptor_of_an_exited invalidate_racing}"
 LOG="${LOG:-target/stress-faults.log}"
-bin="$(cargo test --test faults --no-run 2>&1 | sed -n 's/.*(\(target\/[^)]*faults-[0-9a-f]*\)).*/\1/p' | tail -n1)"
-test -x "$bin" || { echo "could not build tests/faults.rs" >&2; exit 1; }
+source scripts/stress/common.sh
+bin="$(test_binary faults)"
 # A private copy: rebuilding while the stress run goes on must not swap the peers' binary.
 copy="$(mktemp -d)/faults"
 cp "$bin" "$copy"

@@ -10,8 +10,8 @@ cd "$(dirname "$0")/../.."
 OPS="${OPS:-10000}"
 SOAK_SECONDS="${SOAK_SECONDS:-600}"
 LOG="${LOG:-target/stress-load.log}"
-bin="$(cargo test --test load --no-run 2>&1 | sed -n 's/.*(\(target\/[^)]*load-[0-9a-f]*\)).*/\1/p' | tail -n1)"
-test -x "$bin" || { echo "could not build tests/load.rs" >&2; exit 1; }
+source scripts/stress/common.sh
+bin="$(test_binary load)"
 : > "$LOG"
 echo "==== load: 16 threads x $OPS operations" | tee -a "$LOG"
 KVX_LOAD_OPS="$OPS" "$bin" --nocapture 2>&1 | grep --line-buffered -E 'operations|writes=|panicked|^test result' | tee -a "$LOG"
