@@ -591,63 +591,59 @@ fn network_cut(l: &Launcher) -> Report {
 /// Out-of-range transfers and tampered descriptors are refused.
 fn forged_descriptors(l: &Launcher) -> Report {
     let backend = l.backend;
-    {
-        let victim = Agent::try_new_on(backend, "guarded", true, 0).unwrap();
-        let attacker = Agent::try_new_on(backend, "attacker", true, 0).unwrap();
-        let secret = pattern(8192, 1);
-        let exposed = vec![0u8; 4096];
-        let ed = victim.register(&[&exposed]);
-        let mine = vec![0u8; 8192];
-        let md = attacker.register(&[&mine]);
-        ok(attacker.load_by_info("guarded", &victim.conn_info()));
-        let e = ed[0];
-        let cases = [
-            ("unregistered memory", secret.as_ptr() as u64, 64u64),
-            ("one byte past the end", e.addr + 1, e.len),
-            ("starts past the end", e.addr + e.len, 1),
-            ("straddles the start", e.addr - 1, 2),
-            ("wraps the address space", u64::MAX - 8, 64),
-            ("zero length outside", secret.as_ptr() as u64, 0),
-        ];
-        for (what, addr, len) in cases {
-            let r = [kvx_memory_desc { addr, len, device_id: 0 }];
-            let l = [kvx_memory_desc { addr: md[0].addr, len, device_id: 0 }];
-            for op in [READ, WRITE] {
-                let (st, msg) = attacker.submit(op, &l, &r, "guarded", None).err().unwrap_or_else(|| panic!("{what}: accepted"));
-                assert!(st == KVX_ERR_NOT_REGISTERED || st == KVX_ERR_INVALID_ARGUMENT, "{what}: {st:?} {msg}");
-            }
-            assert!(!attacker.check("guarded", &r), "{what}: check_remote_descs said yes");
+    let victim = Agent::try_new_on(backend, "guarded", true, 0).unwrap();
+    let attacker = Agent::try_new_on(backend, "attacker", true, 0).unwrap();
+    let secret = pattern(8192, 1);
+    let exposed = vec![0u8; 4096];
+    let ed = victim.register(&[&exposed]);
+    let mine = vec![0u8; 8192];
+    let md = attacker.register(&[&mine]);
+    ok(attacker.load_by_info("guarded", &victim.conn_info()));
+    let e = ed[0];
+    let cases = [
+        ("unregistered memory", secret.as_ptr() as u64, 64u64),
+        ("one byte past the end", e.addr + 1, e.len),
+        ("starts past the end", e.addr + e.len, 1),
+        ("straddles the start", e.addr - 1, 2),
+        ("wraps the address space", u64::MAX - 8, 64),
+        ("zero length outside", secret.as_ptr() as u64, 0),
+    ];
+    for (what, addr, len) in cases {
+        let r = [kvx_memory_desc { addr, len, device_id: 0 }];
+        let l = [kvx_memory_desc { addr: md[0].addr, len, device_id: 0 }];
+        for op in [READ, WRITE] {
+            let (st, msg) = attacker.submit(op, &l, &r, "guarded", None).err().unwrap_or_else(|| panic!("{what}: accepted"));
+            assert!(st == KVX_ERR_NOT_REGISTERED || st == KVX_ERR_INVALID_ARGUMENT, "{what}: {st:?} {msg}");
         }
-        // A tampered descriptor is refused before UCX sees it.
-        let mut forged = victim.desc();
-        let at = forged.len() / 2;
-        forged[at] ^= 0xff;
-        assert_eq!(attacker.load("guarded-forged", &forged), KVX_ERR_MALFORMED, "{}", last_error());
-        // In range still works.
-        attacker.submit(WRITE, &md[..1].iter().map(|d| kvx_memory_desc { len: 4096, ..*d }).collect::<Vec<_>>(), &ed, "guarded", None).unwrap().expect_success();
+        assert!(!attacker.check("guarded", &r), "{what}: check_remote_descs said yes");
     }
+    // A tampered descriptor is refused before UCX sees it.
+    let mut forged = victim.desc();
+    let at = forged.len() / 2;
+    forged[at] ^= 0xff;
+    assert_eq!(attacker.load("guarded-forged", &forged), KVX_ERR_MALFORMED, "{}", last_error());
+    // In range still works.
+    attacker.submit(WRITE, &md[..1].iter().map(|d| kvx_memory_desc { len: 4096, ..*d }).collect::<Vec<_>>(), &ed, "guarded", None).unwrap().expect_success();
     "refused".to_string()
 }
 
 /// A descriptor whose peer has exited since: loading it is a peer error.
 fn exited_peer_descriptor(l: &Launcher) -> Report {
     let backend = l.backend;
-    {
-        let survivor = Agent::try_new_on(backend, "survivor", false, 0).unwrap();
-                let mut peer = l.start("gone");
-        peer.command("desc");
-        let line = peer.expect("DESC ");
-        let hex = line.trim_start_matches("DESC ").trim();
-        let desc: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
-        peer.kill9();
-        let st = survivor.load("gone", &desc);
-        assert!(st == KVX_ERR_PEER || st == KVX_OK, "{st:?} {}", last_error());
-        if st == KVX_OK {
-            // Transports that attach lazily notice at the first transfer instead.
-            let buf = vec![0u8; 4096];
-            let d = survivor.register(&[&buf]);
-            wait_until_refused(&survivor, &peer, &d);
-        }
+    let survivor = Agent::try_new_on(backend, "survivor", false, 0).unwrap();
+    let mut peer = l.start("gone");
+    peer.command("desc");
+    let line = peer.expect("DESC ");
+    let hex = line.trim_start_matches("DESC ").trim();
+    let desc: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    peer.kill9();
+    let st = survivor.load("gone", &desc);
+    assert!(st == KVX_ERR_PEER || st == KVX_OK, "{st:?} {}", last_error());
+    if st == KVX_OK {
+        // Transports that attach lazily notice at the first transfer instead.
+        let buf = vec![0u8; 4096];
+        let d = survivor.register(&[&buf]);
+        wait_until_refused(&survivor, &peer, &d);
     }
     "peer error".to_string()
 }
