@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Whole CMake flow: build + install kvxfer (cargo driven by CMake), run the
-# GoogleTest suite against the installed package, build and run the example
-# consumer with CMake and with pkg-config.
+# GoogleTest suites against the installed package (tests/cpp: the C ABI;
+# tests/trtllm: TensorRT-LLM's scenarios through the installed wrappers), build
+# and run the example consumer with CMake and with pkg-config.
 #
 #   .ci/cmake_suite.sh                 # everything
 #   BUILD_ROOT=/tmp/kvx .ci/cmake_suite.sh
 #   CTEST_ARGS="-R api" .ci/cmake_suite.sh
 #   KVXFER_TEST_UCX_TLS="tcp,self" .ci/cmake_suite.sh   # UCX_TLS variants to register
+#   KVXFER_TEST_NIXL=OFF .ci/cmake_suite.sh    # NIXL runs of tests/trtllm: AUTO (default), ON, OFF
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,15 +51,54 @@ if grep -q "$PREFIX" "$lib/cmake/kvxfer/kvxferConfig.cmake" "$lib/pkgconfig/kvxf
 fi
 echo "ok: libkvxfer.so.$version, SONAME $soname, relocatable config + pkg-config"
 
+step "check the installed TensorRT-LLM wrappers"
+for w in ucx nixl; do
+  f="$lib/libtensorrt_llm_${w}_wrapper.so"
+  test -f "$f"
+  dyn="$(readelf -d "$f")"
+  # SONAME = file name: a preloaded copy satisfies TensorRT-LLM's dlopen by name.
+  grep -q "Library soname: \[libtensorrt_llm_${w}_wrapper.so\]" <<<"$dyn" || { echo "$f: bad SONAME" >&2; exit 1; }
+  # TensorRT-LLM dlcloses before destroying objects whose code lives here.
+  grep -q "Flags: .*NODELETE" <<<"$dyn" || { echo "$f: not linked -z nodelete" >&2; exit 1; }
+  if grep -q "Shared library: \[libtensorrt_llm.so\]" <<<"$dyn"; then echo "$f: DT_NEEDED on libtensorrt_llm.so" >&2; exit 1; fi
+  grep -q "Shared library: \[libkvxfer.so.$major\]" <<<"$dyn" || { echo "$f: not linked to libkvxfer.so.$major" >&2; exit 1; }
+  grep -q 'R.*PATH.*\[\$ORIGIN\]' <<<"$dyn" || { echo "$f: RUNPATH is not \$ORIGIN" >&2; exit 1; }
+done
+for export in ucx:makeUcxConnectionManager nixl:createNixlTransferAgent nixl:createNixlLoopbackAgent; do
+  nm -D --defined-only "$lib/libtensorrt_llm_${export%%:*}_wrapper.so" | grep -qw "T ${export#*:}" \
+    || { echo "libtensorrt_llm_${export%%:*}_wrapper.so does not export ${export#*:}" >&2; exit 1; }
+done
+echo "ok: wrappers have SONAME = file name, NODELETE, RUNPATH \$ORIGIN, no libtensorrt_llm.so, their factories"
+
+# Configures, builds and runs one GoogleTest project against the installed
+# package; a failure is remembered in tests_rc so the consumer checks still run.
+tests_rc=0
+run_suite() {
+  local src="$1" build="$2"
+  shift 2
+  cmake -S "$ROOT/$src" -B "$BUILD_ROOT/$build" "${GENERATOR_ARGS[@]}" -DCMAKE_PREFIX_PATH="$PREFIX" "$@"
+  cmake --build "$BUILD_ROOT/$build" -j "$JOBS"
+  # shellcheck disable=SC2086
+  (cd "$BUILD_ROOT/$build" && ctest --output-on-failure -j "$JOBS" $CTEST_ARGS) || tests_rc=$?
+}
+
 step "build + run the GoogleTest suite (tests/cpp) against the installed package"
 test_args=()
 if [[ -n "${KVXFER_TEST_UCX_TLS:-}" ]]; then test_args+=("-DKVXFER_TEST_UCX_TLS=$KVXFER_TEST_UCX_TLS"); fi
-cmake -S "$ROOT/tests/cpp" -B "$BUILD_ROOT/tests" "${GENERATOR_ARGS[@]}" \
-  -DCMAKE_PREFIX_PATH="$PREFIX" "${test_args[@]}"
-cmake --build "$BUILD_ROOT/tests" -j "$JOBS"
-tests_rc=0
-# shellcheck disable=SC2086
-(cd "$BUILD_ROOT/tests" && ctest --output-on-failure -j "$JOBS" $CTEST_ARGS) || tests_rc=$?
+run_suite tests/cpp tests "${test_args[@]}"
+
+step "build + run TensorRT-LLM's scenarios (tests/trtllm) through the installed wrappers"
+trtllm_args=()
+if [[ -n "${KVXFER_TEST_NIXL:-}" ]]; then trtllm_args+=("-DKVXFER_TEST_NIXL=$KVXFER_TEST_NIXL"); fi
+run_suite tests/trtllm trtllm "${trtllm_args[@]}"
+
+# TensorRT-LLM's own layout: the wrappers replace the files in tensorrt_llm/libs/
+# and find libkvxfer next to them ($ORIGIN).
+libs="$BUILD_ROOT/trtllm/tensorrt_llm/libs"
+rm -rf "$libs" && mkdir -p "$libs"
+cp "$lib"/libtensorrt_llm_*_wrapper.so "$lib/libkvxfer.so.$major" "$libs/"
+KVX_TRTLLM_RUN="ucx:path:$libs" "$BUILD_ROOT/trtllm/kvxfer_trtllm_test" \
+  --gtest_filter='LoadMode.*:TransferAgent.Basic:ConnectionManager.Basic' || tests_rc=$?
 
 step "example consumer: CMake (find_package(kvxfer) -> kvxfer::kvxfer)"
 cmake -S "$ROOT/examples/consumer" -B "$BUILD_ROOT/consumer" "${GENERATOR_ARGS[@]}" -DCMAKE_PREFIX_PATH="$PREFIX"

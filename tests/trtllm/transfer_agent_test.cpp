@@ -1,0 +1,484 @@
+// TensorRT-LLM's transfer-agent scenarios (cpp/tests/unit_tests/executor/
+// transferAgentTest.cpp: Basic, Basic2, Connect, SyncMessage, DeviceMemory)
+// against libtensorrt_llm_nixl_wrapper.so, plus the contract points those
+// tests leave implicit: errors surface as exceptions, many threads submit at
+// once, the loopback agent. The backend is whatever TRTLLM_USE_*_KVCACHE
+// selects (CTest registers every test once per backend).
+#include "trtllm_test_util.hpp"
+
+#include <cstdio>
+#include <fcntl.h>
+#include <set>
+
+using namespace trtllm_test;
+
+namespace
+{
+
+using kvc::MemoryDesc;
+using kvc::MemoryDescs;
+using kvc::MemoryType;
+using kvc::TransferOp;
+using kvc::TransferRequest;
+using kvc::TransferState;
+
+// Registers in the constructor, deregisters in the destructor (TensorRT-LLM's test helper does the same).
+class Registered
+{
+public:
+    Registered(kvc::BaseTransferAgent& agent, MemoryDescs descs)
+        : mAgent(agent)
+        , mDescs(std::move(descs))
+    {
+        mAgent.registerMemory(mDescs);
+    }
+
+    ~Registered()
+    {
+        mAgent.deregisterMemory(mDescs);
+    }
+
+    [[nodiscard]] MemoryDescs const& descs() const noexcept
+    {
+        return mDescs;
+    }
+
+private:
+    kvc::BaseTransferAgent& mAgent;
+    MemoryDescs mDescs;
+};
+
+MemoryDescs hostDescs(std::vector<char>& buffer)
+{
+    return MemoryDescs{MemoryType::kDRAM, {MemoryDesc{buffer}}};
+}
+
+// Polls checkRemoteDescs until the peer's memory is visible (TensorRT-LLM's tests busy-poll the same way).
+void waitRemoteDescs(kvc::BaseTransferAgent& agent, std::string const& name, MemoryDescs const& descs)
+{
+    auto deadline = std::chrono::steady_clock::now() + kWaitLimit;
+    while (!agent.checkRemoteDescs(name, descs))
+    {
+        ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "checkRemoteDescs(" << name << ") never became true";
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+}
+
+using Notifications = std::unordered_map<std::string, std::vector<std::string>>;
+
+// Polls getNotifiedSyncMessages until something arrives (empty on timeout).
+Notifications waitNotifications(kvc::BaseTransferAgent& agent)
+{
+    auto deadline = std::chrono::steady_clock::now() + kWaitLimit;
+    do
+    {
+        auto got = agent.getNotifiedSyncMessages();
+        if (!got.empty())
+            return got;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    } while (std::chrono::steady_clock::now() < deadline);
+    return {};
+}
+
+// CommState{[{1234, "127.0.0.1"}], 0} in TensorRT-LLM's serialization:
+// i32 selfIdx, u64 variant index (2 = sockets), u64 count, then per socket
+// u16 port and a u64-length-prefixed ip. Binary, with NUL bytes.
+std::string serializeCommState(kvc::CommState const& state)
+{
+    std::string out;
+    auto put = [&out](auto value) { out.append(reinterpret_cast<char const*>(&value), sizeof value); };
+    put(static_cast<int32_t>(state.getSelfIdx()));
+    put(static_cast<uint64_t>(2));
+    put(static_cast<uint64_t>(state.getSocketState().size()));
+    for (auto const& socket : state.getSocketState())
+    {
+        put(socket.mPort);
+        put(static_cast<uint64_t>(socket.mIp.size()));
+        out += socket.mIp;
+    }
+    return out;
+}
+
+kvc::CommState deserializeCommState(std::string const& bytes)
+{
+    size_t pos = 0;
+    auto get = [&](auto& value)
+    {
+        if (pos + sizeof value > bytes.size())
+            throw std::runtime_error("truncated CommState");
+        std::memcpy(&value, bytes.data() + pos, sizeof value);
+        pos += sizeof value;
+    };
+    int32_t selfIdx = 0;
+    uint64_t index = 0;
+    uint64_t count = 0;
+    get(selfIdx);
+    get(index);
+    get(count);
+    if (index != 2 || count > 1024)
+        throw std::runtime_error("not a socket CommState");
+    std::vector<kvc::SocketState> sockets;
+    for (uint64_t i = 0; i < count; ++i)
+    {
+        kvc::SocketState s{};
+        uint64_t len = 0;
+        get(s.mPort);
+        get(len);
+        if (pos + len > bytes.size())
+            throw std::runtime_error("truncated CommState ip");
+        s.mIp = bytes.substr(pos, len);
+        pos += len;
+        sockets.push_back(s);
+    }
+    return kvc::CommState{std::move(sockets), selfIdx};
+}
+
+// Two agents in one process, as in every upstream scenario.
+struct AgentPair
+{
+    std::string name0 = uniqueName("agent0");
+    std::string name1 = uniqueName("agent1");
+    std::unique_ptr<kvc::BaseTransferAgent> agent0 = makeTransferAgent(name0);
+    std::unique_ptr<kvc::BaseTransferAgent> agent1 = makeTransferAgent(name1);
+
+    // agent0 loads agent1 by connection info and polls until `remote` is visible.
+    void connect(MemoryDescs const& remote)
+    {
+        agent0->loadRemoteAgent(name1, agent1->getLocalConnectionInfo());
+        ASSERT_NO_FATAL_FAILURE(waitRemoteDescs(*agent0, name1, remote));
+    }
+};
+
+// Submits and waits for success.
+void transfer(kvc::BaseTransferAgent& agent, TransferRequest const& request)
+{
+    auto status = agent.submitTransferRequests(request);
+    ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr();
+    EXPECT_TRUE(status->isCompleted());
+}
+
+void runTransfer(TransferOp op)
+{
+    AgentPair pair;
+    std::vector<char> mem0(100, 10);
+    std::vector<char> mem1(100, 1);
+    Registered reg0(*pair.agent0, hostDescs(mem0));
+    Registered reg1(*pair.agent1, hostDescs(mem1));
+    ASSERT_NO_FATAL_FAILURE(pair.connect(reg1.descs()));
+    ASSERT_NO_FATAL_FAILURE(transfer(*pair.agent0, TransferRequest{op, reg0.descs(), reg1.descs(), pair.name1}));
+    // WRITE pushes local (src) into remote (dst); READ pulls remote (dst) into local (src).
+    if (op == TransferOp::kWRITE)
+        EXPECT_EQ(mem1, std::vector<char>(100, 10));
+    else
+        EXPECT_EQ(mem0, std::vector<char>(100, 1));
+    pair.agent0->invalidateRemoteAgent(pair.name1);
+}
+
+} // namespace
+
+TEST(TransferAgent, Basic)
+{
+    runTransfer(TransferOp::kWRITE);
+}
+
+TEST(TransferAgent, Basic2)
+{
+    runTransfer(TransferOp::kREAD);
+}
+
+// Load by descriptor (AgentDesc) instead of connection info, as
+// TensorRT-LLM's AgentConnectionManager does on the context side.
+TEST(TransferAgent, LoadByAgentDesc)
+{
+    AgentPair pair;
+    auto payload = randomBytes(4096, 7);
+    std::vector<char> mem0 = payload;
+    std::vector<char> mem1(payload.size(), 0);
+    Registered reg0(*pair.agent0, hostDescs(mem0));
+    Registered reg1(*pair.agent1, hostDescs(mem1));
+    kvc::AgentDesc desc = pair.agent1->getLocalAgentDesc();
+    EXPECT_FALSE(desc.getBackendAgentDesc().empty());
+    pair.agent0->invalidateRemoteAgent(pair.name1); // unknown peer: a no-op, as TensorRT-LLM relies on
+    pair.agent0->loadRemoteAgent(pair.name1, desc);
+    EXPECT_TRUE(pair.agent0->checkRemoteDescs(pair.name1, reg1.descs()));
+    ASSERT_NO_FATAL_FAILURE(
+        transfer(*pair.agent0, TransferRequest{TransferOp::kWRITE, reg0.descs(), reg1.descs(), pair.name1}));
+    EXPECT_EQ(mem1, payload);
+    pair.agent0->invalidateRemoteAgent(pair.name1);
+    EXPECT_FALSE(pair.agent0->checkRemoteDescs(pair.name1, reg1.descs()));
+}
+
+TEST(TransferAgent, Connect)
+{
+    std::string name0 = uniqueName("agent0");
+    std::string name1 = uniqueName("agent1");
+    std::string name2 = uniqueName("agent2");
+    auto agent0 = makeTransferAgent(name0);
+    auto agent1 = makeTransferAgent(name1);
+    auto agent2 = makeTransferAgent(name2);
+    std::vector<char> shared(100, 10);
+    std::vector<char> mem1(100, 1);
+    // agent0 and agent2 register the same host buffer.
+    Registered reg0(*agent0, hostDescs(shared));
+    Registered reg2(*agent2, hostDescs(shared));
+    Registered reg1(*agent1, hostDescs(mem1));
+    std::string info1 = agent1->getLocalConnectionInfo();
+    ASSERT_FALSE(info1.empty());
+
+    for (auto* writer : {agent0.get(), agent2.get()})
+    {
+        std::fill(mem1.begin(), mem1.end(), 1);
+        writer->loadRemoteAgent(name1, info1);
+        ASSERT_NO_FATAL_FAILURE(waitRemoteDescs(*writer, name1, reg1.descs()));
+        ASSERT_NO_FATAL_FAILURE(
+            transfer(*writer, TransferRequest{TransferOp::kWRITE, reg0.descs(), reg1.descs(), name1}));
+        EXPECT_EQ(mem1, shared);
+    }
+    agent0->invalidateRemoteAgent(name1);
+    agent2->invalidateRemoteAgent(name1);
+}
+
+TEST(TransferAgent, SyncMessage)
+{
+    AgentPair pair;
+    auto& agent0 = pair.agent0;
+    auto& agent1 = pair.agent1;
+    auto const& name0 = pair.name0;
+    auto const& name1 = pair.name1;
+    std::vector<char> mem0(100, 10);
+    std::vector<char> mem1(100, 1);
+    Registered reg0(*agent0, hostDescs(mem0));
+    Registered reg1(*agent1, hostDescs(mem1));
+    ASSERT_NO_FATAL_FAILURE(pair.connect(reg1.descs()));
+
+    // (a) a WRITE without a message, then a separate notification: exactly one
+    // notification arrives, so the WRITE itself notified nobody.
+    auto status = agent0->submitTransferRequests(TransferRequest{TransferOp::kWRITE, reg0.descs(), reg1.descs(), name1});
+    agent0->notifySyncMessage(name1, "agent_sync_message");
+    auto got = waitNotifications(*agent1);
+    ASSERT_EQ(got.size(), 1u);
+    ASSERT_EQ(got.count(name0), 1u);
+    EXPECT_EQ(got[name0], std::vector<std::string>{"agent_sync_message"});
+    ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr();
+    EXPECT_TRUE(status->isCompleted());
+    EXPECT_EQ(mem1, mem0);
+    EXPECT_TRUE(agent1->getNotifiedSyncMessages().empty()) << "notifications are drained once";
+
+    // (b) a notification on its own.
+    agent0->notifySyncMessage(name1, "agent_sync_message2");
+    got = waitNotifications(*agent1);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[name0], std::vector<std::string>{"agent_sync_message2"});
+
+    // (c) the other way round, after loading by connection info.
+    agent1->loadRemoteAgent(name0, agent0->getLocalConnectionInfo());
+    agent1->notifySyncMessage(name0, "agent_sync_message_back");
+    got = waitNotifications(*agent0);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[name1], std::vector<std::string>{"agent_sync_message_back"});
+
+    // (d) WRITE with an attached message, without polling checkRemoteDescs
+    // first: loadRemoteAgent(connectionInfo) returned only once agent0 was usable.
+    auto payload = randomBytes(mem1.size(), 3);
+    std::copy(payload.begin(), payload.end(), mem1.begin());
+    status = agent1->submitTransferRequests(
+        TransferRequest{TransferOp::kWRITE, reg1.descs(), reg0.descs(), name0, std::string("attached")});
+    got = waitNotifications(*agent0);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[name1], std::vector<std::string>{"attached"});
+    // The message is delivered after the data.
+    EXPECT_EQ(mem0, payload);
+    ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr();
+
+    // (e) a serialized CommState (binary, NUL bytes) round-trips byte-exactly.
+    kvc::CommState state{std::vector<kvc::SocketState>{{1234, "127.0.0.1"}}, 0};
+    std::string bytes = serializeCommState(state);
+    ASSERT_NE(bytes.find('\0'), std::string::npos);
+    agent0->notifySyncMessage(name1, bytes);
+    got = waitNotifications(*agent1);
+    ASSERT_EQ(got.size(), 1u);
+    ASSERT_EQ(got[name0].size(), 1u);
+    EXPECT_EQ(got[name0][0], bytes);
+    EXPECT_EQ(deserializeCommState(got[name0][0]), state);
+
+    // An agent may notify itself (TensorRT-LLM's AgentConnectionManager does).
+    agent0->notifySyncMessage(name0, "self");
+    got = waitNotifications(*agent0);
+    EXPECT_EQ(got[name0], std::vector<std::string>{"self"});
+
+    agent0->invalidateRemoteAgent(name1);
+    agent1->invalidateRemoteAgent(name0);
+}
+
+TEST(TransferAgent, DeviceMemory)
+{
+    Cuda* cuda = Cuda::get();
+    if (cuda == nullptr)
+        GTEST_SKIP() << "no CUDA driver or device";
+    AgentPair pair;
+    DeviceBuffer dev0(*cuda, 100);
+    DeviceBuffer dev1(*cuda, 100);
+    dev0.upload(std::vector<char>(100, 10));
+    dev1.upload(std::vector<char>(100, 1));
+    Registered reg0(*pair.agent0, MemoryDescs{MemoryType::kVRAM, {MemoryDesc{dev0.data(), 100, 0}}});
+    Registered reg1(*pair.agent1, MemoryDescs{MemoryType::kVRAM, {MemoryDesc{dev1.data(), 100, 0}}});
+    ASSERT_NO_FATAL_FAILURE(pair.connect(reg1.descs()));
+    ASSERT_NO_FATAL_FAILURE(
+        transfer(*pair.agent0, TransferRequest{TransferOp::kWRITE, reg0.descs(), reg1.descs(), pair.name1}));
+    EXPECT_EQ(dev1.download(), std::vector<char>(100, 10));
+    pair.agent0->invalidateRemoteAgent(pair.name1);
+}
+
+// AgentConnectionManager submits, notifies and drains from several threads at once.
+TEST(TransferAgent, ConcurrentSubmitters)
+{
+    constexpr int kThreads = 8;
+    constexpr size_t kSlice = 4096;
+    AgentPair pair;
+    auto& agent0 = pair.agent0;
+    auto& agent1 = pair.agent1;
+    auto const& name0 = pair.name0;
+    auto const& name1 = pair.name1;
+    auto payload = randomBytes(kThreads * kSlice, 11);
+    std::vector<char> mem0 = payload;
+    std::vector<char> mem1(payload.size(), 0);
+    Registered reg0(*agent0, hostDescs(mem0));
+    Registered reg1(*agent1, hostDescs(mem1));
+    ASSERT_NO_FATAL_FAILURE(pair.connect(reg1.descs()));
+
+    std::vector<std::thread> threads;
+    std::atomic<int> failures{0};
+    for (int t = 0; t < kThreads; ++t)
+        threads.emplace_back(
+            [&, t]
+            {
+                try
+                {
+                    MemoryDescs src{MemoryType::kDRAM, {MemoryDesc{mem0.data() + t * kSlice, kSlice, 0}}};
+                    MemoryDescs dst{MemoryType::kDRAM, {MemoryDesc{mem1.data() + t * kSlice, kSlice, 0}}};
+                    auto status = agent0->submitTransferRequests(
+                        TransferRequest{TransferOp::kWRITE, src, dst, name1, "slice" + std::to_string(t)});
+                    if (status->wait() != TransferState::kSUCCESS)
+                        ++failures;
+                }
+                catch (std::exception const& e)
+                {
+                    ADD_FAILURE() << "thread " << t << ": " << e.what();
+                    ++failures;
+                }
+            });
+    std::set<std::string> seen;
+    auto deadline = std::chrono::steady_clock::now() + kWaitLimit;
+    while (seen.size() < kThreads && std::chrono::steady_clock::now() < deadline)
+        for (auto& [sender, messages] : agent1->getNotifiedSyncMessages())
+        {
+            EXPECT_EQ(sender, name0);
+            seen.insert(messages.begin(), messages.end());
+        }
+    for (auto& t : threads)
+        t.join();
+    EXPECT_EQ(failures.load(), 0);
+    EXPECT_EQ(seen.size(), static_cast<size_t>(kThreads));
+    EXPECT_EQ(mem1, payload);
+}
+
+// Failures reach TensorRT-LLM as exceptions, never as crashes or silent success.
+TEST(TransferAgent, ErrorsAreExceptions)
+{
+    auto create = reinterpret_cast<CreateTransferAgent>(wrapperSymbol(kNixlWrapper, "createNixlTransferAgent"));
+    EXPECT_THROW(create(nullptr), std::exception);
+
+    std::string name0 = uniqueName("agent0");
+    auto agent0 = makeTransferAgent(name0);
+    std::vector<char> mem(64, 0);
+    EXPECT_THROW(agent0->registerMemory(MemoryDescs{MemoryType::kFILE, {MemoryDesc{mem}}}), std::exception);
+    EXPECT_THROW(agent0->loadRemoteAgent("nobody", kvc::AgentDesc{std::string("\x01garbage\x00", 9)}), std::exception);
+    Registered reg(*agent0, hostDescs(mem));
+    EXPECT_THROW(agent0->submitTransferRequests(TransferRequest{TransferOp::kWRITE, reg.descs(), reg.descs(), "nobody"}),
+        std::exception);
+    EXPECT_FALSE(agent0->checkRemoteDescs("nobody", reg.descs()));
+    EXPECT_THROW(agent0->deregisterMemory(MemoryDescs{MemoryType::kDRAM, {MemoryDesc{mem.data() + 1, 8, 0}}}),
+        std::exception);
+}
+
+// backendParams reach kvxfer (num_workers as its own setting); entries it
+// cannot represent are refused rather than dropped.
+TEST(TransferAgent, BackendParams)
+{
+    auto create = reinterpret_cast<CreateTransferAgent>(wrapperSymbol(kNixlWrapper, "createNixlTransferAgent"));
+    auto config = [](std::unordered_map<std::string, std::string> params)
+    {
+        return kvc::BaseAgentConfig{
+            uniqueName("params"), true, false, true, false, std::move(params), std::nullopt, std::nullopt, 0, {}};
+    };
+    auto ok = config({{"num_workers", "2"}});
+    EXPECT_NE(create(&ok), nullptr);
+    auto badWorkers = config({{"num_workers", "two"}});
+    EXPECT_THROW(create(&badWorkers), std::exception);
+    auto badEntry = config({{"a;b", "1"}});
+    EXPECT_THROW(create(&badEntry), std::exception);
+}
+
+TEST(LoopbackAgent, HostMemoryToFileAndBack)
+{
+    auto agent = makeLoopbackAgent(uniqueName("loopback"));
+    ASSERT_NE(agent, nullptr);
+    char path[] = "/tmp/kvxfer_loopbackXXXXXX";
+    int fd = ::mkstemp(path);
+    ASSERT_GE(fd, 0);
+    ::close(fd);
+    auto payload = randomBytes(100, 5);
+    std::vector<char> back(100, 0);
+    {
+        std::vector<kvc::FileDesc> files;
+        files.emplace_back(path, O_RDWR, 0600, payload.size());
+        agent->executeLoopbackRequest(hostDescs(payload), kvc::FileDescs{std::move(files)}, true);
+    }
+    {
+        std::vector<kvc::FileDesc> files;
+        files.emplace_back(path, O_RDONLY, 0600, back.size());
+        agent->executeLoopbackRequest(hostDescs(back), kvc::FileDescs{std::move(files)}, false);
+    }
+    ::unlink(path);
+    EXPECT_EQ(back, payload);
+    std::vector<kvc::FileDesc> none;
+    EXPECT_THROW(agent->executeLoopbackRequest(MemoryDescs{MemoryType::kVRAM, {MemoryDesc{back}}},
+                     kvc::FileDescs{std::move(none)}, true),
+        std::exception);
+}
+
+// A WRITE to an agent that has gone away fails (at submission or in wait), within bounds.
+TEST(TransferAgent, DeadPeerIsAnError)
+{
+    AgentPair pair;
+    std::vector<char> mem0(4096, 10);
+    std::vector<char> mem1(4096, 1);
+    Registered reg0(*pair.agent0, hostDescs(mem0));
+    auto reg1 = std::make_unique<Registered>(*pair.agent1, hostDescs(mem1));
+    MemoryDescs remote = reg1->descs();
+    ASSERT_NO_FATAL_FAILURE(pair.connect(remote));
+    reg1.reset();
+    pair.agent1.reset();
+    auto start = std::chrono::steady_clock::now();
+    bool failed = false;
+    // The loss may take the transport a moment to notice: keep writing until it does.
+    while (!failed && std::chrono::steady_clock::now() - start < kWaitLimit)
+    {
+        try
+        {
+            auto status = pair.agent0->submitTransferRequests(
+                TransferRequest{TransferOp::kWRITE, reg0.descs(), remote, pair.name1});
+            failed = status->wait(5000) == TransferState::kFAILURE;
+            if (failed)
+            {
+                EXPECT_FALSE(status->getLastStatusStr().empty());
+            }
+        }
+        catch (std::exception const&)
+        {
+            failed = true;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_TRUE(failed) << "writes to a destroyed agent kept succeeding";
+}

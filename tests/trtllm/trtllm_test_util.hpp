@@ -1,0 +1,225 @@
+// Loading TensorRT-LLM's transport plug-ins the way TensorRT-LLM does
+// (dlopen by bare file name with RTLD_LAZY, dlsym of the C factory), plus
+// small helpers for host and device buffers. The suite never links kvxfer:
+// it sees only the wrapper libraries, through TensorRT-LLM's interfaces.
+#pragma once
+
+#include "tensorrt_llm/executor/cacheCommunicator.h"
+#include "tensorrt_llm/executor/dataTransceiverState.h"
+#include "tensorrt_llm/executor/transferAgent.h"
+
+#include <gtest/gtest.h>
+
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace trtllm_test
+{
+
+namespace kvc = tensorrt_llm::executor::kv_cache;
+
+constexpr char const* kUcxWrapper = "libtensorrt_llm_ucx_wrapper.so";
+constexpr char const* kNixlWrapper = "libtensorrt_llm_nixl_wrapper.so";
+
+using MakeUcxConnectionManager = std::unique_ptr<kvc::ConnectionManager> (*)();
+using CreateTransferAgent = std::unique_ptr<kvc::BaseTransferAgent> (*)(kvc::BaseAgentConfig const*);
+using CreateLoopbackAgent = std::shared_ptr<kvc::BaseLoopbackAgent> (*)(kvc::BaseAgentConfig const*);
+
+// dlopen(name, RTLD_LAZY) + dlsym, like TensorRT-LLM's CacheTransceiver and
+// DynLibLoader; the handle is kept for the process's life, as theirs is.
+inline void* wrapperSymbol(char const* library, char const* symbol)
+{
+    static std::mutex mutex;
+    std::lock_guard<std::mutex> lock(mutex);
+    void* handle = ::dlopen(library, RTLD_LAZY);
+    if (handle == nullptr)
+        throw std::runtime_error(std::string(library) + " is not open correctly: " + ::dlerror());
+    void* fn = ::dlsym(handle, symbol);
+    if (fn == nullptr)
+        throw std::runtime_error(std::string("Unable to load ") + library + " symbol " + symbol);
+    return fn;
+}
+
+inline std::unique_ptr<kvc::ConnectionManager> makeUcxConnectionManager()
+{
+    return reinterpret_cast<MakeUcxConnectionManager>(wrapperSymbol(kUcxWrapper, "makeUcxConnectionManager"))();
+}
+
+// TensorRT-LLM's AgentConnectionManager config: progress thread on, listener on.
+inline std::unique_ptr<kvc::BaseTransferAgent> makeTransferAgent(std::string const& name)
+{
+    kvc::BaseAgentConfig config{name, true, false, true, false, {}, std::nullopt, std::nullopt, 0, {}};
+    return reinterpret_cast<CreateTransferAgent>(wrapperSymbol(kNixlWrapper, "createNixlTransferAgent"))(&config);
+}
+
+inline std::shared_ptr<kvc::BaseLoopbackAgent> makeLoopbackAgent(std::string const& name)
+{
+    kvc::BaseAgentConfig config{name, true, false, false, false, {}, std::nullopt, std::nullopt, 0, {}};
+    return reinterpret_cast<CreateLoopbackAgent>(wrapperSymbol(kNixlWrapper, "createNixlLoopbackAgent"))(&config);
+}
+
+// Bound for every wait in the suite: a broken transport fails, never hangs.
+constexpr auto kWaitLimit = std::chrono::seconds(10);
+
+inline std::vector<char> randomBytes(size_t n, uint32_t seed)
+{
+    std::mt19937 gen(seed);
+    std::uniform_int_distribution<int> dist(0, 255);
+    std::vector<char> v(n);
+    for (auto& c : v)
+        c = static_cast<char>(dist(gen));
+    return v;
+}
+
+// Agent names unique per process and test, so reruns never collide.
+inline std::string uniqueName(std::string const& base)
+{
+    static std::atomic<int> counter{0};
+    return base + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++);
+}
+
+// The CUDA driver API, loaded at run time so the suite builds and runs without CUDA.
+class Cuda
+{
+public:
+    // nullptr when there is no driver or no device.
+    static Cuda* get()
+    {
+        static std::unique_ptr<Cuda> instance = load();
+        return instance.get();
+    }
+
+    void* alloc(size_t bytes)
+    {
+        uint64_t ptr = 0;
+        expectOk(mMemAlloc(&ptr, bytes), "cuMemAlloc");
+        return reinterpret_cast<void*>(ptr);
+    }
+
+    void free(void* ptr)
+    {
+        mMemFree(reinterpret_cast<uint64_t>(ptr));
+    }
+
+    void toDevice(void* dst, void const* src, size_t bytes)
+    {
+        expectOk(mMemcpyHtoD(reinterpret_cast<uint64_t>(dst), src, bytes), "cuMemcpyHtoD");
+    }
+
+    void toHost(void* dst, void const* src, size_t bytes)
+    {
+        expectOk(mMemcpyDtoH(dst, reinterpret_cast<uint64_t>(src), bytes), "cuMemcpyDtoH");
+    }
+
+    // Makes device 0's primary context current on the calling thread.
+    void bind()
+    {
+        expectOk(mCtxSetCurrent(mContext), "cuCtxSetCurrent");
+    }
+
+private:
+    using InitFn = int (*)(unsigned);
+    using CountFn = int (*)(int*);
+    using RetainFn = int (*)(void**, int);
+    using SetCurrentFn = int (*)(void*);
+    using AllocFn = int (*)(uint64_t*, size_t);
+    using FreeFn = int (*)(uint64_t);
+    using HtoDFn = int (*)(uint64_t, void const*, size_t);
+    using DtoHFn = int (*)(void*, uint64_t, size_t);
+
+    static void expectOk(int rc, char const* what)
+    {
+        if (rc != 0)
+            throw std::runtime_error(std::string(what) + " failed with CUDA error " + std::to_string(rc));
+    }
+
+    static std::unique_ptr<Cuda> load()
+    {
+        void* lib = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+        if (lib == nullptr)
+            return nullptr;
+        auto sym = [lib](char const* name) { return ::dlsym(lib, name); };
+        auto init = reinterpret_cast<InitFn>(sym("cuInit"));
+        auto count = reinterpret_cast<CountFn>(sym("cuDeviceGetCount"));
+        auto retain = reinterpret_cast<RetainFn>(sym("cuDevicePrimaryCtxRetain"));
+        int devices = 0;
+        if (!init || !count || !retain || init(0) != 0 || count(&devices) != 0 || devices == 0)
+            return nullptr;
+        auto cuda = std::unique_ptr<Cuda>(new Cuda);
+        if (retain(&cuda->mContext, 0) != 0)
+            return nullptr;
+        cuda->mCtxSetCurrent = reinterpret_cast<SetCurrentFn>(sym("cuCtxSetCurrent"));
+        cuda->mMemAlloc = reinterpret_cast<AllocFn>(sym("cuMemAlloc_v2"));
+        cuda->mMemFree = reinterpret_cast<FreeFn>(sym("cuMemFree_v2"));
+        cuda->mMemcpyHtoD = reinterpret_cast<HtoDFn>(sym("cuMemcpyHtoD_v2"));
+        cuda->mMemcpyDtoH = reinterpret_cast<DtoHFn>(sym("cuMemcpyDtoH_v2"));
+        if (!cuda->mCtxSetCurrent || !cuda->mMemAlloc || !cuda->mMemFree || !cuda->mMemcpyHtoD || !cuda->mMemcpyDtoH)
+            return nullptr;
+        cuda->bind();
+        return cuda;
+    }
+
+    void* mContext = nullptr;
+    SetCurrentFn mCtxSetCurrent = nullptr;
+    AllocFn mMemAlloc = nullptr;
+    FreeFn mMemFree = nullptr;
+    HtoDFn mMemcpyHtoD = nullptr;
+    DtoHFn mMemcpyDtoH = nullptr;
+};
+
+// A device buffer freed on scope exit.
+class DeviceBuffer
+{
+public:
+    DeviceBuffer(Cuda& cuda, size_t bytes)
+        : mCuda(cuda)
+        , mPtr(cuda.alloc(bytes))
+        , mBytes(bytes)
+    {
+    }
+
+    ~DeviceBuffer()
+    {
+        mCuda.free(mPtr);
+    }
+
+    DeviceBuffer(DeviceBuffer const&) = delete;
+    DeviceBuffer& operator=(DeviceBuffer const&) = delete;
+
+    [[nodiscard]] void* data() const noexcept
+    {
+        return mPtr;
+    }
+
+    void upload(std::vector<char> const& bytes)
+    {
+        mCuda.toDevice(mPtr, bytes.data(), std::min(bytes.size(), mBytes));
+    }
+
+    [[nodiscard]] std::vector<char> download() const
+    {
+        std::vector<char> out(mBytes);
+        mCuda.toHost(out.data(), mPtr, mBytes);
+        return out;
+    }
+
+private:
+    Cuda& mCuda;
+    void* mPtr;
+    size_t mBytes;
+};
+
+} // namespace trtllm_test

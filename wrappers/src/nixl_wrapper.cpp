@@ -1,0 +1,358 @@
+// libtensorrt_llm_nixl_wrapper.so: TensorRT-LLM's BaseTransferAgent /
+// TransferStatus (one-sided READ/WRITE plus notifications) forwarded to
+// kvxfer's kvx_agent_* / kvx_xfer_* C ABI, and a BaseLoopbackAgent for
+// memory <-> file copies. TensorRT-LLM resolves createNixlTransferAgent and
+// createNixlLoopbackAgent from this library by name.
+#include "shim_common.hpp"
+
+#include "tensorrt_llm/executor/transferAgent.h"
+
+#include <kvxfer.h>
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace kvc = tensorrt_llm::executor::kv_cache;
+
+namespace kvxfer_trtllm
+{
+namespace
+{
+
+constexpr char const* kWrapperName = "libtensorrt_llm_nixl_wrapper.so";
+
+uint32_t kvxMemoryType(kvc::MemoryType type)
+{
+    switch (type)
+    {
+    case kvc::MemoryType::kDRAM: return KVX_MEMORY_DRAM;
+    case kvc::MemoryType::kVRAM: return KVX_MEMORY_VRAM;
+    default:
+        throw std::invalid_argument("kvxfer: only DRAM and VRAM descriptors can be registered or transferred (got "
+            "MemoryType " + std::to_string(static_cast<int>(type)) + ")");
+    }
+}
+
+std::vector<kvx_memory_desc> kvxDescs(kvc::MemoryDescs const& descs)
+{
+    std::vector<kvx_memory_desc> out;
+    out.reserve(descs.getDescs().size());
+    for (auto const& d : descs.getDescs())
+        out.push_back(kvx_memory_desc{static_cast<uint64_t>(d.getAddr()), static_cast<uint64_t>(d.getLen()), d.getDeviceId()});
+    return out;
+}
+
+// TensorRT-LLM's backendParams as kvxfer's "key=value;key=value"; its
+// "num_workers" entry goes to its own field, as TensorRT-LLM's NIXL wrapper reads it.
+std::string nixlBackendParams(std::unordered_map<std::string, std::string> const& backendParams, uint32_t& numWorkers)
+{
+    std::string out;
+    for (auto const& [key, value] : backendParams)
+    {
+        if (key == "num_workers")
+        {
+            char* end = nullptr;
+            unsigned long n = std::strtoul(value.c_str(), &end, 10);
+            if (value.empty() || *end != '\0' || n == 0 || n > 1024)
+                throw std::invalid_argument("kvxfer: backendParams num_workers='" + value + "' is not a count of workers");
+            numWorkers = static_cast<uint32_t>(n);
+            continue;
+        }
+        if (key.empty() || key.find_first_of(";=") != std::string::npos || value.find(';') != std::string::npos)
+            throw std::invalid_argument("kvxfer: backendParams entry '" + key + "=" + value
+                + "' cannot be passed on (';' and '=' separate entries)");
+        out += (out.empty() ? "" : ";") + key + "=" + value;
+    }
+    return out;
+}
+
+// Thread safety: isCompleted, wait and getLastStatusStr from any threads at
+// once; release and destruction by the owner only.
+class KvxTransferStatus final : public kvc::TransferStatus
+{
+public:
+    explicit KvxTransferStatus(kvx_xfer* xfer)
+        : mXfer(xfer)
+    {
+    }
+
+    ~KvxTransferStatus() override
+    {
+        kvx_xfer_destroy(mXfer);
+    }
+
+    KvxTransferStatus(KvxTransferStatus const&) = delete;
+    KvxTransferStatus& operator=(KvxTransferStatus const&) = delete;
+
+    [[nodiscard]] bool isCompleted() const override
+    {
+        bool done = false;
+        check(kvx_xfer_is_completed(mXfer, &done), "TransferStatus::isCompleted");
+        return done;
+    }
+
+    // timeout_ms < 0 waits until the transfer ends or its own deadline (the
+    // agent's KVX_TIMEOUT_MS) passes, which reports kFAILURE: never forever.
+    kvc::TransferState wait(int64_t timeout_ms) const override
+    {
+        kvx_transfer_state state = KVX_TRANSFER_FAILURE;
+        if (kvx_xfer_wait(mXfer, timeout_ms < 0 ? KVX_TIMEOUT_DEFAULT : timeout_ms, &state) != KVX_OK)
+            return kvc::TransferState::kFAILURE;
+        switch (state)
+        {
+        case KVX_TRANSFER_SUCCESS: return kvc::TransferState::kSUCCESS;
+        case KVX_TRANSFER_IN_PROGRESS: return kvc::TransferState::kIN_PROGRESS;
+        default: return kvc::TransferState::kFAILURE;
+        }
+    }
+
+    [[nodiscard]] bool release() override
+    {
+        bool released = false;
+        check(kvx_xfer_release(mXfer, &released), "TransferStatus::release");
+        return released;
+    }
+
+    [[nodiscard]] std::string getLastStatusStr() const override
+    {
+        OwnedBytes text;
+        if (kvx_xfer_last_status(mXfer, text.out()) != KVX_OK)
+            return std::string("kvx_xfer_last_status failed: ") + kvx_last_error();
+        return text.str();
+    }
+
+private:
+    kvx_xfer* mXfer;
+};
+
+// Thread safety: every method may run concurrently from any threads (each is
+// one kvx_agent_* call, all documented any-thread), as TensorRT-LLM's
+// AgentConnectionManager does; destruction needs all other calls finished.
+class KvxTransferAgent final : public kvc::BaseTransferAgent
+{
+public:
+    explicit KvxTransferAgent(kvc::BaseAgentConfig const& config)
+    {
+        kvx_agent_config kvxConfig;
+        check(kvx_agent_config_init(&kvxConfig), "kvx_agent_config_init");
+        kvxConfig.name = config.mName.c_str();
+        kvxConfig.use_listen_thread = config.useListenThread;
+        // NIXL only. useProgThread asks for a progress thread: kvxfer's automatic
+        // choice gives one where it helps (NIXL's spins, so not on small hosts);
+        // without it kvxfer's own poller still drives transfers.
+        kvxConfig.progress_thread = config.useProgThread ? 0 : 2;
+        std::string params = nixlBackendParams(config.backendParams, kvxConfig.num_workers);
+        kvxConfig.backend_params = params.empty() ? nullptr : params.c_str();
+        // multiThread, enableTelemetry, rank/worldSize and the bounce settings
+        // have no kvxfer counterpart.
+        kvx_agent* agent = nullptr;
+        check(kvx_agent_create(&kvxConfig, &agent), "createNixlTransferAgent (kvx_agent_create)");
+        mAgent.reset(agent);
+        uint32_t backend = 0;
+        check(kvx_agent_backend(agent, &backend), "kvx_agent_backend");
+        logBackendOnce(kWrapperName, "TransferAgent", backend);
+    }
+
+    void registerMemory(kvc::RegisterDescs const& descs) override
+    {
+        auto d = kvxDescs(descs);
+        check(kvx_agent_register_memory(mAgent.get(), kvxMemoryType(descs.getType()), d.data(), d.size()),
+            "BaseTransferAgent::registerMemory");
+    }
+
+    void deregisterMemory(kvc::RegisterDescs const& descs) override
+    {
+        auto d = kvxDescs(descs);
+        check(kvx_agent_deregister_memory(mAgent.get(), kvxMemoryType(descs.getType()), d.data(), d.size()),
+            "BaseTransferAgent::deregisterMemory");
+    }
+
+    // The descriptor is what getLocalAgentDesc() put in getBackendAgentDesc().
+    void loadRemoteAgent(std::string const& name, kvc::AgentDesc const& agentDesc) override
+    {
+        auto const& blob = agentDesc.getBackendAgentDesc();
+        check(kvx_agent_load_remote(mAgent.get(), name.c_str(), reinterpret_cast<uint8_t const*>(blob.data()), blob.size()),
+            "BaseTransferAgent::loadRemoteAgent(AgentDesc)");
+    }
+
+    // Returns once the peer is usable, so a transfer may follow without polling checkRemoteDescs.
+    void loadRemoteAgent(std::string const& name, kvc::ConnectionInfoType const& connectionInfo) override
+    {
+        check(kvx_agent_load_remote_by_connection_info(mAgent.get(), name.c_str(), connectionInfo.c_str(), KVX_TIMEOUT_DEFAULT),
+            "BaseTransferAgent::loadRemoteAgent(connectionInfo)");
+    }
+
+    // Forgetting an agent that is not loaded is a no-op: TensorRT-LLM
+    // invalidates before (re)loading a peer it may never have seen.
+    void invalidateRemoteAgent(std::string const& name) override
+    {
+        kvx_status st = kvx_agent_invalidate_remote(mAgent.get(), name.c_str());
+        if (st != KVX_ERR_NOT_FOUND)
+            check(st, "BaseTransferAgent::invalidateRemoteAgent");
+    }
+
+    kvc::AgentDesc getLocalAgentDesc() override
+    {
+        OwnedBytes desc;
+        check(kvx_agent_get_local_desc(mAgent.get(), desc.out()), "BaseTransferAgent::getLocalAgentDesc");
+        return kvc::AgentDesc{desc.str()};
+    }
+
+    kvc::ConnectionInfoType getLocalConnectionInfo() override
+    {
+        OwnedBytes info;
+        check(kvx_agent_get_connection_info(mAgent.get(), info.out()), "BaseTransferAgent::getLocalConnectionInfo");
+        return info.str();
+    }
+
+    [[nodiscard]] std::unique_ptr<kvc::TransferStatus> submitTransferRequests(kvc::TransferRequest const& request) override
+    {
+        auto src = kvxDescs(request.getSrcDescs());
+        auto dst = kvxDescs(request.getDstDescs());
+        if (src.size() != dst.size())
+            throw std::invalid_argument("kvxfer: a transfer needs as many source as destination descriptors ("
+                + std::to_string(src.size()) + " vs " + std::to_string(dst.size()) + ")");
+        std::optional<kvc::SyncMessage> sync = request.getSyncMessage();
+        kvx_transfer_request req{};
+        req.op = request.getOp() == kvc::TransferOp::kREAD ? KVX_OP_READ : KVX_OP_WRITE;
+        req.src_type = kvxMemoryType(request.getSrcDescs().getType());
+        req.src_descs = src.data();
+        req.dst_type = kvxMemoryType(request.getDstDescs().getType());
+        req.dst_descs = dst.data();
+        req.count = src.size();
+        req.remote_name = request.getRemoteName().c_str();
+        req.has_sync_message = sync.has_value();
+        if (sync)
+        {
+            req.sync_message = reinterpret_cast<uint8_t const*>(sync->data());
+            req.sync_message_len = sync->size();
+        }
+        kvx_xfer* xfer = nullptr;
+        check(kvx_agent_submit(mAgent.get(), &req, &xfer), "BaseTransferAgent::submitTransferRequests");
+        return std::make_unique<KvxTransferStatus>(xfer);
+    }
+
+    void notifySyncMessage(std::string const& name, kvc::SyncMessage const& syncMessage) override
+    {
+        check(kvx_agent_notify(mAgent.get(), name.c_str(), reinterpret_cast<uint8_t const*>(syncMessage.data()),
+                  syncMessage.size()),
+            "BaseTransferAgent::notifySyncMessage");
+    }
+
+    std::unordered_map<std::string, std::vector<kvc::SyncMessage>> getNotifiedSyncMessages() override
+    {
+        kvx_notification_list* raw = nullptr;
+        check(kvx_agent_get_notifications(mAgent.get(), &raw), "BaseTransferAgent::getNotifiedSyncMessages");
+        std::unique_ptr<kvx_notification_list, void (*)(kvx_notification_list*)> list(raw, kvx_notification_list_free);
+        std::unordered_map<std::string, std::vector<kvc::SyncMessage>> out;
+        size_t n = kvx_notification_list_len(list.get());
+        for (size_t i = 0; i < n; ++i)
+        {
+            char const* sender = nullptr;
+            uint8_t const* message = nullptr;
+            size_t len = 0;
+            check(kvx_notification_list_get(list.get(), i, &sender, &message, &len), "kvx_notification_list_get");
+            out[sender ? sender : ""].emplace_back(reinterpret_cast<char const*>(message), len);
+        }
+        return out;
+    }
+
+    // False while the peer is unknown or the ranges are not (yet) registered by it.
+    bool checkRemoteDescs(std::string const& name, kvc::MemoryDescs const& memoryDescs) override
+    {
+        auto d = kvxDescs(memoryDescs);
+        bool ok = false;
+        kvx_status st = kvx_agent_check_remote_descs(
+            mAgent.get(), name.c_str(), kvxMemoryType(memoryDescs.getType()), d.data(), d.size(), &ok);
+        if (st == KVX_ERR_NOT_FOUND)
+            return false;
+        check(st, "BaseTransferAgent::checkRemoteDescs");
+        return ok;
+    }
+
+private:
+    struct AgentDeleter
+    {
+        void operator()(kvx_agent* agent) const noexcept
+        {
+            kvx_agent_destroy(agent);
+        }
+    };
+
+    std::unique_ptr<kvx_agent, AgentDeleter> mAgent;
+};
+
+// Memory <-> file copies for KV-cache offload; concurrent requests are fine
+// as long as they name different files. kvxfer has no GPUDirect
+// Storage path, so only host memory is served (pread/pwrite, blocking);
+// device memory is refused with an exception rather than staged silently.
+class KvxLoopbackAgent final : public kvc::BaseLoopbackAgent
+{
+public:
+    void executeLoopbackRequest(kvc::MemoryDescs const& memoryDescs, kvc::FileDescs const& fileDescs, bool isOffload) override
+    {
+        if (memoryDescs.getType() != kvc::MemoryType::kDRAM)
+            throw std::invalid_argument("kvxfer: loopback (file) transfers support host (kDRAM) memory only");
+        auto const& mem = memoryDescs.getDescs();
+        auto const& files = fileDescs.getDescs();
+        if (mem.size() != files.size())
+            throw std::invalid_argument("kvxfer: loopback request needs one file per memory descriptor");
+        for (size_t i = 0; i < mem.size(); ++i)
+        {
+            size_t len = std::min<size_t>(mem[i].getLen(), files[i].getLen());
+            copy(static_cast<int>(files[i].getFd()), reinterpret_cast<char*>(mem[i].getAddr()), len, isOffload);
+        }
+    }
+
+private:
+    static void copy(int fd, char* buffer, size_t len, bool toFile)
+    {
+        size_t done = 0;
+        while (done < len)
+        {
+            ssize_t n = toFile ? ::pwrite(fd, buffer + done, len - done, static_cast<off_t>(done))
+                               : ::pread(fd, buffer + done, len - done, static_cast<off_t>(done));
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                throw std::runtime_error(std::string("kvxfer: loopback ") + (toFile ? "write" : "read") + " failed: "
+                    + std::strerror(errno));
+            if (n == 0)
+                throw std::runtime_error("kvxfer: loopback read hit the end of the file after "
+                    + std::to_string(done) + " of " + std::to_string(len) + " bytes");
+            done += static_cast<size_t>(n);
+        }
+    }
+};
+
+kvc::BaseAgentConfig const& requireConfig(kvc::BaseAgentConfig const* config, char const* factory)
+{
+    if (config == nullptr)
+        throw std::invalid_argument(std::string("kvxfer: ") + factory + " called with a null BaseAgentConfig");
+    return *config;
+}
+
+} // namespace
+} // namespace kvxfer_trtllm
+
+extern "C" __attribute__((visibility("default"))) std::unique_ptr<kvc::BaseTransferAgent> createNixlTransferAgent(
+    kvc::BaseAgentConfig const* config)
+{
+    using namespace kvxfer_trtllm;
+    return std::make_unique<KvxTransferAgent>(requireConfig(config, "createNixlTransferAgent"));
+}
+
+extern "C" __attribute__((visibility("default"))) std::shared_ptr<kvc::BaseLoopbackAgent> createNixlLoopbackAgent(
+    kvc::BaseAgentConfig const* config)
+{
+    using namespace kvxfer_trtllm;
+    requireConfig(config, "createNixlLoopbackAgent");
+    return std::make_shared<KvxLoopbackAgent>();
+}

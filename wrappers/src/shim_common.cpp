@@ -1,0 +1,53 @@
+#include "shim_common.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+namespace kvxfer_trtllm
+{
+
+void check(kvx_status status, char const* what)
+{
+    if (status == KVX_OK)
+        return;
+    // kvx_last_error() already starts with the status name; fall back to it alone.
+    char const* detail = kvx_last_error();
+    std::string message
+        = std::string("kvxfer: ") + what + " failed: " + (detail && *detail ? detail : kvx_status_str(status));
+    throw KvxError(status, message);
+}
+
+char const* backendName(uint32_t backend) noexcept
+{
+    switch (backend)
+    {
+    case KVX_BACKEND_UCX: return "UCX";
+    case KVX_BACKEND_NIXL: return "NIXL";
+    default: return "AUTO";
+    }
+}
+
+void logBackendOnce(char const* wrapperName, char const* what, uint32_t backend)
+{
+    static std::once_flag once;
+    std::call_once(once,
+        [&]
+        {
+            char const* level = std::getenv("KVX_LOG");
+            if (level != nullptr && std::strcmp(level, "error") == 0)
+                return;
+            auto env = [](char const* name)
+            {
+                char const* value = std::getenv(name);
+                return value ? value : "(unset)";
+            };
+            std::fprintf(stderr,
+                "kvxfer %s (%s): %s on the %s backend (TRTLLM_USE_UCX_KVCACHE=%s, TRTLLM_USE_NIXL_KVCACHE=%s)\n",
+                kvx_version(), wrapperName, what, backendName(backend), env("TRTLLM_USE_UCX_KVCACHE"),
+                env("TRTLLM_USE_NIXL_KVCACHE"));
+        });
+}
+
+} // namespace kvxfer_trtllm

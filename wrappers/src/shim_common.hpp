@@ -1,0 +1,74 @@
+// Pieces both TensorRT-LLM wrapper libraries share: turning kvx_* status
+// codes into C++ exceptions, owning kvx_bytes, and the one-line log of which
+// backend a wrapper picked.
+#pragma once
+
+#include <kvxfer.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+// Everything in here is private to the wrapper that compiles it: two wrappers in
+// one process must not interpose each other's copies.
+namespace kvxfer_trtllm __attribute__((visibility("hidden")))
+{
+
+// A failed kvx_* call. Derives from std::runtime_error so TensorRT-LLM's
+// catch (std::exception const&) handlers see the message.
+class KvxError : public std::runtime_error
+{
+public:
+    KvxError(kvx_status status, std::string const& message)
+        : std::runtime_error(message)
+        , mStatus(status)
+    {
+    }
+
+    [[nodiscard]] kvx_status status() const noexcept
+    {
+        return mStatus;
+    }
+
+private:
+    kvx_status mStatus;
+};
+
+// Throws KvxError naming `what`, the status and kvx_last_error() unless status is KVX_OK.
+void check(kvx_status status, char const* what);
+
+// Owns bytes kvxfer handed out.
+class OwnedBytes
+{
+public:
+    OwnedBytes() = default;
+    OwnedBytes(OwnedBytes const&) = delete;
+    OwnedBytes& operator=(OwnedBytes const&) = delete;
+
+    ~OwnedBytes()
+    {
+        kvx_bytes_free(&mBytes);
+    }
+
+    kvx_bytes* out() noexcept
+    {
+        return &mBytes;
+    }
+
+    [[nodiscard]] std::string str() const
+    {
+        return mBytes.data ? std::string(reinterpret_cast<char const*>(mBytes.data), mBytes.len) : std::string();
+    }
+
+private:
+    kvx_bytes mBytes{nullptr, 0};
+};
+
+// Name of a kvx_backend value ("UCX", "NIXL").
+char const* backendName(uint32_t backend) noexcept;
+
+// Logs once per process and wrapper which backend `what` uses and why, on
+// stderr, unless KVX_LOG=error.
+void logBackendOnce(char const* wrapperName, char const* what, uint32_t backend);
+
+} // namespace kvxfer_trtllm
