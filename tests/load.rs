@@ -44,6 +44,15 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Sets the flag when dropped, also while unwinding.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 #[derive(Default)]
 struct Counts {
     writes: AtomicU64,
@@ -106,6 +115,8 @@ fn run_load(ops: u64, seconds: u64) {
     let mix = &mix;
 
     std::thread::scope(|s| {
+        // A failing worker must not leave the drainer and sampler running forever.
+        let _stop_on_exit = StopOnDrop(&stop);
         // Drain b's notifications while the load runs, checking each message's checksum.
         s.spawn(|| loop {
             let done = stop.load(Ordering::Acquire);
