@@ -15,6 +15,7 @@ use crate::kvx_status;
 use std::ffi::{CStr, CString};
 
 pub const DRAM: u32 = 0;
+pub const VRAM: u32 = 1;
 pub const READ: u32 = 0;
 pub const WRITE: u32 = 1;
 pub const TIMEOUT_MS: i64 = 20_000;
@@ -102,6 +103,11 @@ impl Agent {
         descs
     }
 
+    /// Register `descs` as memory of type `mem_type` (DRAM or VRAM).
+    pub fn register_descs(&self, mem_type: u32, descs: &[kvx_memory_desc]) -> kvx_status {
+        unsafe { kvx_agent_register_memory(self.raw, mem_type, descs.as_ptr(), descs.len()) }
+    }
+
     pub fn deregister(&self, descs: &[kvx_memory_desc]) -> kvx_status {
         unsafe { kvx_agent_deregister_memory(self.raw, DRAM, descs.as_ptr(), descs.len()) }
     }
@@ -142,13 +148,18 @@ impl Agent {
     }
 
     pub fn submit(&self, op: u32, local: &[kvx_memory_desc], remote: &[kvx_memory_desc], to: &str, sync: Option<&[u8]>) -> Result<Xfer, (kvx_status, String)> {
+        self.submit_typed(op, (DRAM, local), (DRAM, remote), to, sync)
+    }
+
+    /// Submit with explicit memory types of the local and remote side.
+    pub fn submit_typed(&self, op: u32, (local_type, local): (u32, &[kvx_memory_desc]), (remote_type, remote): (u32, &[kvx_memory_desc]), to: &str, sync: Option<&[u8]>) -> Result<Xfer, (kvx_status, String)> {
         assert_eq!(local.len(), remote.len());
         let n = CString::new(to).unwrap();
         let req = kvx_transfer_request {
             op,
-            src_type: DRAM,
+            src_type: local_type,
             src_descs: local.as_ptr(),
-            dst_type: DRAM,
+            dst_type: remote_type,
             dst_descs: remote.as_ptr(),
             count: local.len(),
             remote_name: n.as_ptr(),

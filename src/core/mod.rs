@@ -2,6 +2,7 @@
 //! formats, configuration, the control channel and completion primitives.
 
 pub mod buffer;
+pub mod coalesce;
 pub mod completion;
 pub mod config;
 pub mod connections;

@@ -10,8 +10,11 @@ use super::memory::kvx_memory_type;
 
 /// First bytes of an agent descriptor.
 pub const AGENT_DESC_MAGIC: [u8; 4] = *b"KVXD";
-/// Current (and only) agent descriptor version.
+/// Agent descriptor version without optional sections (what a host-only
+/// agent writes, so older readers keep loading it).
 pub const AGENT_DESC_VERSION: u16 = 1;
+/// Version 2 appends the optional CUDA IPC section after the regions.
+pub const AGENT_DESC_VERSION_IPC: u16 = 2;
 /// First bytes of a control-channel frame body.
 pub const CONTROL_MAGIC: [u8; 4] = *b"KVXC";
 pub const CONTROL_VERSION: u8 = 1;
@@ -134,16 +137,48 @@ pub struct AgentDescriptor {
     /// Backend endpoint address (a packed UCX worker address).
     pub endpoint: Vec<u8>,
     pub regions: Vec<RemoteRegion>,
+    /// CUDA IPC exports of device regions, for peers on the same host.
+    pub ipc: Option<IpcSection>,
+}
+
+pub const IPC_HANDLE_LEN: usize = 64;
+const MAX_HOST_ID: usize = 256;
+
+/// Device regions a process on the same host can map directly (CUDA IPC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpcSection {
+    /// The exporting host's identity (its boot id): handles are useless elsewhere.
+    pub host: Vec<u8>,
+    /// The exporting process: a process cannot open its own handles.
+    pub pid: u32,
+    pub regions: Vec<IpcRegion>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpcRegion {
+    /// Index into the descriptor's regions.
+    pub region: u32,
+    /// The allocation's CUDA IPC handle.
+    pub handle: [u8; IPC_HANDLE_LEN],
+    /// Where the region starts inside that allocation.
+    pub offset: u64,
 }
 
 impl AgentDescriptor {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
-        w.raw(&AGENT_DESC_MAGIC).u16(AGENT_DESC_VERSION).u8(self.backend).u8(0);
+        let version = if self.ipc.is_some() { AGENT_DESC_VERSION_IPC } else { AGENT_DESC_VERSION };
+        w.raw(&AGENT_DESC_MAGIC).u16(version).u8(self.backend).u8(0);
         w.blob(self.name.as_bytes()).blob(&self.endpoint);
         w.u32(self.regions.len() as u32);
         for r in &self.regions {
             w.u64(r.addr).u64(r.len).u8(r.mem_type as u8).u32(r.device_id).blob(&r.key);
+        }
+        if let Some(ipc) = &self.ipc {
+            w.blob(&ipc.host).u32(ipc.pid).u32(ipc.regions.len() as u32);
+            for r in &ipc.regions {
+                w.u32(r.region).raw(&r.handle).u64(r.offset);
+            }
         }
         let sum = checksum(&w.bytes);
         w.u64(sum);
@@ -171,9 +206,9 @@ impl AgentDescriptor {
             return Err(Error::malformed("not a kvxfer agent descriptor (bad magic)"));
         }
         let version = r.u16("version")?;
-        if version != AGENT_DESC_VERSION {
+        if version != AGENT_DESC_VERSION && version != AGENT_DESC_VERSION_IPC {
             return Err(Error::malformed(format!(
-                "agent descriptor version {version} is not supported (this build reads {AGENT_DESC_VERSION})"
+                "agent descriptor version {version} is not supported (this build reads {AGENT_DESC_VERSION} and {AGENT_DESC_VERSION_IPC})"
             )));
         }
         let backend = r.u8("backend")?;
@@ -201,9 +236,31 @@ impl AgentDescriptor {
             let key = r.blob(MAX_KEY_BLOB, "region key")?.to_vec();
             regions.push(RemoteRegion { addr, len, mem_type, device_id, key });
         }
+        let ipc = if version == AGENT_DESC_VERSION_IPC { Some(decode_ipc(&mut r, regions.len())?) } else { None };
         r.finish("agent descriptor")?;
-        Ok(AgentDescriptor { backend, name, endpoint, regions })
+        Ok(AgentDescriptor { backend, name, endpoint, regions, ipc })
     }
+}
+
+fn decode_ipc(r: &mut Reader<'_>, region_count: usize) -> Result<IpcSection> {
+    let host = r.blob(MAX_HOST_ID, "IPC host identity")?.to_vec();
+    let pid = r.u32("IPC process id")?;
+    let count = r.u32("IPC region count")? as usize;
+    let entry = 4 + IPC_HANDLE_LEN + 8;
+    if count > region_count || count > r.remaining() / entry {
+        return Err(Error::malformed(format!("IPC region count {count} is impossible for this descriptor")));
+    }
+    let mut regions = Vec::with_capacity(count);
+    for _ in 0..count {
+        let region = r.u32("IPC region index")?;
+        if region as usize >= region_count {
+            return Err(Error::malformed(format!("IPC entry names region {region} of {region_count}")));
+        }
+        let handle = r.take(IPC_HANDLE_LEN, "IPC handle")?.try_into().expect("64 bytes");
+        let offset = r.u64("IPC offset")?;
+        regions.push(IpcRegion { region, handle, offset });
+    }
+    Ok(IpcSection { host, pid, regions })
 }
 
 /// FNV-1a over the descriptor body: catches truncation and corruption (not
@@ -354,13 +411,34 @@ mod tests {
                 RemoteRegion { addr: 4096, len: 100, mem_type: kvx_memory_type::KVX_MEMORY_DRAM, device_id: 0, key: vec![9; 40] },
                 RemoteRegion { addr: 1 << 40, len: 1 << 30, mem_type: kvx_memory_type::KVX_MEMORY_VRAM, device_id: 3, key: vec![] },
             ],
+            ipc: None,
         }
+    }
+
+    fn sample_with_ipc() -> AgentDescriptor {
+        let ipc = IpcSection { host: b"boot-id".to_vec(), pid: 77, regions: vec![IpcRegion { region: 1, handle: [5; IPC_HANDLE_LEN], offset: 4096 }] };
+        AgentDescriptor { ipc: Some(ipc), ..sample() }
     }
 
     #[test]
     fn agent_descriptor_round_trips() {
         let d = sample();
         assert_eq!(AgentDescriptor::decode(&d.encode()).unwrap(), d);
+        let bytes = d.encode();
+        assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), AGENT_DESC_VERSION, "host-only descriptors stay version 1");
+        let d = sample_with_ipc();
+        assert_eq!(AgentDescriptor::decode(&d.encode()).unwrap(), d);
+    }
+
+    #[test]
+    fn ipc_sections_naming_missing_regions_are_refused() {
+        let mut d = sample_with_ipc();
+        d.ipc.as_mut().unwrap().regions[0].region = 2;
+        assert!(AgentDescriptor::decode(&d.encode()).unwrap_err().message.contains("IPC entry"));
+        let bytes = sample_with_ipc().encode();
+        for cut in 0..bytes.len() {
+            assert!(AgentDescriptor::decode(&bytes[..cut]).is_err(), "cut {cut}");
+        }
     }
 
     #[test]

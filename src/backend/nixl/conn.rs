@@ -307,8 +307,8 @@ fn copy_exact(message: &[u8], into: &mut [u8]) -> Result<()> {
     if message.len() != into.len() {
         return Err(Error::new(kvx_status::KVX_ERR_SIZE_MISMATCH, format!("received {} bytes, expected {}", message.len(), into.len())));
     }
-    into.copy_from_slice(message);
-    Ok(())
+    // Device buffers are written with a CUDA copy (messages travel as NIXL notifications, in host memory).
+    crate::cuda::write_bytes(into.as_mut_ptr() as u64, message)
 }
 
 impl NixlConnection {
@@ -335,6 +335,14 @@ impl Connection for NixlConnection {
             return Err(Error::invalid(format!("message of {} bytes exceeds the NIXL connection limit of {MAX_MESSAGE}", data.len())));
         }
         let core = self.core()?;
+        // Notifications carry host bytes: a device buffer is staged through the host first.
+        let staged;
+        let data = if crate::cuda::pointer_location(data.as_ptr() as u64).0 == crate::core::memory::kvx_memory_type::KVX_MEMORY_VRAM {
+            staged = crate::cuda::read_bytes(data.as_ptr() as u64, data.len())?;
+            &staged[..]
+        } else {
+            data
+        };
         // NIXL copies the message when posting it, so the caller's buffer is free on return.
         let result = core.handle.send_notification(&self.peer_name, &encode_message(self.peer_id, tag, data));
         core.last_send_ms.store(core.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);

@@ -22,6 +22,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+#[path = "ipc.rs"]
+mod ipc;
+
 /// Active-message id of notifications (sync messages).
 const AM_NOTIFY: u32 = 0x6b76;
 
@@ -31,6 +34,8 @@ struct LocalRegion {
     device_id: u32,
     packed_key: Vec<u8>,
     references: usize,
+    end: u64,
+    ipc: Option<crate::cuda::ipc::Export>,
 }
 
 struct RemoteKey {
@@ -45,6 +50,7 @@ struct RemoteAgent {
     descriptor: Vec<u8>,
     regions: RegionMap<RemoteKey>,
     endpoint: Endpoint,
+    ipc: Option<ipc::PeerIpc>,
     /// Transfers in flight to this peer, failed together when the peer fails.
     pending: Mutex<Vec<Weak<TransferShared>>>,
 }
@@ -124,6 +130,7 @@ impl AgentCore {
             name: self.name.clone(),
             endpoint: self.worker.address().to_vec(),
             regions,
+            ipc: ipc::export_section(&local),
         }
     }
 
@@ -185,6 +192,7 @@ impl AgentCore {
             descriptor: bytes.to_vec(),
             regions,
             endpoint,
+            ipc: ipc::PeerIpc::from_descriptor(&desc),
             pending: Mutex::new(Vec::new()),
         });
         // When the peer fails (or is invalidated), force-close its endpoint so UCX
@@ -364,7 +372,8 @@ impl TransferAgent for UcxAgent {
                 let packed_key = unsafe { std::slice::from_raw_parts(buf as *const u8, size).to_vec() };
                 unsafe { (worker.api().ucp_rkey_buffer_release)(buf) };
                 let device_id = if mem_type == kvx_memory_type::KVX_MEMORY_VRAM && crate::cuda::driver_available() { device } else { d.device_id };
-                local.insert(d.addr, d.len, LocalRegion { memh, mem_type, device_id, packed_key, references: 1 });
+                let ipc = ipc::export_region(mem_type, d.addr, d.len, device_id);
+                local.insert(d.addr, d.len, LocalRegion { memh, mem_type, device_id, packed_key, references: 1, end: d.addr + d.len, ipc });
                 added.push((d.addr, d.len));
             }
             Ok(())
@@ -441,18 +450,12 @@ impl TransferAgent for UcxAgent {
     fn submit(&self, req: &TransferRequest<'_>) -> Result<UcxTransfer> {
         let remote = self.core.remote(req.remote_name)?;
         remote.endpoint.state.check(&remote.name)?;
+        if let Some(batched) = ipc::try_submit(self, req, &remote)? {
+            return Ok(batched);
+        }
         let ops = self.resolve_ops(req, &remote)?;
         let worker = self.core.worker.0.clone();
-        let shared = Arc::new(TransferShared {
-            done: Completion::default(),
-            deadline: Instant::now() + self.core.timeout,
-            remote: Mutex::new(Some(remote.clone())),
-        });
-        {
-            let mut pending = remote.pending.lock();
-            pending.retain(|w| w.upgrade().is_some_and(|t| !t.done.is_done()));
-            pending.push(Arc::downgrade(&shared));
-        }
+        let shared = TransferShared::tracked(&remote, self.core.timeout);
         let api = worker.api();
         let _g = worker.lock();
         let ep = remote.endpoint.handle_locked(&remote.name)?;
@@ -567,6 +570,22 @@ struct TransferShared {
     done: Completion<()>,
     deadline: Instant,
     remote: Mutex<Option<Arc<RemoteAgent>>>,
+}
+
+impl TransferShared {
+    /// A new transfer to `remote`, listed among the peer's pending transfers so a peer failure fails it.
+    fn tracked(remote: &Arc<RemoteAgent>, timeout: Duration) -> Arc<TransferShared> {
+        let shared = Arc::new(TransferShared {
+            done: Completion::default(),
+            deadline: Instant::now() + timeout,
+            remote: Mutex::new(Some(remote.clone())),
+        });
+        let mut pending = remote.pending.lock();
+        pending.retain(|w| w.upgrade().is_some_and(|t| !t.done.is_done()));
+        pending.push(Arc::downgrade(&shared));
+        drop(pending);
+        shared
+    }
 }
 
 pub struct UcxTransfer {

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Run kvxfer's GPU tests and the GPU measurement on the GPU machine, in one
+# call of the device tool, from the bundle scripts/gpu/bundle.sh made:
+#
+#   (here)   scripts/gpu/bundle.sh /work/main        # -> /work/main/.gpu_bundle/kvxfer-gpu.tar.xz
+#   (device) run: bash scripts/gpu/run.sh, kind nvidia-h200-x2, carry [".gpu_bundle"]
+# The bundle carries this script too, so a tree without scripts/gpu runs it with
+#   mkdir -p /tmp/kvx-gpu && tar -C /tmp/kvx-gpu -xJf .gpu_bundle/kvxfer-gpu.tar.xz && bash /tmp/kvx-gpu/run.sh
+#
+# Steps (each bounded by `timeout`, logs under $OUT): GPU facts; nvcc's PTX of
+# the copy kernel (when nvcc exists, to compare with the committed one); the
+# GPU tests on UCX and on NIXL; `kvxfer-gpu bench` (UCX batched IPC path, UCX
+# transport path, NIXL; ratios to cuMemcpyPeer measured in the same run).
+# `--tests-only` / `--bench-only` run one half; KVX_NVCC_PTX=1 rebuilds the copy kernel there.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=${OUT:-/tmp/kvx-gpu-out}
+mode=${1:-all}
+mkdir -p "$out"
+if [ -x "$here/bin/kvxfer-gpu" ]; then
+    root=$here # running from an unpacked bundle (the bundle carries this script)
+else
+    repo=$(cd "$here/../.." && pwd)
+    bundle=${KVX_GPU_BUNDLE:-$repo/.gpu_bundle/kvxfer-gpu.tar.xz}
+    root=/tmp/kvx-gpu
+    rm -rf "$root" && mkdir -p "$root"
+    tar -C "$root" -xJf "$bundle" || { echo "run.sh: cannot unpack $bundle" >&2; exit 1; }
+fi
+
+export KVX_UCX_LIB=$root/ucx/libucx/lib/libucp.so.0
+export KVX_NIXL_LIB=$root/nixl/.nixl_cu13.mesonpy.libs/libnixl_capi.so
+export KVX_GPU_TOOL=$root/bin/kvxfer-gpu
+export LD_LIBRARY_PATH=$root/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# Explicit transports on both sides (a wrong guess must fail, not wait).
+export UCX_TLS=${UCX_TLS:-cuda_copy,cuda_ipc,sm,self,tcp}
+export KVX_TIMEOUT_MS=${KVX_TIMEOUT_MS:-60000}
+# NVLink multicast stays off on these shared hosts.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+
+step() {
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s): $*"
+    timeout -k 5 "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    tail -n "${TAIL:-30}" "$out/$name.log"
+    echo "=== $name rc=$rc"
+    return 0
+}
+
+{
+    date -u
+    nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv
+    nvidia-smi topo -m
+    echo "UCX_TLS=$UCX_TLS"
+} >"$out/facts.log" 2>&1
+cat "$out/facts.log"
+# KVX_NVCC_PTX=1: build the copy kernel with this machine's nvcc and use that
+# build (KVX_COPY_KERNEL_PTX) instead of the committed PTX; it comes back in $OUT.
+if [ "${KVX_NVCC_PTX:-0}" = 1 ] && command -v nvcc >/dev/null; then
+    if timeout 60 nvcc -ptx -arch=compute_75 -O3 "$root/copy_kernel.cu" -o "$out/copy_kernel.ptx"; then
+        export KVX_COPY_KERNEL_PTX=$out/copy_kernel.ptx
+        echo "copy kernel: nvcc build in use ($(nvcc --version | tail -1))"
+    fi
+fi
+if [ "$mode" != "--bench-only" ]; then
+    step tests-ucx 100 env TRTLLM_USE_UCX_KVCACHE=1 TRTLLM_USE_NIXL_KVCACHE=0 "$root/bin/gpu_transfers" --test-threads=1 --nocapture
+    step tests-nixl 100 env TRTLLM_USE_NIXL_KVCACHE=1 TRTLLM_USE_UCX_KVCACHE=0 "$root/bin/gpu_transfers" --test-threads=1 --nocapture
+fi
+if [ "$mode" != "--tests-only" ]; then
+    TAIL=40 step bench 360 "$root/bin/kvxfer-gpu" bench --iters "${KVX_BENCH_ITERS:-3}" --systems "${KVX_BENCH_SYSTEMS:-ipc,transport,nixl}" --json "$out/bench.json"
+fi

@@ -1,0 +1,348 @@
+//! Same-host device-to-device fast path of the UCX agent.
+//!
+//! Every transport operation through UCX's `cuda_ipc` costs 5-8 us, so a
+//! paged KV request of thousands of 4-32 KiB blocks is posting-bound. When
+//! both sides are device memory on one host, the agent instead maps the
+//! peer's `cuMemAlloc` regions through CUDA IPC (handles travel in the agent
+//! descriptor's optional IPC section), coalesces contiguous descriptors and
+//! moves the whole request with one batched copy (`cuda::batch`); the sync
+//! message is sent only after the copy's event has completed, so the data is
+//! visible before the notification. Anything else (host memory, VMM memory
+//! without IPC handles, peers on other hosts or in this process, a handle
+//! that fails to open, an invalid request) takes the transport path, which
+//! also produces the error messages. `KVX_UCX_IPC=0` disables this path.
+
+use super::{post_notification, LocalRegion, RemoteAgent, TransferShared, UcxAgent, UcxTransfer};
+use crate::backend::ucx::ops::Op;
+use crate::backend::ucx::worker::Worker;
+use crate::core::coalesce;
+use crate::core::error::{Error, Result};
+use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionMap};
+use crate::core::wire::{AgentDescriptor, IpcRegion, IpcSection};
+use crate::cuda::{batch, ipc as cuda_ipc};
+use crate::dispatch::{kvx_transfer_op, TransferRequest};
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+const VRAM: kvx_memory_type = kvx_memory_type::KVX_MEMORY_VRAM;
+
+fn enabled() -> bool {
+    static ON: Lazy<bool> = Lazy::new(|| std::env::var("KVX_UCX_IPC").map_or(true, |v| v != "0"));
+    *ON && crate::cuda::driver_available()
+}
+
+/// The IPC export of a newly registered region (device memory only).
+pub(super) fn export_region(mem_type: kvx_memory_type, addr: u64, len: u64, device: u32) -> Option<cuda_ipc::Export> {
+    if mem_type != VRAM || !enabled() {
+        return None;
+    }
+    cuda_ipc::export(addr, len, device)
+}
+
+/// The descriptor's IPC section: None when no region is exported, so
+/// host-only agents keep writing version-1 descriptors.
+pub(super) fn export_section(local: &RegionMap<LocalRegion>) -> Option<IpcSection> {
+    let regions: Vec<IpcRegion> = local
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, r))| r.ipc.map(|e| IpcRegion { region: i as u32, handle: e.handle, offset: e.offset }))
+        .collect();
+    if regions.is_empty() {
+        return None;
+    }
+    Some(IpcSection { host: cuda_ipc::host_identity(), pid: std::process::id(), regions })
+}
+
+/// A peer region reachable through IPC, mapped on first use.
+struct PeerRegion {
+    len: u64,
+    end: u64,
+    handle: [u8; cuda_ipc::HANDLE_LEN],
+    offset: u64,
+    /// Mappings per local device that used it.
+    mapped: Mutex<Vec<(u32, Arc<cuda_ipc::Mapping>)>>,
+}
+
+/// The peer's IPC-reachable regions, when the peer is another process on this host.
+pub(super) struct PeerIpc {
+    regions: RegionMap<PeerRegion>,
+}
+
+impl PeerIpc {
+    pub(super) fn from_descriptor(desc: &AgentDescriptor) -> Option<PeerIpc> {
+        let ipc = desc.ipc.as_ref()?;
+        let host = cuda_ipc::host_identity();
+        if !enabled() || host.is_empty() || ipc.host != host || ipc.pid == std::process::id() {
+            return None;
+        }
+        let mut regions = RegionMap::default();
+        for e in &ipc.regions {
+            let r = &desc.regions[e.region as usize];
+            if r.mem_type == VRAM {
+                regions.insert(r.addr, r.len, PeerRegion { len: r.len, end: r.addr + r.len, handle: e.handle, offset: e.offset, mapped: Mutex::new(Vec::new()) });
+            }
+        }
+        Some(PeerIpc { regions })
+    }
+}
+
+impl PeerRegion {
+    /// This region's address in this process, as seen from `device`.
+    fn mapping(&self, device: u32) -> Result<Arc<cuda_ipc::Mapping>> {
+        let mut mapped = self.mapped.lock();
+        if let Some((_, m)) = mapped.iter().find(|(d, _)| *d == device) {
+            return Ok(m.clone());
+        }
+        let m = cuda_ipc::open(&self.handle, device)?;
+        // The descriptor is untrusted: a region that overruns the allocation the
+        // handle maps would make the copy kernel fault; never use it.
+        if self.offset.checked_add(self.len).map_or(true, |end| end > m.size) {
+            return Err(Error::malformed(format!("peer region of {} bytes at offset {} overruns its {}-byte allocation", self.len, self.offset, m.size)));
+        }
+        mapped.push((device, m.clone()));
+        Ok(m)
+    }
+}
+
+/// Last region hit on each side: paged requests hit one pool region
+/// descriptor after descriptor, so lookups are a bounds check.
+struct Resolver<'a> {
+    local: &'a RegionMap<LocalRegion>,
+    peer: &'a PeerIpc,
+    device: Option<u32>,
+    last_local: Option<(u64, u64)>,
+    last_remote: Option<(u64, u64, u64)>,
+    mappings: Vec<Arc<cuda_ipc::Mapping>>,
+}
+
+impl Resolver<'_> {
+    /// The local address and the peer address mapped here, or None when this
+    /// pair cannot take the IPC path.
+    fn resolve(&mut self, local: u64, remote: u64, len: u64) -> Option<(u64, u64)> {
+        let in_local = self.last_local.is_some_and(|(s, e)| local >= s && local.checked_add(len).is_some_and(|end| end <= e));
+        if !in_local {
+            let (start, region) = self.local.find_containing(local, len)?;
+            if region.mem_type != VRAM || *self.device.get_or_insert(region.device_id) != region.device_id {
+                return None;
+            }
+            self.last_local = Some((start, region.end));
+        }
+        let hit = self.last_remote.filter(|&(s, e, _)| remote >= s && remote.checked_add(len).is_some_and(|end| end <= e));
+        let (start, _, base) = match hit {
+            Some(h) => h,
+            None => {
+                let (start, region) = self.peer.regions.find_containing(remote, len)?;
+                let mapping = region.mapping(self.device?).map_err(|e| crate::log_at!(Warn, "CUDA IPC path not taken: {e}")).ok()?;
+                let base = mapping.base + region.offset;
+                if !self.mappings.iter().any(|m| Arc::ptr_eq(m, &mapping)) {
+                    self.mappings.push(mapping);
+                }
+                self.last_remote = Some((start, region.end, base));
+                (start, region.end, base)
+            }
+        };
+        Some((local, base + (remote - start)))
+    }
+}
+
+/// Requests with at least this many descriptors are checked and listed by
+/// several threads (listing 300k descriptors is memory-bound on one core).
+const PARALLEL_MIN: usize = 32 * 1024;
+const MAX_THREADS: usize = 4;
+
+/// `f(0..n)`, on `n` threads (the caller's included).
+fn on_threads<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    if n <= 1 {
+        return vec![f(0)];
+    }
+    std::thread::scope(|scope| {
+        let f = &f;
+        let others: Vec<_> = (1..n).map(|i| scope.spawn(move || f(i))).collect();
+        let mut out = vec![f(0)];
+        out.extend(others.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
+        out
+    })
+}
+
+/// Descriptor index ranges, one per thread.
+fn slices(count: usize) -> Vec<std::ops::Range<usize>> {
+    let threads = if count < PARALLEL_MIN { 1 } else { std::thread::available_parallelism().map_or(1, |p| p.get()).clamp(1, MAX_THREADS) };
+    let per = count.div_ceil(threads);
+    (0..threads).map(|i| (i * per).min(count)..((i + 1) * per).min(count)).collect()
+}
+
+/// Lowest address and highest end of each side, and the kernel list entries
+/// the descriptors need at most (coalescing only merges). Ranges were checked
+/// for overflow by the C ABI layer.
+#[derive(Clone, Copy)]
+struct Span {
+    local: (u64, u64),
+    remote: (u64, u64),
+    entries: usize,
+}
+
+fn span(local: &[kvx_memory_desc], remote: &[kvx_memory_desc]) -> Span {
+    let (mut l, mut r, mut entries) = ((u64::MAX, 0u64), (u64::MAX, 0u64), 0usize);
+    for (a, b) in local.iter().zip(remote) {
+        l = (l.0.min(a.addr), l.1.max(a.addr + a.len));
+        r = (r.0.min(b.addr), r.1.max(b.addr + b.len));
+        entries += batch::entries_for(a.len);
+    }
+    Span { local: l, remote: r, entries }
+}
+
+/// When every local descriptor lies in one local region and every remote one
+/// in one peer region (a registered KV pool), peer addresses map by one
+/// constant and no descriptor needs a lookup: (device, remote-to-mapped shift).
+fn single_region(resolver: &mut Resolver<'_>, spans: &[Span]) -> Option<(u32, u64)> {
+    let (llo, lhi) = spans.iter().fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s.local.0), hi.max(s.local.1)));
+    let (rlo, rhi) = spans.iter().fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s.remote.0), hi.max(s.remote.1)));
+    let (_, local) = resolver.local.find_containing(llo, lhi.checked_sub(llo)?)?;
+    if local.mem_type != VRAM {
+        return None;
+    }
+    let (start, region) = resolver.peer.regions.find_containing(rlo, rhi.checked_sub(rlo)?)?;
+    let mapping = region.mapping(local.device_id).map_err(|e| crate::log_at!(Warn, "CUDA IPC path not taken: {e}")).ok()?;
+    let shift = (mapping.base + region.offset).wrapping_sub(start);
+    resolver.mappings.push(mapping);
+    Some((local.device_id, shift))
+}
+
+/// Copies waiting for their event, then for the sync message.
+struct Job {
+    pending: batch::Pending,
+    shared: Arc<TransferShared>,
+    worker: Arc<Worker>,
+    remote: Arc<RemoteAgent>,
+    sync: Option<(String, Vec<u8>)>,
+    /// Keeps the peer mappings open until the copy is done.
+    _mappings: Vec<Arc<cuda_ipc::Mapping>>,
+}
+
+unsafe impl Send for Job {}
+
+/// One thread per process completes batched copies in submission order (one
+/// stream per device completes in order too).
+static COMPLETER: Lazy<Mutex<mpsc::Sender<Job>>> = Lazy::new(|| {
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("kvx-ipc-complete".into())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                complete(job);
+            }
+        })
+        .expect("cannot start the CUDA IPC completion thread");
+    Mutex::new(tx)
+});
+
+fn complete(job: Job) {
+    let outcome = match job.pending.wait(job.shared.deadline) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::timeout("batched device copy did not complete within the agent's timeout")),
+        Err(e) => Err(e),
+    };
+    drop(job.pending);
+    match (outcome, job.sync) {
+        (Ok(()), Some((sender, message))) => {
+            // The copy is complete on the GPU: now the sync message.
+            let note = Op::new(&job.worker, "sync message");
+            let shared = job.shared.clone();
+            note.then(move |_, r| {
+                shared.done.complete(r.map(|_| ()));
+            });
+            {
+                let _g = job.worker.lock();
+                post_notification(&job.worker, &job.remote, &sender, message, &note);
+            }
+            job.worker.wake();
+        }
+        (outcome, _) => {
+            job.shared.done.complete(outcome);
+        }
+    }
+}
+
+/// The request as one batched copy, or None when it must take the transport path.
+pub(super) fn try_submit(agent: &UcxAgent, req: &TransferRequest<'_>, remote: &Arc<RemoteAgent>) -> Result<Option<UcxTransfer>> {
+    let Some(peer) = remote.ipc.as_ref() else { return Ok(None) };
+    if req.local_type != VRAM || req.remote_type != VRAM || req.local.is_empty() {
+        return Ok(None);
+    }
+    let local = agent.core.local.lock();
+    let mut resolver = Resolver { local: &local, peer, device: None, last_local: None, last_remote: None, mappings: Vec::new() };
+    let write = req.op == kvx_transfer_op::KVX_OP_WRITE;
+    let copy = |l: u64, r: u64, len: u64| if write { batch::Copy { src: l, dst: r, len } } else { batch::Copy { src: r, dst: l, len } };
+    let parts = slices(req.local.len());
+    let spans = on_threads(parts.len(), |i| span(&req.local[parts[i].clone()], &req.remote[parts[i].clone()]));
+    let pending = if let Some((device, shift)) = single_region(&mut resolver, &spans) {
+        // Each thread lists its slice of the request into its own range of one batch.
+        let batch = batch::Batch::new(device, spans.iter().map(|s| s.entries).sum())?;
+        let starts: Vec<usize> = spans.iter().scan(0, |at, s| Some(std::mem::replace(at, *at + s.entries))).collect();
+        let results = on_threads(parts.len(), |i| {
+            let mut writer = batch.writer(starts[i], spans[i].entries)?;
+            let range = parts[i].clone();
+            for run in coalesce::runs(&req.local[range.clone()], &req.remote[range]) {
+                writer.push(copy(run.local.addr, run.remote.addr.wrapping_add(shift), run.len()))?;
+            }
+            writer.finish()
+        });
+        batch.finish(results.into_iter().collect())?
+    } else {
+        // Several regions: check every descriptor before anything moves.
+        let mut count = 0usize;
+        for run in coalesce::runs(req.local, req.remote) {
+            if resolver.resolve(run.local.addr, run.remote.addr, run.len()).is_none() {
+                return Ok(None);
+            }
+            count += batch::entries_for(run.len());
+        }
+        let Some(device) = resolver.device else { return Ok(None) };
+        let copies = coalesce::runs(req.local, req.remote).map(|run| {
+            let (l, r) = resolver.resolve(run.local.addr, run.remote.addr, run.len()).ok_or_else(|| Error::invalid("registrations changed during submit"))?;
+            Ok(copy(l, r, run.len()))
+        });
+        batch::submit(device, count, copies)?
+    };
+    let mappings = std::mem::take(&mut resolver.mappings);
+    drop(local);
+    let shared = TransferShared::tracked(remote, agent.core.timeout);
+    let worker = agent.core.worker.0.clone();
+    let job = Job {
+        pending,
+        shared: shared.clone(),
+        worker: worker.clone(),
+        remote: remote.clone(),
+        sync: req.sync_message.map(|m| (agent.core.name.clone(), m.to_vec())),
+        _mappings: mappings,
+    };
+    COMPLETER.lock().send(job).map_err(|_| Error::new(crate::core::error::kvx_status::KVX_ERR_INTERNAL, "CUDA IPC completion thread is gone"))?;
+    Ok(Some(UcxTransfer { shared, worker }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_cover_every_descriptor_once() {
+        for count in [1usize, 5, PARALLEL_MIN - 1, PARALLEL_MIN, 327_680, 327_683] {
+            let parts = slices(count);
+            assert_eq!(parts.first().unwrap().start, 0);
+            assert_eq!(parts.last().unwrap().end, count);
+            assert!(parts.windows(2).all(|w| w[0].end == w[1].start), "{count}: {parts:?}");
+        }
+        let threads = on_threads(3, |i| i * 10);
+        assert_eq!(threads, vec![0, 10, 20]);
+    }
+
+    #[test]
+    fn spans_bound_both_sides_and_count_entries() {
+        let d = |addr: u64, len: u64| kvx_memory_desc { addr, len, device_id: 0 };
+        let s = span(&[d(100, 10), d(50, 5), d(1000, 200 << 10)], &[d(7, 10), d(9000, 5), d(20, 200 << 10)]);
+        assert_eq!((s.local, s.remote), ((50, 1000 + (200 << 10)), (7, 20 + (200 << 10))));
+        assert_eq!(s.entries, 2 + batch::entries_for(200 << 10));
+    }
+}

@@ -1,0 +1,604 @@
+//! GPU transfers between two processes, each bound to its own GPU, through
+//! kvxfer's C ABI: correctness checks and a KV-shaped measurement mode.
+//!
+//! ```text
+//! kvxfer-gpu check                 device memory end to end on the backend the
+//!                                  environment selects (TRTLLM_USE_NIXL_KVCACHE=1
+//!                                  for NIXL); exits non-zero on any mismatch
+//! kvxfer-gpu bench [--iters N] [--json PATH] [--systems ipc,transport,nixl]
+//!                                  Llama-3-70B, 4k-token prompt (1.25 GiB) GPU0 -> GPU1:
+//!                                  staging and paged layouts, READ and WRITE, over UCX
+//!                                  (batched IPC path and plain transport) and NIXL, as
+//!                                  ratios to the cuMemcpyPeer ceiling measured first
+//! ```
+//! Internal roles: `initiator` (GPU 0) starts `target` (GPU 1, or 0 on a
+//! one-GPU machine) and drives it over stdin/stdout. Every wait is bounded.
+
+use kvxfer::core::memory::kvx_memory_desc;
+use kvxfer::cuda::memory::{peer_copy, Allocation, DeviceBuffer};
+use kvxfer::dispatch::kvx_transfer_state;
+use kvxfer::ffi::conn::*;
+use kvxfer::harness::*;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TARGET: &str = "kvxfer-gpu-target";
+const POISON: u8 = 0xAB;
+/// Llama-3-70B: 80 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 320 KiB per token.
+const LLAMA70B_BYTES_PER_TOKEN: u64 = 80 * 8 * 128 * 2 * 2;
+const PROMPT_TOKENS: u64 = 4096;
+
+fn die(msg: &str) -> ! {
+    eprintln!("kvxfer-gpu: {msg}");
+    std::process::exit(2)
+}
+
+fn opt(args: &[String], name: &str) -> Option<String> {
+    args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone())
+}
+
+fn num(args: &[String], name: &str, default: u64) -> u64 {
+    opt(args, name).map_or(default, |v| v.parse().unwrap_or_else(|_| die(&format!("{name}: not a number"))))
+}
+
+fn say(line: &str) {
+    println!("{line}");
+    std::io::stdout().flush().unwrap();
+}
+
+/// Deterministic bytes, fast enough for gigabytes (one hash per 8 bytes).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let mut x = (i as u64).wrapping_add(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    out
+}
+
+/// Descriptor `i` moves `len` bytes between local offset `pad + i*stride`
+/// and remote offset `pad + perm(i)*stride`; `perm` scatters blocks so
+/// neighbours are not contiguous on both sides (as in a paged KV pool).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    count: u64,
+    len: u64,
+    gap: u64,
+    pad: u64,
+    permute: bool,
+}
+
+impl Layout {
+    fn parse(words: &[&str]) -> Layout {
+        let n = |i: usize| words[i].parse::<u64>().unwrap_or_else(|_| die("bad layout"));
+        Layout { count: n(0), len: n(1), gap: n(2), pad: n(3), permute: n(4) == 1 }
+    }
+    fn words(&self) -> String {
+        format!("{} {} {} {} {}", self.count, self.len, self.gap, self.pad, self.permute as u8)
+    }
+    fn stride(&self) -> u64 {
+        self.len + self.gap
+    }
+    fn span(&self) -> u64 {
+        self.pad + self.count * self.stride()
+    }
+    fn remote_block(&self, i: u64) -> u64 {
+        // 7919 is prime and divides no count used here, so this is a permutation.
+        if self.permute { (i * 7919) % self.count } else { i }
+    }
+    fn local_offset(&self, i: u64) -> u64 {
+        self.pad + i * self.stride()
+    }
+    fn remote_offset(&self, i: u64) -> u64 {
+        self.pad + self.remote_block(i) * self.stride()
+    }
+    fn descs(&self, local: &DeviceBuffer, remote: (u64, u32)) -> (Vec<kvx_memory_desc>, Vec<kvx_memory_desc>) {
+        (0..self.count)
+            .map(|i| {
+                (
+                    kvx_memory_desc { addr: local.ptr() + self.local_offset(i), len: self.len, device_id: local.device() },
+                    kvx_memory_desc { addr: remote.0 + self.remote_offset(i), len: self.len, device_id: remote.1 },
+                )
+            })
+            .unzip()
+    }
+    /// What the destination holds after a transfer of `source` (which has
+    /// source offsets `from`) into a poisoned buffer (destination offsets `to`).
+    fn expected(&self, size: usize, source: &[u8], from: impl Fn(u64) -> u64, to: impl Fn(u64) -> u64) -> Vec<u8> {
+        let mut out = vec![POISON; size];
+        for i in 0..self.count {
+            let (f, t, l) = (from(i) as usize, to(i) as usize, self.len as usize);
+            out[t..t + l].copy_from_slice(&source[f..f + l]);
+        }
+        out
+    }
+}
+
+fn allocation(name: &str) -> Allocation {
+    match name {
+        "plain" => Allocation::Plain,
+        "vmm" => Allocation::Vmm,
+        _ => die("--alloc: plain or vmm"),
+    }
+}
+
+fn target_device() -> u32 {
+    if kvxfer::cuda::device_count() >= 2 { 1 } else { 0 }
+}
+
+/// Target: owns device buffers on its GPU and verifies or fills them on request.
+fn target(args: &[String]) {
+    let device = target_device();
+    kvxfer::cuda::bind_thread_to_device(device).unwrap_or_else(|e| die(&e.to_string()));
+    let size = num(args, "--size", 64 << 20) as usize;
+    let agent = Agent::new(TARGET);
+    let cm = Cm::new();
+    let mut buffers: HashMap<String, DeviceBuffer> = HashMap::new();
+    for kind in ["plain", "vmm"] {
+        let buf = DeviceBuffer::new(device, size, allocation(kind)).unwrap_or_else(|e| die(&e.to_string()));
+        ok(agent.register_descs(VRAM, &[kvx_memory_desc { addr: buf.ptr(), len: size as u64, device_id: device }]));
+        buffers.insert(kind.into(), buf);
+    }
+    let host = pattern(1 << 20, 0);
+    agent.register(&[&host]);
+    say(&format!(
+        "READY {} {} {} {} {} {} {}",
+        agent.conn_info(),
+        cm.address(),
+        device,
+        buffers["plain"].ptr(),
+        buffers["vmm"].ptr(),
+        host.as_ptr() as u64,
+        size
+    ));
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first().copied() {
+            // poison ALLOC
+            Some("poison") => {
+                buffers[words[1]].fill(POISON).unwrap();
+                say("DONE");
+            }
+            // fill ALLOC SEED
+            Some("fill") => {
+                let seed = words[2].parse().unwrap();
+                buffers[words[1]].upload(0, &pattern(size, seed)).unwrap();
+                say("DONE");
+            }
+            // verify-write ALLOC SEED LAYOUT...: wait for the sync message, then compare everything
+            Some("verify-write") => {
+                let seed: u64 = words[2].parse().unwrap();
+                let layout = Layout::parse(&words[3..]);
+                let got = agent.wait_notifications(1, 60_000);
+                let note_ok = got.len() == 1 && got[0].1 == format!("written {seed}").into_bytes();
+                let source = pattern(layout.span() as usize, seed);
+                let expected = layout.expected(size, &source, |i| layout.local_offset(i), |i| layout.remote_offset(i));
+                let data_ok = buffers[words[1]].download(0, size).unwrap() == expected;
+                say(&format!("VERIFIED {} note={note_ok} data={data_ok}", if note_ok && data_ok { "ok" } else { "BAD" }));
+            }
+            // cm-echo SIZE: receive a message into device memory from any peer, check it, send it back
+            Some("cm-echo") => {
+                let len: usize = words[1].parse().unwrap();
+                let buf = DeviceBuffer::new(device, len, Allocation::Plain).unwrap();
+                buf.fill(0).unwrap();
+                let mut conn = std::ptr::null();
+                let st = unsafe { kvx_cm_recv_connect(cm.raw, 7, buf.ptr() as *mut _, len, TIMEOUT_MS, &mut conn) };
+                let recv_ok = st == kvxfer::kvx_status::KVX_OK && buf.download(0, len).unwrap() == pattern(len, 11);
+                let sent = if recv_ok { unsafe { kvx_conn_send(conn, 8, buf.ptr() as *const _, len, TIMEOUT_MS) } } else { st };
+                say(&format!("ECHOED {} recv={recv_ok} send={sent:?} {}", if recv_ok { "ok" } else { "BAD" }, if recv_ok { String::new() } else { last_error() }));
+            }
+            _ => break,
+        }
+    }
+}
+
+struct Peer {
+    child: Child,
+    to: ChildStdin,
+    from: Lines<BufReader<ChildStdout>>,
+    info: String,
+    cm_address: String,
+    device: u32,
+    plain: u64,
+    vmm: u64,
+    host: u64,
+}
+
+impl Peer {
+    fn start(size: u64) -> Peer {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["target", "--size", &size.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| die(&format!("cannot start the target: {e}")));
+        let to = child.stdin.take().unwrap();
+        let mut from = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = from.next().unwrap_or_else(|| die("target exited before READY")).unwrap();
+        let w: Vec<&str> = ready.split_whitespace().collect();
+        if w.first() != Some(&"READY") {
+            die(&format!("unexpected target output: {ready}"));
+        }
+        let n = |i: usize| w[i].parse::<u64>().unwrap();
+        Peer {
+            info: w[1].into(),
+            cm_address: w[2].into(),
+            device: n(3) as u32,
+            plain: n(4),
+            vmm: n(5),
+            host: n(6),
+            to,
+            from,
+            child,
+        }
+    }
+    fn ask(&mut self, line: &str) -> String {
+        writeln!(self.to, "{line}").unwrap();
+        self.from.next().unwrap_or_else(|| die(&format!("target exited during {line:?}"))).unwrap()
+    }
+    fn remote(&self, alloc: &str) -> (u64, u32) {
+        (if alloc == "vmm" { self.vmm } else { self.plain }, self.device)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = writeln!(self.to, "quit");
+        let _ = self.child.wait();
+    }
+}
+
+/// One transfer to completion; Ok(seconds the submit call itself took).
+fn run_once(agent: &Agent, op: u32, local: &[kvx_memory_desc], remote: &[kvx_memory_desc], sync: Option<&[u8]>) -> Result<f64, String> {
+    let t = Instant::now();
+    let x = agent.submit_typed(op, (VRAM, local), (VRAM, remote), TARGET, sync).map_err(|(s, e)| format!("submit: {s:?} {e}"))?;
+    let submit = t.elapsed().as_secs_f64();
+    match x.wait(TIMEOUT_MS * 3) {
+        kvx_transfer_state::KVX_TRANSFER_SUCCESS => Ok(submit),
+        _ => Err(format!("transfer: {}", x.status_text())),
+    }
+}
+
+/// WRITE then READ with `layout` between local and remote buffers of `alloc`, data verified on both sides.
+fn check_layout(agent: &Agent, peer: &mut Peer, size: u64, alloc: &str, layout: Layout, seed: u64) -> Result<(), String> {
+    let device = 0;
+    let local = DeviceBuffer::new(device, size as usize, allocation(alloc)).map_err(|e| e.to_string())?;
+    let desc = [kvx_memory_desc { addr: local.ptr(), len: size, device_id: device }];
+    if agent.register_descs(VRAM, &desc) != kvxfer::kvx_status::KVX_OK {
+        return Err(format!("register local {alloc}: {}", last_error()));
+    }
+    let (l, r) = layout.descs(&local, peer.remote(alloc));
+    local.upload(0, &pattern(size as usize, seed)).unwrap();
+    peer.ask(&format!("poison {alloc}"));
+    let note = format!("written {seed}");
+    run_once(agent, WRITE, &l, &r, Some(note.as_bytes()))?;
+    let verdict = peer.ask(&format!("verify-write {alloc} {seed} {}", layout.words()));
+    if !verdict.starts_with("VERIFIED ok") {
+        return Err(format!("WRITE: target says {verdict}"));
+    }
+    peer.ask(&format!("fill {alloc} {}", seed + 1));
+    local.fill(POISON).unwrap();
+    run_once(agent, READ, &l, &r, None)?;
+    let source = pattern(size as usize, seed + 1);
+    let expected = layout.expected(size as usize, &source, |i| layout.remote_offset(i), |i| layout.local_offset(i));
+    let read_ok = local.download(0, size as usize).unwrap() == expected;
+    let _ = agent.deregister_typed(&desc);
+    if !read_ok {
+        return Err("READ: data mismatch at the initiator".into());
+    }
+    Ok(())
+}
+
+trait DeregisterTyped {
+    fn deregister_typed(&self, descs: &[kvx_memory_desc]) -> kvxfer::kvx_status;
+}
+
+impl DeregisterTyped for Agent {
+    fn deregister_typed(&self, descs: &[kvx_memory_desc]) -> kvxfer::kvx_status {
+        unsafe { kvxfer::ffi::agent::kvx_agent_deregister_memory(self.raw, VRAM, descs.as_ptr(), descs.len()) }
+    }
+}
+
+/// Device memory end to end on the selected backend; prints one line per case.
+fn check() {
+    kvxfer::cuda::bind_thread_to_device(0).unwrap_or_else(|e| die(&e.to_string()));
+    let size: u64 = 64 << 20;
+    let mut peer = Peer::start(size);
+    let agent = Agent::new("kvxfer-gpu-initiator");
+    ok(agent.load_by_info(TARGET, &peer.info));
+    let backend = format!("{:?}", backend_under_test());
+    let mut failures = 0;
+    let mut report = |name: &str, r: Result<(), String>| {
+        match &r {
+            Ok(()) => say(&format!("CHECK ok   {backend} {name}")),
+            Err(e) => say(&format!("CHECK FAIL {backend} {name}: {e}")),
+        }
+        failures += r.is_err() as u32;
+    };
+    let whole = Layout { count: 1, len: size, gap: 0, pad: 0, permute: false };
+    let paged = Layout { count: 4096, len: 16 << 10, gap: 0, pad: 0, permute: true };
+    // Lengths and offsets not multiples of 16 take the kernel's byte path.
+    let odd = Layout { count: 2000, len: 4099, gap: 5, pad: 3, permute: true };
+    for alloc in ["plain", "vmm"] {
+        for (name, layout) in [("one 64 MiB descriptor", whole), ("4096 x 16 KiB scattered", paged), ("2000 x 4099 B unaligned", odd)] {
+            let r = check_layout(&agent, &mut peer, size, alloc, layout, 100);
+            report(&format!("{alloc} VRAM<->VRAM {name}"), r);
+        }
+    }
+    // Host memory on one side, device memory on the other.
+    let mixed = (|| {
+        let local = DeviceBuffer::new(0, 1 << 20, Allocation::Plain).map_err(|e| e.to_string())?;
+        let desc = [kvx_memory_desc { addr: local.ptr(), len: 1 << 20, device_id: 0 }];
+        ok(agent.register_descs(VRAM, &desc));
+        local.fill(POISON).unwrap();
+        let remote = [kvx_memory_desc { addr: peer.host, len: 1 << 20, device_id: 0 }];
+        let x = agent.submit_typed(READ, (VRAM, &desc), (DRAM, &remote), TARGET, None).map_err(|(s, e)| format!("{s:?} {e}"))?;
+        if x.wait(TIMEOUT_MS) != kvx_transfer_state::KVX_TRANSFER_SUCCESS {
+            return Err(x.status_text());
+        }
+        let good = local.download(0, 1 << 20).unwrap() == pattern(1 << 20, 0);
+        let _ = agent.deregister_typed(&desc);
+        if good { Ok(()) } else { Err("data mismatch".into()) }
+    })();
+    report("READ host memory (target) into VRAM (initiator)", mixed);
+    // Connection manager send/recv with device buffers on both sides.
+    let cm_case = (|| {
+        let cm = Cm::new();
+        let len = 1usize << 20;
+        let conns = cm.connect(&[peer.cm_address.clone()]);
+        let buf = DeviceBuffer::new(0, len, Allocation::Plain).map_err(|e| e.to_string())?;
+        buf.upload(0, &pattern(len, 11)).unwrap();
+        writeln!(peer.to, "cm-echo {len}").unwrap();
+        let st = unsafe { kvx_conn_send(conns[0].0, 7, buf.ptr() as *const _, len, TIMEOUT_MS) };
+        if st != kvxfer::kvx_status::KVX_OK {
+            return Err(format!("send: {st:?} {}", last_error()));
+        }
+        // Post the receive before waiting for the target's report: over UCX its
+        // (rendezvous) send completes only once this receive has taken the data.
+        let echo = DeviceBuffer::new(0, len, Allocation::Plain).map_err(|e| e.to_string())?;
+        echo.fill(0).unwrap();
+        let st = unsafe { kvx_conn_recv(conns[0].0, 8, echo.ptr() as *mut _, len, TIMEOUT_MS) };
+        let echoed = peer.from.next().unwrap().unwrap();
+        if !echoed.starts_with("ECHOED ok") {
+            return Err(format!("target: {echoed}"));
+        }
+        if st != kvxfer::kvx_status::KVX_OK {
+            return Err(format!("recv: {st:?} {}", last_error()));
+        }
+        if echo.download(0, len).unwrap() != pattern(len, 11) { Err("echo mismatch".into()) } else { Ok(()) }
+    })();
+    report("connection send/recv, 1 MiB device buffers both sides", cm_case);
+    drop(agent);
+    drop(peer);
+    if failures > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// Measurement workloads: (name, layout) over the same 1.25 GiB.
+fn workloads() -> Vec<(String, Layout)> {
+    let total = LLAMA70B_BYTES_PER_TOKEN * PROMPT_TOKENS;
+    let mut out = vec![("staging 80 x 16 MiB".to_string(), Layout { count: 80, len: total / 80, gap: 0, pad: 0, permute: false })];
+    for kib in [32u64, 16, 4] {
+        let len = kib << 10;
+        out.push((format!("paged {} x {kib} KiB", total / len), Layout { count: total / len, len, gap: 0, pad: 0, permute: true }));
+    }
+    out
+}
+
+/// Initiator of the measurement: one backend, every workload, both directions; prints RESULT lines.
+fn initiator(args: &[String]) {
+    kvxfer::cuda::bind_thread_to_device(0).unwrap_or_else(|e| die(&e.to_string()));
+    let total = LLAMA70B_BYTES_PER_TOKEN * PROMPT_TOKENS;
+    let min_iters = num(args, "--iters", 5);
+    let mut peer = Peer::start(total);
+    let agent = Agent::new("kvxfer-gpu-initiator");
+    ok(agent.load_by_info(TARGET, &peer.info));
+    let local = DeviceBuffer::new(0, total as usize, Allocation::Plain).unwrap_or_else(|e| die(&e.to_string()));
+    ok(agent.register_descs(VRAM, &[kvx_memory_desc { addr: local.ptr(), len: total, device_id: 0 }]));
+    for (name, layout) in workloads() {
+        let (l, r) = layout.descs(&local, peer.remote("plain"));
+        for (op, op_name) in [(WRITE, "WRITE"), (READ, "READ")] {
+            let seed = 7;
+            if op == WRITE {
+                local.upload(0, &pattern(total as usize, seed)).unwrap();
+                peer.ask("poison plain");
+            } else {
+                peer.ask(&format!("fill plain {seed}"));
+                local.fill(POISON).unwrap();
+            }
+            // One warm-up (mapping, kernel load, UCX protocol selection), then timed runs
+            // until both the minimum count and half a second are reached.
+            let warm = Instant::now();
+            let mut outcome = run_once(&agent, op, &l, &r, None);
+            // Paths that take seconds per request get one timed run, so the whole bench stays bounded.
+            let wanted = if warm.elapsed() > Duration::from_secs(2) { 1 } else { min_iters as usize };
+            let mut times = Vec::new();
+            let mut submits = Vec::new();
+            let started = Instant::now();
+            while outcome.is_ok() && (times.len() < wanted || (wanted > 1 && started.elapsed() < Duration::from_millis(500))) && started.elapsed() < Duration::from_secs(20) {
+                let t = Instant::now();
+                outcome = run_once(&agent, op, &l, &r, None);
+                times.push(t.elapsed().as_secs_f64());
+                submits.extend(outcome.as_ref().ok().copied());
+            }
+            // The last transfer carries the sync message the target verifies with.
+            let verified = outcome.clone().and_then(|_| {
+                if op == WRITE {
+                    run_once(&agent, op, &l, &r, Some(format!("written {seed}").as_bytes()))?;
+                    let v = peer.ask(&format!("verify-write plain {seed} {}", layout.words()));
+                    if v.starts_with("VERIFIED ok") { Ok(()) } else { Err(v) }
+                } else {
+                    let source = pattern(total as usize, seed);
+                    let expected = layout.expected(total as usize, &source, |i| layout.remote_offset(i), |i| layout.local_offset(i));
+                    if local.download(0, total as usize).unwrap() == expected { Ok(()) } else { Err("READ data mismatch".into()) }
+                }
+            });
+            let median = median_of(&mut times);
+            let submit_ms = median_of(&mut submits) * 1e3;
+            let status = match (&outcome, &verified) {
+                (Err(e), _) | (Ok(_), Err(e)) => format!("FAILED {}", e.replace(' ', "_")),
+                _ => "verified".into(),
+            };
+            say(&format!("RESULT|{name}|{op_name}|{}|{}|{:.3}|{}|{status}|{submit_ms:.3}|{:.3}", layout.count, layout.len, total as f64 / median / 1e9, times.len(), median * 1e3));
+        }
+    }
+}
+
+fn median_of(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// cuMemcpyPeer of the same bytes in both directions, data verified: GB/s (0->1, 1->0).
+fn ceiling(total: usize, iters: usize) -> (f64, f64) {
+    let (a, b) = (0u32, target_device());
+    let src = DeviceBuffer::new(a, total, Allocation::Plain).unwrap_or_else(|e| die(&e.to_string()));
+    let dst = DeviceBuffer::new(b, total, Allocation::Plain).unwrap_or_else(|e| die(&e.to_string()));
+    kvxfer::cuda::memory::enable_peer_access(a, b).unwrap_or_else(|e| die(&e.to_string()));
+    let one_way = |from: &DeviceBuffer, to: &DeviceBuffer| {
+        let data = pattern(total, 3 + from.device() as u64);
+        from.upload(0, &data).unwrap();
+        to.fill(POISON).unwrap();
+        peer_copy(to.ptr(), to.device(), from.ptr(), from.device(), total).unwrap();
+        let mut times: Vec<f64> = (0..iters)
+            .map(|_| {
+                let t = Instant::now();
+                peer_copy(to.ptr(), to.device(), from.ptr(), from.device(), total).unwrap();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        if to.download(0, total).unwrap() != data {
+            die("peer copy delivered wrong data");
+        }
+        times.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        total as f64 / times[times.len() / 2] / 1e9
+    };
+    let forward = one_way(&src, &dst);
+    let backward = one_way(&dst, &src);
+    (forward, backward)
+}
+
+struct Row {
+    system: String,
+    workload: String,
+    op: String,
+    descs: u64,
+    len: u64,
+    gbps: f64,
+    iters: u64,
+    status: String,
+    submit_ms: f64,
+    total_ms: f64,
+}
+
+/// Runs every system's initiator in its own process tree and prints the table.
+fn bench(args: &[String]) {
+    let total = (LLAMA70B_BYTES_PER_TOKEN * PROMPT_TOKENS) as usize;
+    let iters = num(args, "--iters", 5);
+    let (fwd, back) = ceiling(total, 10);
+    let mut rows: Vec<Row> = Vec::new();
+    let systems: [(&str, &str, &[(&str, &str)]); 3] = [
+        ("ipc", "kvxfer-ucx (batched IPC)", &[("TRTLLM_USE_NIXL_KVCACHE", "0"), ("KVX_UCX_IPC", "1")]),
+        ("transport", "kvxfer-ucx (transport)", &[("TRTLLM_USE_NIXL_KVCACHE", "0"), ("KVX_UCX_IPC", "0")]),
+        ("nixl", "kvxfer-nixl", &[("TRTLLM_USE_NIXL_KVCACHE", "1"), ("TRTLLM_USE_UCX_KVCACHE", "0")]),
+    ];
+    let wanted = opt(args, "--systems").unwrap_or_else(|| "ipc,transport,nixl".into());
+    for (key, system, env) in systems {
+        if !wanted.split(',').any(|w| w == key) {
+            continue;
+        }
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["initiator", "--iters", &iters.to_string()]).stdout(Stdio::piped());
+        for (k, v) in env.iter() {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap_or_else(|e| die(&format!("cannot start the {system} initiator: {e}")));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut got = 0;
+        for line in text.lines().filter(|l| l.starts_with("RESULT|")) {
+            let f: Vec<&str> = line.split('|').collect();
+            rows.push(Row {
+                system: system.into(),
+                workload: f[1].into(),
+                op: f[2].into(),
+                descs: f[3].parse().unwrap_or(0),
+                len: f[4].parse().unwrap_or(0),
+                gbps: f[5].parse().unwrap_or(f64::NAN),
+                iters: f[6].parse().unwrap_or(0),
+                status: f[7].into(),
+                submit_ms: f.get(8).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN),
+                total_ms: f.get(9).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN),
+            });
+            got += 1;
+        }
+        if got == 0 || !out.status.success() {
+            eprintln!("kvxfer-gpu: {system} initiator exited with {} after {got} results", out.status);
+        }
+    }
+    let gpu = gpu_name();
+    let header = format!(
+        "kvxfer-gpu bench: Llama-3-70B 4096-token prompt = {:.2} GiB, GPU0 -> GPU{} ({gpu}); ceiling cudaMemcpyPeer 0->1 {fwd:.1} GB/s, 1->0 {back:.1} GB/s",
+        total as f64 / (1u64 << 30) as f64,
+        target_device()
+    );
+    let mut table = vec![header, "| system | workload | op | GB/s | of ceiling | vs kvxfer-nixl | ms per request (submit call) | timed runs | data |".into(), "|---|---|---|---|---|---|---|---|---|".into()];
+    for r in &rows {
+        let ceiling = if r.op == "WRITE" { fwd } else { back };
+        let nixl = rows.iter().find(|n| n.system == "kvxfer-nixl" && n.workload == r.workload && n.op == r.op && n.status == "verified").map(|n| n.gbps);
+        let vs_nixl = nixl.map_or("-".to_string(), |n| format!("{:.2}x", r.gbps / n));
+        table.push(format!(
+            "| {} | {} | {} | {:.1} | {:.0}% | {} | {:.2} ({:.2}) | {} | {} |",
+            r.system, r.workload, r.op, r.gbps, 100.0 * r.gbps / ceiling, vs_nixl, r.total_ms, r.submit_ms, r.iters, r.status
+        ));
+    }
+    let text = table.join("\n");
+    say(&text);
+    if let Some(path) = opt(args, "--json") {
+        let items: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"system\":\"{}\",\"workload\":\"{}\",\"op\":\"{}\",\"descriptors\":{},\"descriptor_bytes\":{},\"gbps\":{:.3},\"ms_per_request\":{:.3},\"submit_ms\":{:.3},\"timed_runs\":{},\"status\":\"{}\"}}",
+                    r.system, r.workload, r.op, r.descs, r.len, r.gbps, r.total_ms, r.submit_ms, r.iters, r.status
+                )
+            })
+            .collect();
+        let json = format!("{{\"gpu\":\"{gpu}\",\"bytes\":{total},\"ceiling_gbps_0_to_1\":{fwd:.3},\"ceiling_gbps_1_to_0\":{back:.3},\"results\":[{}]}}\n", items.join(","));
+        std::fs::write(&path, json).unwrap_or_else(|e| die(&format!("{path}: {e}")));
+    }
+}
+
+fn gpu_name() -> String {
+    let mut name = [0 as std::ffi::c_char; 128];
+    let mut dev = 0;
+    unsafe {
+        cudarc::driver::sys::cuDeviceGet(&mut dev, 0);
+        cudarc::driver::sys::cuDeviceGetName(name.as_mut_ptr(), 128, dev);
+        std::ffi::CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned()
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mode = args.get(1).map(String::as_str).unwrap_or("");
+    if !matches!(mode, "check" | "bench" | "initiator" | "target") {
+        die("usage: kvxfer-gpu check | bench [--iters N] [--json PATH]");
+    }
+    if kvxfer::cuda::device_count() == 0 {
+        say("SKIP: no CUDA driver or GPU on this machine; kvxfer-gpu needs one");
+        return;
+    }
+    match mode {
+        "check" => check(),
+        "bench" => bench(&args),
+        "initiator" => initiator(&args),
+        _ => target(&args),
+    }
+}
