@@ -19,6 +19,25 @@ pub const VRAM: u32 = 1;
 pub const READ: u32 = 0;
 pub const WRITE: u32 = 1;
 pub const TIMEOUT_MS: i64 = 20_000;
+/// `kvx_backend` values, for tests parameterised by backend.
+pub const AUTO: u32 = 0;
+pub const UCX: u32 = 1;
+pub const NIXL: u32 = 2;
+
+/// Loopback, unless `KVX_LISTEN_IP` names another address (tests between network namespaces).
+fn listen_ip() -> String {
+    std::env::var("KVX_LISTEN_IP").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "127.0.0.1".into())
+}
+
+/// Whether `backend` can be loaded here; the reason when it cannot.
+pub fn backend_available(backend: u32) -> Result<(), String> {
+    let mut info: kvx_backend_info = unsafe { std::mem::zeroed() };
+    info.struct_size = std::mem::size_of::<kvx_backend_info>();
+    match unsafe { kvx_backend_info_get(backend, &mut info) } {
+        kvx_status::KVX_OK => Ok(()),
+        st => Err(format!("{st:?}: {}", last_error())),
+    }
+}
 
 /// The backend these tests run on: `TRTLLM_USE_*_KVCACHE`, as for any caller.
 pub fn backend_under_test() -> crate::core::select::kvx_backend {
@@ -56,13 +75,20 @@ impl Agent {
     }
 
     pub fn try_new(name: &str, listen: bool) -> Result<Agent, (kvx_status, String)> {
+        Self::try_new_on(AUTO, name, listen, 0)
+    }
+
+    /// An agent on a chosen backend; `timeout_ms` 0 keeps the default.
+    pub fn try_new_on(backend: u32, name: &str, listen: bool, timeout_ms: u64) -> Result<Agent, (kvx_status, String)> {
         let cname = CString::new(name).unwrap();
-        let ip = CString::new("127.0.0.1").unwrap();
+        let ip = CString::new(listen_ip()).unwrap();
         let mut cfg: kvx_agent_config = unsafe { std::mem::zeroed() };
         unsafe { ok(kvx_agent_config_init(&mut cfg)) };
         cfg.name = cname.as_ptr();
         cfg.listen_ip = ip.as_ptr();
         cfg.use_listen_thread = listen;
+        cfg.backend = backend;
+        cfg.timeout_ms = timeout_ms;
         let mut raw = std::ptr::null_mut();
         let st = unsafe { kvx_agent_create(&cfg, &mut raw) };
         if st != kvx_status::KVX_OK {
@@ -247,13 +273,23 @@ unsafe impl Sync for Conn {}
 
 impl Cm {
     pub fn new() -> Cm {
-        let ip = CString::new("127.0.0.1").unwrap();
+        Self::try_new_on(AUTO, 0).unwrap_or_else(|(s, e)| panic!("connection manager: {s:?} {e}"))
+    }
+
+    /// A manager on a chosen backend; `timeout_ms` 0 keeps the default.
+    pub fn try_new_on(backend: u32, timeout_ms: u64) -> Result<Cm, (kvx_status, String)> {
+        let ip = CString::new(listen_ip()).unwrap();
         let mut cfg: kvx_cm_config = unsafe { std::mem::zeroed() };
         unsafe { ok(kvx_cm_config_init(&mut cfg)) };
         cfg.listen_ip = ip.as_ptr();
+        cfg.backend = backend;
+        cfg.timeout_ms = timeout_ms;
         let mut raw = std::ptr::null_mut();
-        unsafe { ok(kvx_cm_create(&cfg, &mut raw)) };
-        Cm { raw }
+        let st = unsafe { kvx_cm_create(&cfg, &mut raw) };
+        if st != kvx_status::KVX_OK {
+            return Err((st, last_error()));
+        }
+        Ok(Cm { raw })
     }
     pub fn address(&self) -> String {
         let mut b = kvx_bytes::EMPTY;

@@ -126,7 +126,10 @@ pub unsafe fn optional_text(ptr: *const c_char, what: &str) -> Result<Option<Str
 /// `ptr` must point to at least `struct_size` readable bytes.
 pub unsafe fn read_versioned<T: Copy>(ptr: *const T, defaults: T) -> Result<T> {
     let size = *(ptr as *const usize);
-    if size < std::mem::size_of::<usize>() {
+    // This layout is the first published one, so nothing shorter is valid, and
+    // copying a prefix that ends inside a field would tear a pointer in two.
+    // Later versions append fields and keep this size as the floor.
+    if size < std::mem::size_of::<T>() {
         return Err(Error::invalid(format!("struct_size {size} is too small: call the _init function first")));
     }
     let mut out = defaults;
@@ -256,11 +259,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn truncated_struct_sizes_are_refused_not_torn() {
+        let name = std::ffi::CString::new("agent").unwrap();
+        let mut cfg = agent_config_defaults();
+        cfg.name = name.as_ptr();
+        for size in [0, 8, 12, 15, std::mem::size_of::<kvx_agent_config>() - 1] {
+            cfg.struct_size = size;
+            assert!(unsafe { read_versioned(&cfg, agent_config_defaults()) }.is_err(), "size {size}");
+        }
+        for size in [std::mem::size_of::<kvx_agent_config>(), std::mem::size_of::<kvx_agent_config>() + 64] {
+            cfg.struct_size = size;
+            let read = unsafe { read_versioned(&cfg, agent_config_defaults()) }.unwrap();
+            assert_eq!(read.name, name.as_ptr(), "size {size}");
+        }
+    }
+
+    #[test]
     fn params_parse_with_commas_in_values() {
         assert_eq!(
             parse_params("num_workers=2; ucx_devices=a,b ;bad;=x"),
             vec![("num_workers".into(), "2".into()), ("ucx_devices".into(), "a,b".into())]
         );
     }
-
 }

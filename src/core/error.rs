@@ -110,7 +110,10 @@ impl Error {
         Self::new(kvx_status::KVX_ERR_TIMEOUT, message)
     }
     pub fn system(context: &str, err: std::io::Error) -> Self {
+        // An unreachable host or network is a peer the caller cannot reach, not a local fault.
+        let unreachable = matches!(err.raw_os_error(), Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN));
         let status = match err.kind() {
+            _ if unreachable => kvx_status::KVX_ERR_PEER,
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => kvx_status::KVX_ERR_TIMEOUT,
             std::io::ErrorKind::ConnectionRefused
             | std::io::ErrorKind::ConnectionReset
@@ -135,3 +138,20 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_peers_are_peer_errors() {
+        for code in [libc::EHOSTUNREACH, libc::ENETUNREACH, libc::ECONNREFUSED, libc::ECONNRESET] {
+            let e = Error::system("connect", std::io::Error::from_raw_os_error(code));
+            assert_eq!(e.status, kvx_status::KVX_ERR_PEER, "errno {code}");
+        }
+        let e = Error::system("connect", std::io::Error::from_raw_os_error(libc::ETIMEDOUT));
+        assert_eq!(e.status, kvx_status::KVX_ERR_TIMEOUT);
+        let e = Error::system("open", std::io::Error::from_raw_os_error(libc::EMFILE));
+        assert_eq!(e.status, kvx_status::KVX_ERR_SYSTEM);
+    }
+}

@@ -525,7 +525,9 @@ impl TransferAgent for UcxAgent {
             post_notification(&worker, &remote, &self.core.name, message.to_vec(), &op);
         }
         worker.wake();
-        op.wait(Some(Instant::now() + self.core.timeout)).map(|_| ())
+        // A peer that failed or was invalidated meanwhile cancels the message:
+        // report why, as its transfers do, rather than UCX's bare cancel.
+        op.wait(Some(Instant::now() + self.core.timeout)).map(|_| ()).map_err(|e| remote.endpoint.state.check(name).err().unwrap_or(e))
     }
 
     fn take_notifications(&self) -> Result<Vec<(String, Vec<u8>)>> {

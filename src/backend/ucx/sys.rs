@@ -24,6 +24,7 @@ pub const UCS_OK: ucs_status_t = 0;
 pub const UCS_INPROGRESS: ucs_status_t = 1;
 pub const UCS_ERR_BUSY: ucs_status_t = -15;
 pub const UCS_ERR_CANCELED: ucs_status_t = -16;
+pub const UCS_ERR_SHMEM_SEGMENT: ucs_status_t = -17;
 pub const UCS_ERR_MESSAGE_TRUNCATED: ucs_status_t = -9;
 pub const UCS_ERR_NO_MEMORY: ucs_status_t = -4;
 pub const UCS_ERR_LAST: isize = -100;

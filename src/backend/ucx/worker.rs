@@ -370,6 +370,11 @@ impl Endpoint {
         if st != UCS_OK {
             // SAFETY: reclaim the reference UCX never took.
             unsafe { drop(Arc::from_raw(handler_arg)) };
+            // The address passed its checksum, so a shared-memory segment that
+            // cannot be attached belongs to a peer that has exited since.
+            if st == UCS_ERR_SHMEM_SEGMENT {
+                return Err(Error::peer(format!("cannot create endpoint to peer: its shared memory is gone (peer exited?): UCX {}", status_text(worker.ucx, st))));
+            }
             return Err(ucx_error(worker.ucx, "cannot create endpoint to peer (bad or foreign address?)", st));
         }
         worker.wake();

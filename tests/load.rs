@@ -1,0 +1,283 @@
+//! Load: many threads mixing transfers, notifications and connection calls
+//! on shared agents and managers, with every transferred byte checked.
+//!
+//! CI runs 16 threads x 1,000 operations. `scripts/stress/load.sh` runs
+//! 16 x 10,000 (`KVX_LOAD_OPS`) and the 10-minute soak (`KVX_LOAD_SECONDS`),
+//! which prints resident memory over time and fails if it keeps growing.
+
+mod common;
+use common::*;
+use kvxfer::core::memory::kvx_memory_desc;
+use kvxfer::kvx_status::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const THREADS: usize = 16;
+/// Each thread owns one slot of this size in every shared buffer.
+const SLOT: usize = 64 << 10;
+
+fn env_num(key: &str, default: u64) -> u64 {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Cheap deterministic content for (seed, length): every byte depends on both.
+fn fill(buf: &mut [u8], seed: u64) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for chunk in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    kvxfer::core::wire::checksum(bytes)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Sets the flag when dropped, also while unwinding.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    writes: AtomicU64,
+    reads: AtomicU64,
+    notifications: AtomicU64,
+    messages: AtomicU64,
+    connection_calls: AtomicU64,
+    registrations: AtomicU64,
+    bytes_checked: AtomicU64,
+}
+
+/// Slot `t` of a buffer we own as raw memory (peers write into it).
+struct Shared {
+    buf: Vec<u8>,
+}
+
+impl Shared {
+    fn new(len: usize) -> Shared {
+        Shared { buf: vec![0u8; len] }
+    }
+    fn slot(&self, t: usize) -> &mut [u8] {
+        // SAFETY of the test: thread t is the only one touching slot t, and
+        // transfers into it complete (wait) before the thread reads it.
+        unsafe { std::slice::from_raw_parts_mut(self.buf.as_ptr().add(t * SLOT) as *mut u8, SLOT) }
+    }
+    fn desc(&self, t: usize, off: usize, len: usize) -> [kvx_memory_desc; 1] {
+        [kvx_memory_desc { addr: self.buf.as_ptr() as u64 + (t * SLOT + off) as u64, len: len as u64, device_id: 0 }]
+    }
+}
+
+/// Run the mix: `ops` per thread, or until `seconds` have passed when non-zero.
+fn run_load(ops: u64, seconds: u64) {
+    let a = Agent::try_new_on(UCX, "load-a", true, 0).unwrap();
+    let b = Agent::try_new_on(UCX, "load-b", true, 0).unwrap();
+    let churn = Agent::try_new_on(UCX, "load-churn", true, 0).unwrap();
+    let (cm_a, cm_b) = (Cm::try_new_on(UCX, 0).unwrap(), Cm::try_new_on(UCX, 0).unwrap());
+    let (a_src, a_back, b_dst) = (Shared::new(THREADS * SLOT), Shared::new(THREADS * SLOT), Shared::new(THREADS * SLOT));
+    a.register(&[&a_src.buf, &a_back.buf]);
+    b.register(&[&b_dst.buf]);
+    churn.register(&[&[0u8; 4096][..]]);
+    ok(a.load_by_info("load-b", &b.conn_info()));
+    let churn_info = churn.conn_info();
+    let (addr_a, addr_b) = (cm_a.address(), cm_b.address());
+    let counts = Counts::default();
+    let stop = AtomicBool::new(false);
+    let deadline = (seconds > 0).then(|| Instant::now() + Duration::from_secs(seconds));
+    // Notifications that reached b, per sending thread: how many, and the last
+    // sequence number (each must exceed the one before: per-sender order).
+    let received: Mutex<HashMap<usize, (u64, Option<u64>)>> = Mutex::new(HashMap::new());
+    let rss: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+    let started = Instant::now();
+    // KVX_LOAD_MIX narrows the mix to some classes (to find what a soak's growth comes from).
+    let classes = std::env::var("KVX_LOAD_MIX").unwrap_or_else(|_| "transfer,notify,message,connect,register".into());
+    let has = |c: &str| classes.split(',').any(|x| x.trim() == c);
+    let mix = [
+        has("transfer"), has("transfer"), has("transfer"), has("notify"),
+        has("message"), has("connect"), has("connect"), has("register"),
+    ];
+    assert!(mix.iter().any(|&m| m), "KVX_LOAD_MIX={classes:?} selects nothing");
+    let mix = &mix;
+
+    std::thread::scope(|s| {
+        // A failing worker must not leave the drainer and sampler running forever.
+        let _stop_on_exit = StopOnDrop(&stop);
+        // Drain b's notifications while the load runs, checking each message's checksum.
+        s.spawn(|| loop {
+            let done = stop.load(Ordering::Acquire);
+            for (sender, msg) in b.notifications() {
+                assert_eq!(sender, "load-a");
+                let (body, sum) = msg.split_at(msg.len() - 8);
+                assert_eq!(fnv(body), u64::from_le_bytes(sum.try_into().unwrap()), "notification corrupted: {body:?}");
+                let mut w = body.split(|&c| c == b':').map(|f| std::str::from_utf8(f).unwrap_or(""));
+                let (t, i): (usize, u64) = (w.next().unwrap().parse().unwrap(), w.next().unwrap().parse().unwrap());
+                let mut r = received.lock().unwrap();
+                let (count, last) = r.entry(t).or_default();
+                assert!(last.map_or(true, |l| l < i), "thread {t}: notification {i} arrived after {last:?}");
+                *count += 1;
+                *last = Some(i);
+            }
+            // The churn agent is only a target: drop what it receives so it cannot pile up.
+            drop(churn.notifications());
+            if done {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        });
+        // Resident memory over time.
+        s.spawn(|| {
+            let every = Duration::from_secs(if seconds > 0 { 30 } else { 2 });
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Acquire) {
+                if Instant::now() >= next {
+                    let sample = (started.elapsed().as_secs(), rss_kib());
+                    if seconds > 0 {
+                        println!("rss t={}s {} KiB", sample.0, sample.1);
+                    }
+                    rss.lock().unwrap().push(sample);
+                    next += every;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (a, b, cm_a, cm_b) = (&a, &b, &cm_a, &cm_b);
+                let (a_src, a_back, b_dst, counts) = (&a_src, &a_back, &b_dst, &counts);
+                let (churn_info, addr_a, addr_b) = (&churn_info, &addr_a, &addr_b);
+                s.spawn(move || {
+                    let to_b = cm_a.connect(&[addr_b.clone()]).pop().unwrap();
+                    let to_a = cm_b.connect(&[addr_a.clone()]).pop().unwrap();
+                    let tag = t as u32;
+                    let mut i = 0u64;
+                    let mut rng = 0x1234_5678u64 ^ (t as u64) << 32;
+                    loop {
+                        if deadline.map_or(i >= ops, |d| Instant::now() >= d) {
+                            break;
+                        }
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let seed = (t as u64) << 40 | i;
+                        let class = rng % 8;
+                        if !mix[class as usize] {
+                            continue;
+                        }
+                        let len = 1 + (rng >> 8) as usize % SLOT;
+                        let off = (rng >> 32) as usize % (SLOT - len + 1);
+                        match class {
+                            // WRITE a -> b, READ it back into a, compare every byte.
+                            0..=2 => {
+                                fill(&mut a_src.slot(t)[off..off + len], seed);
+                                a.submit(WRITE, &a_src.desc(t, off, len), &b_dst.desc(t, off, len), "load-b", None).unwrap().expect_success();
+                                a.submit(READ, &a_back.desc(t, off, len), &b_dst.desc(t, off, len), "load-b", None).unwrap().expect_success();
+                                assert!(a_back.slot(t)[off..off + len] == a_src.slot(t)[off..off + len], "thread {t} op {i}: read back differs");
+                                assert!(b_dst.slot(t)[off..off + len] == a_src.slot(t)[off..off + len], "thread {t} op {i}: target differs");
+                                counts.writes.fetch_add(1, Ordering::Relaxed);
+                                counts.reads.fetch_add(1, Ordering::Relaxed);
+                                counts.bytes_checked.fetch_add(2 * len as u64, Ordering::Relaxed);
+                            }
+                            // A notification carrying its own checksum.
+                            3 => {
+                                let mut msg = format!("{t}:{i}:").into_bytes();
+                                msg.extend((0..(rng >> 40) % 200).map(|k| (k as u8) ^ (i as u8)));
+                                let sum = fnv(&msg);
+                                msg.extend_from_slice(&sum.to_le_bytes());
+                                ok(a.notify("load-b", &msg));
+                                counts.notifications.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // Tagged message a -> b over the connection managers.
+                            4 => {
+                                let n = 1 + len % 8192;
+                                let mut data = vec![0u8; n];
+                                fill(&mut data, seed);
+                                let mut got = vec![0u8; n];
+                                std::thread::scope(|s2| {
+                                    let recv = s2.spawn(|| to_a.recv(tag, &mut got, TIMEOUT_MS));
+                                    ok(to_b.send(tag, &data));
+                                    ok(recv.join().unwrap());
+                                });
+                                assert!(got == data, "thread {t} op {i}: message corrupted");
+                                counts.messages.fetch_add(1, Ordering::Relaxed);
+                                counts.bytes_checked.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                            // Connection calls on shared handles, racing other threads.
+                            5 | 6 => {
+                                assert_eq!(cm_a.connect(&[addr_b.clone()]).pop().unwrap().0, to_b.0, "cached connection changed");
+                                assert!(a.check("load-b", &b_dst.desc(t, off, len)));
+                                ok(a.load_by_info("load-b", &b.conn_info()));
+                                let st = if rng & (1 << 50) == 0 { a.load_by_info("load-churn", churn_info) } else { a.invalidate("load-churn") };
+                                assert!(st == KVX_OK || st == KVX_ERR_NOT_FOUND, "churn: {st:?} {}", last_error());
+                                let st = a.notify("load-churn", b"hi");
+                                assert!(st == KVX_OK || st == KVX_ERR_NOT_FOUND || st == KVX_ERR_PEER, "notify churn: {st:?} {}", last_error());
+                                let _ = a.desc();
+                                counts.connection_calls.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // Register a private buffer, transfer from it, deregister.
+                            _ => {
+                                let mut private = vec![0u8; len];
+                                fill(&mut private, seed);
+                                let d = a.register(&[&private]);
+                                a.submit(WRITE, &d, &b_dst.desc(t, off, len), "load-b", None).unwrap().expect_success();
+                                assert!(b_dst.slot(t)[off..off + len] == private[..], "thread {t} op {i}: private write differs");
+                                ok(a.deregister(&d));
+                                counts.registrations.fetch_add(1, Ordering::Relaxed);
+                                counts.bytes_checked.fetch_add(len as u64, Ordering::Relaxed);
+                            }
+                        }
+                        i += 1;
+                    }
+                    i
+                })
+            })
+            .collect();
+        let total: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        // Let the last notifications arrive before the drainer stops.
+        let expected = counts.notifications.load(Ordering::Relaxed) as usize;
+        let until = Instant::now() + Duration::from_secs(20);
+        while received.lock().unwrap().values().map(|r| r.0 as usize).sum::<usize>() < expected && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.store(true, Ordering::Release);
+        println!("{total} operations by {THREADS} threads in {:.1} s", started.elapsed().as_secs_f64());
+    });
+
+    let received = received.into_inner().unwrap();
+    let got: u64 = received.values().map(|r| r.0).sum();
+    assert_eq!(got, counts.notifications.load(Ordering::Relaxed), "notifications lost or duplicated");
+    let c = |x: &AtomicU64| x.load(Ordering::Relaxed);
+    println!(
+        "writes={} reads={} notifications={} messages={} connection_calls={} registrations={} bytes_checked={}",
+        c(&counts.writes), c(&counts.reads), c(&counts.notifications), c(&counts.messages),
+        c(&counts.connection_calls), c(&counts.registrations), c(&counts.bytes_checked)
+    );
+    let rss = rss.into_inner().unwrap();
+    if seconds > 0 && rss.len() >= 4 {
+        // Flat: the last samples may not exceed the first quarter's peak by more than 10%.
+        let settled = rss[rss.len() / 4..].to_vec();
+        let early = settled.iter().take(settled.len() / 2).map(|s| s.1).max().unwrap();
+        let late = settled.iter().skip(settled.len() / 2).map(|s| s.1).max().unwrap();
+        println!("rss early_peak={early} KiB late_peak={late} KiB");
+        assert!(late <= early + early / 10, "resident memory kept growing: {early} KiB -> {late} KiB");
+    }
+}
+
+#[test]
+fn sixteen_threads_mixed_operations_with_checksums() {
+    run_load(env_num("KVX_LOAD_OPS", 1_000), env_num("KVX_LOAD_SECONDS", 0));
+}
