@@ -708,12 +708,9 @@ fn backends() -> Vec<u32> {
 /// (reported to its owner; some happen only in some rounds). A listed scenario
 /// still runs on NIXL and its outcome is printed, but does not fail the test;
 /// every other scenario must pass on NIXL.
-const KNOWN_NIXL_GAPS: [(&str, &str); 5] = [
-    ("kill_mid_transfer", "a transfer submitted to a SIGKILLed peer fails with KVX_ERR_TRANSPORT (NIXL backend error), not KVX_ERR_PEER"),
-    ("kill_during_setup", "connection setups to a killed peer leave 2-4 descriptors open in the survivor after invalidate in about half the rounds"),
-    ("exited_peer_descriptor", "loading an exited peer's metadata is KVX_ERR_MALFORMED (NIXL backend error), not KVX_ERR_PEER"),
-    ("invalidate_racing_notify", "loading a live peer again right after invalidate times out"),
-    ("network_cut", "kvx_agent_notify to a peer cut off by the network returns KVX_OK after its transfers failed"),
+const KNOWN_NIXL_GAPS: [(&str, &str); 2] = [
+    ("kill_mid_transfer", "after SIGKILL + invalidate the survivor keeps 2 more descriptors than before it met the peer (sockets held inside NIXL 1.5.1; kvxfer has no handle on them)"),
+    ("kill_during_setup", "connection setups to a killed peer leave 2-4 descriptors open in the survivor after invalidate in about half the rounds (not seen in 4 rounds after the listener fix)"),
 ];
 
 /// Run a scenario as a separate survivor process (its own backend, UCX_TLS or network namespace).

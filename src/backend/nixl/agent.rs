@@ -25,6 +25,9 @@ struct RemoteAgent {
     /// The metadata it was loaded from, so reloading the same bytes is a no-op.
     metadata: Option<Vec<u8>>,
     pending: Vec<Weak<TransferShared>>,
+    /// Why the peer failed (a transfer to it failed or timed out): later calls
+    /// fail closed until it is invalidated and loaded again.
+    failed: Option<String>,
 }
 
 struct AgentCore {
@@ -79,10 +82,22 @@ impl AgentCore {
     }
 
     fn ensure_loaded(&self, name: &str) -> Result<()> {
-        if name == self.handle.name || self.remotes.lock().contains_key(name) {
+        if name == self.handle.name {
             return Ok(());
         }
-        Err(Error::not_found(format!("remote agent {name:?} is not loaded")))
+        match self.remotes.lock().get(name) {
+            None => Err(Error::not_found(format!("remote agent {name:?} is not loaded"))),
+            Some(RemoteAgent { failed: Some(why), .. }) => {
+                Err(Error::peer(format!("agent {name:?} failed earlier ({why}); invalidate and load it again")))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn mark_failed(&self, name: &str, why: &Error) {
+        if let Some(remote) = self.remotes.lock().get_mut(name) {
+            remote.failed.get_or_insert_with(|| why.message.clone());
+        }
     }
 
     fn forget(&self, name: &str, why: &str) {
@@ -96,7 +111,7 @@ impl AgentCore {
 
     /// Record a peer NIXL now knows.
     fn remember(&self, name: &str, metadata: Option<Vec<u8>>) {
-        self.remotes.lock().insert(name.to_owned(), RemoteAgent { metadata, pending: Vec::new() });
+        self.remotes.lock().insert(name.to_owned(), RemoteAgent { metadata, pending: Vec::new(), failed: None });
     }
 }
 
@@ -246,7 +261,7 @@ impl TransferAgent for NixlAgent {
         if name == self.core.handle.name {
             return Ok(()); // NIXL serves loop-back transfers without loading itself.
         }
-        let known = self.core.remotes.lock().get(name).map(|r| r.metadata.as_deref() == Some(descriptor));
+        let known = self.core.remotes.lock().get(name).map(|r| r.failed.is_none() && r.metadata.as_deref() == Some(descriptor));
         match known {
             Some(true) => return Ok(()),
             Some(false) => {
@@ -278,9 +293,15 @@ impl TransferAgent for NixlAgent {
 
     fn load_remote_by_connection_info(&self, name: &str, connection_info: &str, deadline: Option<Instant>) -> Result<()> {
         let addr = net::parse_connection_info(connection_info)?;
-        if self.core.remotes.lock().contains_key(name) {
-            // Already loaded; a restarted peer is picked up after `invalidate_remote`.
-            return Ok(());
+        let known = self.core.remotes.lock().get(name).map(|r| r.failed.is_none());
+        match known {
+            // Already loaded and healthy; a restarted peer is picked up after `invalidate_remote`.
+            Some(true) => return Ok(()),
+            Some(false) => {
+                self.core.forget(name, "failed and is loaded again");
+                let _ = self.core.handle.invalidate(name);
+            }
+            None => {}
         }
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.core.timeout);
         let handle = &self.core.handle;
@@ -343,6 +364,7 @@ impl TransferAgent for NixlAgent {
             outcome: Mutex::new(None),
             deadline: Instant::now() + core.timeout,
             counted: AtomicBool::new(true),
+            remote: req.remote_name.to_owned(),
             orphaned: AtomicBool::new(false),
         });
         core.active.fetch_add(1, Ordering::Relaxed);
@@ -398,6 +420,8 @@ struct TransferShared {
     deadline: Instant,
     /// Whether this transfer still counts in `AgentCore::active`.
     counted: AtomicBool,
+    /// The peer, failed closed when this transfer fails or times out.
+    remote: String,
     /// Its handle was destroyed: the poller releases it when it ends.
     orphaned: AtomicBool,
 }
@@ -409,6 +433,11 @@ unsafe impl Sync for TransferShared {}
 impl TransferShared {
     /// Record the first outcome; later ones are ignored.
     fn settle(&self, core: &AgentCore, outcome: Result<()>) {
+        if let Err(e) = &outcome {
+            if matches!(e.status, kvx_status::KVX_ERR_PEER | kvx_status::KVX_ERR_TIMEOUT) {
+                core.mark_failed(&self.remote, e);
+            }
+        }
         let mut slot = self.outcome.lock();
         if slot.is_none() {
             *slot = Some(outcome);

@@ -85,6 +85,15 @@ pub fn nixl_error(status: nixl_capi_status_t, what: &str) -> Error {
     Error::new(code, format!("{what}: NIXL returned {status} ({})", status_name(status)))
 }
 
+/// Requests are checked before NIXL sees them, so NIXL's transport failing one means the peer did.
+fn peer_if_backend(e: Error) -> Error {
+    if e.status == kvx_status::KVX_ERR_TRANSPORT {
+        Error::peer(e.message)
+    } else {
+        e
+    }
+}
+
 fn nixl_mem_type(t: kvx_memory_type) -> nixl_capi_mem_type_t {
     match t {
         kvx_memory_type::KVX_MEMORY_DRAM => NIXL_CAPI_MEM_DRAM,
@@ -134,7 +143,9 @@ impl NixlHandle {
         let cname = c_string(name, "agent name")?;
         let config = nixl_capi_agent_config_t {
             enable_prog_thread: options.progress_thread,
-            enable_listen_thread: options.listen_port.is_some(),
+            // NIXL fetches peers' metadata through its listener thread, so every agent
+            // runs one; without a port of ours it takes an unadvertised ephemeral one.
+            enable_listen_thread: true,
             listen_port: options.listen_port.unwrap_or(0) as i32,
             thread_sync: NIXL_CAPI_THREAD_SYNC_STRICT,
             num_workers: 1,
@@ -285,7 +296,12 @@ impl NixlHandle {
         let mut name = std::ptr::null_mut();
         // SAFETY: valid bytes; NIXL mallocs the returned name and we free it.
         let status = unsafe { (self.nixl.api.nixl_capi_load_remote_md)(self.agent, metadata.as_ptr() as *const c_void, metadata.len(), &mut name) };
-        check(status, "loading remote NIXL metadata").map_err(|e| Error::malformed(e.message))?;
+        // NIXL rejects bad bytes as invalid parameters; its transport failing to reach
+        // the peer the metadata names is a backend error.
+        check(status, "loading remote NIXL metadata").map_err(|e| match status {
+            NIXL_CAPI_ERROR_BACKEND => Error::peer(format!("{} (the peer it names could not be reached)", e.message)),
+            _ => Error::malformed(e.message),
+        })?;
         if name.is_null() {
             return Err(Error::malformed("NIXL loaded metadata without an agent name"));
         }
@@ -393,12 +409,12 @@ impl NixlHandle {
         let mut req = std::ptr::null_mut();
         // SAFETY: valid agent, lists, name and arguments.
         let status = unsafe { (api.nixl_capi_create_xfer_req)(self.agent, op, local_list.ptr, remote_list.ptr, cname.as_ptr(), &mut req, args.ptr) };
-        check(status, &format!("preparing a transfer with agent {remote_name:?}"))?;
+        check(status, &format!("preparing a transfer with agent {remote_name:?}")).map_err(peer_if_backend)?;
         // SAFETY: `req` was just created on this agent.
         let posted = unsafe { (api.nixl_capi_post_xfer_req)(self.agent, req, args.ptr) };
         if posted != NIXL_CAPI_SUCCESS && posted != NIXL_CAPI_IN_PROG {
             self.release(req);
-            return Err(nixl_error(posted, &format!("posting a transfer to agent {remote_name:?}")));
+            return Err(peer_if_backend(nixl_error(posted, &format!("posting a transfer to agent {remote_name:?}"))));
         }
         Ok((req, posted))
     }
