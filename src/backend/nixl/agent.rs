@@ -155,7 +155,9 @@ fn free_port(ip: std::net::IpAddr) -> Result<u16> {
 fn create_with_listener(settings: &AgentSettings) -> Result<(NixlHandle, String)> {
     let options = |port| NixlOptions::resolve(settings.progress_thread, settings.num_workers, &settings.backend_params, port);
     if !settings.use_listener {
-        return Ok((NixlHandle::create(&settings.name, &options(None))?, String::new()));
+        // NIXL fetches peers' metadata through its listener thread, so an agent that
+        // loads peers by connection info needs one: unadvertised, on an ephemeral port.
+        return Ok((NixlHandle::create(&settings.name, &options(Some(0)))?, String::new()));
     }
     let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_NIXL_INTERFACE")?;
     let attempts = if settings.listen_port != 0 { 1 } else { 5 };

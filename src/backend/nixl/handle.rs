@@ -15,6 +15,7 @@ use std::ffi::{c_void, CStr, CString};
 pub struct NixlOptions {
     pub plugin: String,
     pub progress_thread: bool,
+    /// Run NIXL's listener thread on this port (0 = ephemeral); None = no listener.
     pub listen_port: Option<u16>,
     pub params: BTreeMap<String, String>,
 }
@@ -143,9 +144,7 @@ impl NixlHandle {
         let cname = c_string(name, "agent name")?;
         let config = nixl_capi_agent_config_t {
             enable_prog_thread: options.progress_thread,
-            // NIXL fetches peers' metadata through its listener thread, so every agent
-            // runs one; without a port of ours it takes an unadvertised ephemeral one.
-            enable_listen_thread: true,
+            enable_listen_thread: options.listen_port.is_some(),
             listen_port: options.listen_port.unwrap_or(0) as i32,
             thread_sync: NIXL_CAPI_THREAD_SYNC_STRICT,
             num_workers: 1,
