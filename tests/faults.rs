@@ -709,7 +709,7 @@ fn backends() -> Vec<u32> {
 /// still runs on NIXL and its outcome is printed, but does not fail the test;
 /// every other scenario must pass on NIXL.
 const KNOWN_NIXL_GAPS: [(&str, &str); 2] = [
-    ("kill_mid_transfer", "after SIGKILL + invalidate the survivor keeps 2 more descriptors than before it met the peer (sockets held inside NIXL 1.5.1; kvxfer has no handle on them)"),
+    ("kill_mid_transfer", "after SIGKILL + invalidate the survivor keeps 2 more descriptors than before it met the peer: two CLOSE_WAIT sockets of NIXL 1.5.1's metadata listener protocol (the peer's accepted fetch and our fetch client) that NIXL never closes"),
     ("kill_during_setup", "connection setups to a killed peer leave 2-4 descriptors open in the survivor after invalidate in about half the rounds (not seen in 4 rounds after the listener fix)"),
 ];
 
