@@ -41,7 +41,7 @@ struct AgentCore {
     /// messages move even when nobody waits) and releases those whose
     /// handle was destroyed while they ran.
     inflight: Mutex<Vec<Arc<TransferShared>>>,
-    /// Transfers in flight, so the poller polls briskly only while they run.
+    /// How many transfers have no outcome yet, so the poller polls briskly only while some run.
     active: AtomicUsize,
     waker: Arc<Waker>,
 }
