@@ -16,7 +16,7 @@ use super::poller::{Poller, Waker};
 use parking_lot::Mutex;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,6 @@ struct AgentCore {
     /// messages move even when nobody waits) and releases those whose
     /// handle was destroyed while they ran.
     inflight: Mutex<Vec<Arc<TransferShared>>>,
-    /// How many transfers have no outcome yet, so the poller polls briskly only while some run.
-    active: AtomicUsize,
     waker: Arc<Waker>,
 }
 
@@ -109,6 +107,19 @@ impl AgentCore {
         }
     }
 
+    /// Forget a peer here and in NIXL; its transfers in flight fail.
+    fn drop_peer(&self, name: &str, why: &str) -> Result<()> {
+        self.forget(name, why);
+        self.handle.invalidate(name)
+    }
+
+    /// Connect now, so the first transfer does not pay for it (and a dead peer shows here).
+    fn connect_early(&self, name: &str) {
+        if let Err(e) = self.handle.make_connection(name) {
+            crate::log_at!(Debug, "NIXL agent {:?}: early connection to {name:?} not made: {e}", self.handle.name);
+        }
+    }
+
     /// Record a peer NIXL now knows.
     fn remember(&self, name: &str, metadata: Option<Vec<u8>>) {
         self.remotes.lock().insert(name.to_owned(), RemoteAgent { metadata, pending: Vec::new(), failed: None });
@@ -122,7 +133,8 @@ fn tick(core: &AgentCore) -> bool {
         false
     });
     core.drive_transfers();
-    got || core.active.load(Ordering::Relaxed) > 0
+    // Brisk while transfers run: what is left in flight after this round.
+    got || !core.inflight.lock().is_empty()
 }
 
 /// Every range must lie in one registration of the stated memory type.
@@ -216,7 +228,6 @@ impl TransferAgent for NixlAgent {
             remotes: Mutex::new(HashMap::new()),
             notifications: NotificationQueue::default(),
             inflight: Mutex::new(Vec::new()),
-            active: AtomicUsize::new(0),
             waker: Arc::new(Waker::default()),
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
@@ -268,8 +279,7 @@ impl TransferAgent for NixlAgent {
             Some(true) => return Ok(()),
             Some(false) => {
                 // New metadata for a known name (a restarted peer): NIXL must forget the old first.
-                self.core.forget(name, "was reloaded");
-                let _ = self.core.handle.invalidate(name);
+                let _ = self.core.drop_peer(name, "was reloaded");
             }
             None => {}
         }
@@ -286,10 +296,7 @@ impl TransferAgent for NixlAgent {
             return Err(Error::invalid(format!("descriptor belongs to agent {loaded:?}, not {name:?}")));
         }
         self.core.remember(name, Some(descriptor.to_vec()));
-        // Connect now, so the first transfer does not pay for it (and a dead peer shows here).
-        if let Err(e) = self.core.handle.make_connection(name) {
-            crate::log_at!(Debug, "NIXL agent {:?}: early connection to {name:?} not made: {e}", self.core.handle.name);
-        }
+        self.core.connect_early(name);
         Ok(())
     }
 
@@ -300,8 +307,7 @@ impl TransferAgent for NixlAgent {
             // Already loaded and healthy; a restarted peer is picked up after `invalidate_remote`.
             Some(true) => return Ok(()),
             Some(false) => {
-                self.core.forget(name, "failed and is loaded again");
-                let _ = self.core.handle.invalidate(name);
+                let _ = self.core.drop_peer(name, "failed and is loaded again");
             }
             None => {}
         }
@@ -319,9 +325,7 @@ impl TransferAgent for NixlAgent {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.core.remember(name, None);
-        if let Err(e) = handle.make_connection(name) {
-            crate::log_at!(Debug, "NIXL agent {:?}: early connection to {name:?} not made: {e}", handle.name);
-        }
+        self.core.connect_early(name);
         Ok(())
     }
 
@@ -329,8 +333,7 @@ impl TransferAgent for NixlAgent {
         if !self.core.remotes.lock().contains_key(name) {
             return Err(Error::not_found(format!("remote agent {name:?} is not loaded")));
         }
-        self.core.forget(name, "was invalidated");
-        self.core.handle.invalidate(name)
+        self.core.drop_peer(name, "was invalidated")
     }
 
     fn check_remote_descs(&self, name: &str, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<bool> {
@@ -365,11 +368,9 @@ impl TransferAgent for NixlAgent {
             request: Mutex::new(Some(request)),
             outcome: Mutex::new(None),
             deadline: Instant::now() + core.timeout,
-            counted: AtomicBool::new(true),
             remote: req.remote_name.to_owned(),
             orphaned: AtomicBool::new(false),
         });
-        core.active.fetch_add(1, Ordering::Relaxed);
         if posted == NIXL_CAPI_SUCCESS {
             shared.settle(core, Ok(()));
         } else {
@@ -420,8 +421,6 @@ struct TransferShared {
     request: Mutex<Option<nixl_capi_xfer_req_t>>,
     outcome: Mutex<Option<Result<()>>>,
     deadline: Instant,
-    /// Whether this transfer still counts in `AgentCore::active`.
-    counted: AtomicBool,
     /// The peer, failed closed when this transfer fails or times out.
     remote: String,
     /// Its handle was destroyed: the poller releases it when it ends.
@@ -433,20 +432,14 @@ unsafe impl Send for TransferShared {}
 unsafe impl Sync for TransferShared {}
 
 impl TransferShared {
-    /// Record the first outcome; later ones are ignored.
+    /// Record the first outcome; later ones are ignored (a peer or timeout failure still fails the peer closed).
     fn settle(&self, core: &AgentCore, outcome: Result<()>) {
         if let Err(e) = &outcome {
             if matches!(e.status, kvx_status::KVX_ERR_PEER | kvx_status::KVX_ERR_TIMEOUT) {
                 core.mark_failed(&self.remote, e);
             }
         }
-        let mut slot = self.outcome.lock();
-        if slot.is_none() {
-            *slot = Some(outcome);
-            if self.counted.swap(false, Ordering::AcqRel) {
-                core.active.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        self.outcome.lock().get_or_insert(outcome);
     }
 
     /// Fail a transfer still running: NIXL aborts it when released.
