@@ -89,14 +89,19 @@ fn one_backend_per_process_and_the_other_is_a_clear_error() {
     assert!(last_error().contains("already loaded its UCX"), "{}", last_error());
 }
 
-/// Run the demo's target with NIXL selected and `env` set; it must fail cleanly, saying `expected`.
-fn nixl_target_fails_with(env: &[(&str, &str)], expected: &str) {
+/// The demo's target with NIXL selected, as TensorRT-LLM selects it, and `env` set.
+fn nixl_target(env: &[(&str, &str)]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kvxfer-demo"));
     cmd.args(["target", "--size", "4096"]).env("TRTLLM_USE_NIXL_KVCACHE", "1").env_remove("TRTLLM_USE_UCX_KVCACHE");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
+    cmd
+}
+
+/// The NIXL target must fail cleanly, saying `expected`.
+fn nixl_target_fails_with(env: &[(&str, &str)], expected: &str) {
+    let out = nixl_target(env).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_ne!(out.status.code(), None, "killed by a signal (an abort?): {stderr}");
@@ -115,11 +120,7 @@ fn missing_nixl_library_or_plugin_is_a_clean_error() {
 #[test]
 fn libfabric_plugin_works_or_is_a_clean_error() {
     // The plugin ships in the wheel but needs libfabric on the host: either outcome is fine, an abort is not.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvxfer-demo"))
-        .args(["target", "--size", "4096"])
-        .env("TRTLLM_USE_NIXL_KVCACHE", "1")
-        .env_remove("TRTLLM_USE_UCX_KVCACHE")
-        .env("TRTLLM_NIXL_KVCACHE_BACKEND", "LIBFABRIC")
+    let mut child = nixl_target(&[("TRTLLM_NIXL_KVCACHE_BACKEND", "LIBFABRIC")])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
