@@ -7,6 +7,7 @@ pub mod completion;
 pub mod config;
 pub mod connections;
 pub mod control;
+pub mod descriptor_service;
 pub mod error;
 pub mod log;
 pub mod memory;

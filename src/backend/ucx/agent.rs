@@ -7,19 +7,18 @@ use super::ops::Op;
 use super::sys::*;
 use super::worker::{ucx_error, Endpoint, Worker, WorkerOwner};
 use crate::core::completion::Completion;
-use crate::core::control::{self, ControlHandler, ControlServer};
+use crate::core::control::ControlServer;
+use crate::core::descriptor_service::{self, DescribedAgent};
 use crate::core::error::{kvx_status, Error, Result};
 use crate::core::coalesce;
 use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionLookup, RegionMap, Registrations};
-use crate::core::net;
 use crate::core::notify::NotificationQueue;
 use crate::core::select::kvx_backend;
-use crate::core::wire::{self, AgentDescriptor, ControlMessage, RemoteRegion};
+use crate::core::wire::{self, AgentDescriptor, RemoteRegion};
 use crate::dispatch::{kvx_transfer_op, kvx_transfer_state, AgentSettings, Transfer, TransferAgent, TransferRequest};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -216,22 +215,12 @@ impl AgentCore {
     }
 }
 
-struct Listener(Weak<AgentCore>);
-
-impl ControlHandler for Listener {
-    fn handle(&self, request: ControlMessage, _from: SocketAddr) -> ControlMessage {
-        let Some(core) = self.0.upgrade() else {
-            return ControlMessage::Refused { reason: "agent is shutting down".into() };
-        };
-        match request {
-            ControlMessage::GetAgentDesc { expected_name } if expected_name == core.name => {
-                ControlMessage::AgentDesc { desc: core.descriptor().encode() }
-            }
-            ControlMessage::GetAgentDesc { expected_name } => ControlMessage::Refused {
-                reason: format!("this is agent {:?}, not {expected_name:?}", core.name),
-            },
-            _ => ControlMessage::Refused { reason: "unexpected request for a transfer agent".into() },
-        }
+impl DescribedAgent for AgentCore {
+    fn agent_name(&self) -> &str {
+        &self.name
+    }
+    fn describe(&self) -> Result<Vec<u8>> {
+        Ok(self.descriptor().encode())
     }
 }
 
@@ -399,13 +388,7 @@ impl TransferAgent for UcxAgent {
             remotes: RwLock::new(HashMap::new()),
             notifications,
         });
-        let listener = if settings.use_listener {
-            let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_NIXL_INTERFACE")?;
-            let port = settings.listen_port;
-            Some(ControlServer::start(ip, port, Arc::new(Listener(Arc::downgrade(&core))), "kvx-agent-listen")?)
-        } else {
-            None
-        };
+        let listener = descriptor_service::serve(settings, &core)?;
         Ok(UcxAgent { listener, core })
     }
 
@@ -447,7 +430,7 @@ impl TransferAgent for UcxAgent {
     }
 
     fn connection_info(&self) -> Result<String> {
-        Ok(self.listener.as_ref().map(|l| net::format_connection_info(&l.local_addr())).unwrap_or_default())
+        Ok(descriptor_service::connection_info(self.listener.as_ref()))
     }
 
     fn load_remote(&self, name: &str, descriptor: &[u8]) -> Result<()> {
@@ -455,14 +438,8 @@ impl TransferAgent for UcxAgent {
     }
 
     fn load_remote_by_connection_info(&self, name: &str, connection_info: &str, deadline: Option<Instant>) -> Result<()> {
-        let addr = net::parse_connection_info(connection_info)?;
         let timeout = deadline.map_or(self.core.timeout, |d| d.saturating_duration_since(Instant::now()));
-        let reply = control::request(addr, &ControlMessage::GetAgentDesc { expected_name: name.to_owned() }, timeout)
-            .map_err(|e| e.context(&format!("loading agent {name:?} from {connection_info}")))?;
-        match reply {
-            ControlMessage::AgentDesc { desc } => self.core.load(name, &desc),
-            other => Err(Error::malformed(format!("unexpected reply from {connection_info}: {other:?}"))),
-        }
+        self.core.load(name, &descriptor_service::fetch(name, connection_info, timeout)?)
     }
 
     fn invalidate_remote(&self, name: &str) -> Result<()> {
