@@ -1,6 +1,8 @@
 //! A kvxfer NIXL agent and an agent made directly with NIXL's C API load each
 //! other's metadata and move data both ways: kvxfer's descriptor is real NIXL
-//! metadata, so kvxfer talks to stock NIXL peers.
+//! metadata, so kvxfer talks to stock NIXL peers. With
+//! `KVX_NIXL_STOCK_PEERS=1` they also load each other by connection info,
+//! through NIXL's listener.
 
 mod common;
 use common::*;
@@ -24,11 +26,12 @@ fn wait_stock(stock: &NixlHandle, req: nixl_capi_xfer_req_t) {
 #[test]
 fn kvxfer_and_stock_nixl_agents_interoperate() {
     std::env::set_var("TRTLLM_USE_NIXL_KVCACHE", "1");
-    std::env::set_var("KVX_NIXL_ACCEPT_STOCK_METADATA", "1");
+    std::env::set_var("KVX_NIXL_STOCK_PEERS", "1");
     let ours = Agent::new("kvxfer-side");
 
-    // The stock side: NIXL's C API with its defaults, no kvxfer agent logic.
-    let stock = NixlHandle::create("stock-nixl", &NixlOptions::resolve(Some(true), 1, &[], None)).unwrap();
+    // The stock side: NIXL's C API with its defaults and its listener, no kvxfer agent logic.
+    let stock_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let stock = NixlHandle::create("stock-nixl", &NixlOptions::resolve(Some(true), 1, &[], Some(stock_port))).unwrap();
     let stock_buf = pattern(1 << 20, 3);
     let stock_desc = [kvx_memory_desc { addr: stock_buf.as_ptr() as u64, len: stock_buf.len() as u64, device_id: 0 }];
     stock.register(KVX_MEMORY_DRAM, &stock_desc, true).unwrap();
@@ -63,4 +66,20 @@ fn kvxfer_and_stock_nixl_agents_interoperate() {
     wait_stock(&stock, req);
     assert_eq!(ours.wait_notifications(1, 20_000), vec![("stock-nixl".to_string(), b"from stock".to_vec())]);
     assert!(back == fresh);
+
+    // Both forget each other, then load each other again by connection info.
+    ok(ours.invalidate("stock-nixl"));
+    stock.invalidate("kvxfer-side").unwrap();
+    ok(ours.load_by_info("stock-nixl", &format!("127.0.0.1:{stock_port}")));
+    assert!(ours.check("stock-nixl", &stock_desc));
+    let info = ours.conn_info();
+    let ours_port: u16 = info.rsplit(':').next().unwrap().parse().unwrap();
+    stock.fetch_metadata("kvxfer-side", "127.0.0.1", ours_port).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stock.check_remote("kvxfer-side", KVX_MEMORY_DRAM, &lb).unwrap() {
+        assert!(Instant::now() < deadline, "the stock agent could not fetch kvxfer's metadata from {info}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    ours.submit(READ, &lb, &stock_desc, "stock-nixl", None).unwrap().expect_success();
+    assert!(back == mine);
 }

@@ -307,7 +307,7 @@ pub fn open_nixl_metadata(bytes: &[u8], accept_stock: bool) -> Result<&[u8]> {
     if !accept_stock {
         return Err(Error::malformed(
             "NIXL metadata without kvxfer's checksum (truncated, or from a stock NIXL agent: \
-             set KVX_NIXL_ACCEPT_STOCK_METADATA=1 to load stock NIXL peers by descriptor)",
+             set KVX_NIXL_STOCK_PEERS=1 where peers may be stock NIXL agents)",
         ));
     }
     Ok(bytes)

@@ -1,11 +1,15 @@
-//! Transfer agent over NIXL. The agent descriptor is NIXL's own metadata,
-//! so kvxfer agents and stock NIXL agents load each other; connection info
-//! is NIXL's listener (`ip:port`). READ/WRITE are NIXL transfer requests with
-//! the sync message as NIXL's completion notification.
+//! Transfer agent over NIXL. The agent descriptor is NIXL's own metadata
+//! (sealed with a checksum trailer NIXL ignores), so kvxfer agents and stock
+//! NIXL agents load each other by descriptor. Connection info is kvxfer's
+//! control channel, or NIXL's own listener when peers may be stock NIXL
+//! agents (`KVX_NIXL_STOCK_PEERS=1`). READ/WRITE are NIXL transfer requests
+//! with the sync message as NIXL's completion notification.
 
 use super::handle::{NixlHandle, NixlOptions};
 use super::sys::*;
 use crate::core::coalesce::coalesce;
+use crate::core::control::ControlServer;
+use crate::core::descriptor_service::{self, DescribedAgent};
 use crate::core::error::{kvx_status, Error, Result};
 use crate::core::memory::{kvx_memory_desc, kvx_memory_type, Registrations};
 use crate::core::net;
@@ -33,7 +37,6 @@ struct RemoteAgent {
 struct AgentCore {
     handle: NixlHandle,
     timeout: Duration,
-    connection_info: String,
     local: Mutex<Registrations<()>>,
     remotes: Mutex<HashMap<String, RemoteAgent>>,
     notifications: NotificationQueue,
@@ -44,10 +47,37 @@ struct AgentCore {
     waker: Arc<Waker>,
 }
 
+/// Where peers fetch this agent's metadata from: its connection info.
+enum MetadataListener {
+    /// kvxfer's control channel (the default): each load is one short-lived
+    /// request, so a peer that dies leaves no socket behind. None: no listener asked for.
+    Control(Option<ControlServer>),
+    /// NIXL's own listener thread, so stock NIXL agents (TensorRT-LLM's among
+    /// them) can load this agent by connection info and be loaded by it. NIXL
+    /// 1.5.1 leaves two CLOSE_WAIT sockets behind for each peer that dies.
+    Nixl { connection_info: String },
+}
+
 pub struct NixlAgent {
-    // Field order is drop order: the poller stops before the core goes.
+    // Field order is drop order: stop serving metadata, then the poller, then the core.
+    listener: MetadataListener,
     poller: Option<Poller>,
     core: Arc<AgentCore>,
+}
+
+/// `KVX_NIXL_STOCK_PEERS=1`: peers may be stock NIXL agents. Their unsealed
+/// metadata is accepted, and connection info goes through NIXL's listener.
+fn stock_peers() -> bool {
+    std::env::var("KVX_NIXL_STOCK_PEERS").is_ok_and(|v| v == "1")
+}
+
+impl DescribedAgent for AgentCore {
+    fn agent_name(&self) -> &str {
+        &self.handle.name
+    }
+    fn describe(&self) -> Result<Vec<u8>> {
+        Ok(wire::seal_nixl_metadata(self.handle.local_metadata()?))
+    }
 }
 
 impl AgentCore {
@@ -162,9 +192,10 @@ fn free_port(ip: std::net::IpAddr) -> Result<u16> {
     Ok(probe.local_addr().map_err(|e| Error::system("choosing a listener port", e))?.port())
 }
 
-/// The NIXL agent and its connection info. A port picked for NIXL can be
-/// taken by someone else before NIXL binds it; then try another.
-fn create_with_listener(settings: &AgentSettings) -> Result<(NixlHandle, String)> {
+/// A NIXL agent serving its metadata on NIXL's listener, and its connection
+/// info. A port picked for NIXL can be taken by someone else before NIXL binds
+/// it; then try another.
+fn create_with_nixl_listener(settings: &AgentSettings) -> Result<(NixlHandle, String)> {
     let options = |port| NixlOptions::resolve(settings.progress_thread, settings.num_workers, &settings.backend_params, port);
     if !settings.use_listener {
         // NIXL fetches peers' metadata through its listener thread, so an agent that
@@ -219,11 +250,16 @@ impl TransferAgent for NixlAgent {
     type Transfer = NixlTransfer;
 
     fn create(settings: &AgentSettings) -> Result<Self> {
-        let (handle, connection_info) = create_with_listener(settings)?;
+        let (handle, nixl_listener) = if stock_peers() {
+            let (handle, connection_info) = create_with_nixl_listener(settings)?;
+            (handle, Some(connection_info))
+        } else {
+            let options = NixlOptions::resolve(settings.progress_thread, settings.num_workers, &settings.backend_params, None);
+            (NixlHandle::create(&settings.name, &options)?, None)
+        };
         let core = Arc::new(AgentCore {
             handle,
             timeout: Duration::from_millis(settings.timeout_ms),
-            connection_info,
             local: Mutex::new(Registrations::default()),
             remotes: Mutex::new(HashMap::new()),
             notifications: NotificationQueue::default(),
@@ -231,7 +267,11 @@ impl TransferAgent for NixlAgent {
             waker: Arc::new(Waker::default()),
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
-        Ok(NixlAgent { poller: Some(poller), core })
+        let listener = match nixl_listener {
+            Some(connection_info) => MetadataListener::Nixl { connection_info },
+            None => MetadataListener::Control(descriptor_service::serve(settings, &core)?),
+        };
+        Ok(NixlAgent { listener, poller: Some(poller), core })
     }
 
     fn timeout_ms(&self) -> u64 {
@@ -263,11 +303,14 @@ impl TransferAgent for NixlAgent {
     }
 
     fn local_descriptor(&self) -> Result<Vec<u8>> {
-        Ok(wire::seal_nixl_metadata(self.core.handle.local_metadata()?))
+        self.core.describe()
     }
 
     fn connection_info(&self) -> Result<String> {
-        Ok(self.core.connection_info.clone())
+        Ok(match &self.listener {
+            MetadataListener::Control(server) => descriptor_service::connection_info(server.as_ref()),
+            MetadataListener::Nixl { connection_info } => connection_info.clone(),
+        })
     }
 
     fn load_remote(&self, name: &str, descriptor: &[u8]) -> Result<()> {
@@ -283,8 +326,7 @@ impl TransferAgent for NixlAgent {
             }
             None => {}
         }
-        let accept_stock = std::env::var("KVX_NIXL_ACCEPT_STOCK_METADATA").is_ok_and(|v| v == "1");
-        let metadata = wire::open_nixl_metadata(descriptor, accept_stock)?;
+        let metadata = wire::open_nixl_metadata(descriptor, stock_peers())?;
         let loaded = self.core.handle.load_metadata(metadata).inspect_err(|_| {
             // A half-loaded peer blocks later loads of the same name in NIXL: clear it.
             let _ = self.core.handle.invalidate(name);
@@ -303,15 +345,18 @@ impl TransferAgent for NixlAgent {
     fn load_remote_by_connection_info(&self, name: &str, connection_info: &str, deadline: Option<Instant>) -> Result<()> {
         let addr = net::parse_connection_info(connection_info)?;
         let known = self.core.remotes.lock().get(name).map(|r| r.failed.is_none());
-        match known {
-            // Already loaded and healthy; a restarted peer is picked up after `invalidate_remote`.
-            Some(true) => return Ok(()),
-            Some(false) => {
-                let _ = self.core.drop_peer(name, "failed and is loaded again");
-            }
-            None => {}
+        // Already loaded and healthy; a restarted peer is picked up after `invalidate_remote`.
+        if known == Some(true) {
+            return Ok(());
         }
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.core.timeout);
+        if let MetadataListener::Control(_) = self.listener {
+            // `load_remote` replaces a failed peer of that name.
+            return self.load_remote(name, &descriptor_service::fetch(name, connection_info, deadline.saturating_duration_since(Instant::now()))?);
+        }
+        if known == Some(false) {
+            let _ = self.core.drop_peer(name, "failed and is loaded again");
+        }
         let handle = &self.core.handle;
         handle.fetch_metadata(name, &addr.ip().to_string(), addr.port())?;
         // NIXL loads the answer on its listener thread: poll until it is usable, as TensorRT-LLM does.
