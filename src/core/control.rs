@@ -116,6 +116,16 @@ pub fn request(addr: SocketAddr, message: &ControlMessage, timeout: Duration) ->
     Ok(reply)
 }
 
+/// How long a liveness probe waits for the TCP handshake.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// True only when the control listener at `addr` is certainly gone: its host
+/// refuses the connection (the process exited or closed its listener). A
+/// stopped, busy or unreachable peer is not gone; calls on it end at their timeout.
+pub fn listener_gone(addr: SocketAddr) -> bool {
+    matches!(TcpStream::connect_timeout(&addr, PROBE_TIMEOUT), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
 fn remaining(deadline: Instant) -> Result<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
@@ -194,6 +204,18 @@ mod tests {
         assert!(reply.is_ok());
         assert!(started.elapsed() < Duration::from_secs(2));
         drop(idle);
+    }
+
+    #[test]
+    fn a_closed_listener_is_gone_a_silent_one_is_not() {
+        let server = ControlServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, Arc::new(Echo), "test-ctl").unwrap();
+        let addr = server.local_addr();
+        assert!(!listener_gone(addr));
+        drop(server);
+        assert!(listener_gone(addr));
+        // Accepted by the kernel but never served (as a stopped process's listener is): not gone.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(!listener_gone(silent.local_addr().unwrap()));
     }
 
     #[test]

@@ -31,6 +31,8 @@ const HEADER_LEN: usize = 4 + 1 + 4 + 4;
 pub const MAX_MESSAGE: usize = 256 << 20;
 /// The poller stays brisk this long after a send, so NIXL can finish it.
 const SEND_GRACE: Duration = Duration::from_millis(20);
+/// How often a waiting receive asks whether its peer's process still exists.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 fn encode_message(conn_id: u32, tag: u32, data: &[u8]) -> Vec<u8> {
     let mut w = Writer { bytes: Vec::with_capacity(HEADER_LEN + data.len()) };
@@ -71,6 +73,10 @@ pub struct NixlConnection {
     peer_id: u32,
     peer_name: String,
     peer_address: String,
+    /// The peer manager's control listener, probed while a receive waits:
+    /// NIXL notifications have no keepalive that would report the peer's death.
+    peer_listener: Option<SocketAddr>,
+    last_probe: Mutex<Instant>,
     core: Weak<CmCore>,
     timeout: Duration,
     failure: Mutex<Option<String>>,
@@ -138,6 +144,8 @@ impl CmCore {
             local_id,
             peer_id,
             peer_name,
+            peer_listener: net::parse_connection_info(&peer_address).ok(),
+            last_probe: Mutex::new(Instant::now()),
             peer_address,
             core: Arc::downgrade(self),
             timeout: self.timeout,
@@ -149,11 +157,11 @@ impl CmCore {
         Ok(conn)
     }
 
-    /// Take the first message `accept` wants, waiting until `deadline` while `alive` holds.
+    /// Take the first message `accept` wants, waiting until `deadline` while `alive` holds
+    /// (checked only while waiting: a message already here is taken at once).
     fn take(&self, deadline: Option<Instant>, alive: impl Fn() -> Result<()>, mut accept: impl FnMut(&Message) -> bool) -> Result<Message> {
-        let mut mailbox = self.mailbox.lock();
         loop {
-            alive()?;
+            let mut mailbox = self.mailbox.lock();
             let mut found = None;
             for (i, m) in mailbox.messages.iter().enumerate() {
                 if accept(m) {
@@ -173,6 +181,9 @@ impl CmCore {
                 return Err(Error::timeout("no message arrived in time"));
             }
             self.arrived.wait_until(&mut mailbox, until);
+            drop(mailbox);
+            // Outside the lock: a liveness check may wait on the network.
+            alive()?;
         }
     }
 }
@@ -322,6 +333,23 @@ impl NixlConnection {
             None => Ok(()),
         }
     }
+
+    /// Fail the connection once its peer's process is certainly gone (checked every `PROBE_INTERVAL`).
+    fn probe_peer(&self) -> Result<()> {
+        let Some(listener) = self.peer_listener else { return Ok(()) };
+        {
+            let mut last = self.last_probe.lock();
+            if last.elapsed() < PROBE_INTERVAL {
+                return Ok(());
+            }
+            *last = Instant::now();
+        }
+        if control::listener_gone(listener) {
+            self.failure.lock().get_or_insert_with(|| format!("its manager's listener {listener} refuses connections (the peer is gone)"));
+            return self.check_alive();
+        }
+        Ok(())
+    }
 }
 
 impl Connection for NixlConnection {
@@ -356,7 +384,8 @@ impl Connection for NixlConnection {
     fn recv(&self, tag: u32, data: &mut [u8], deadline: Option<Instant>) -> Result<()> {
         self.check_alive()?;
         let core = self.core()?;
-        let message = core.take(deadline, || self.check_alive(), |m| m.conn_id == self.local_id && m.tag == tag && m.sender == self.peer_name);
+        let alive = || self.check_alive().and_then(|()| self.probe_peer());
+        let message = core.take(deadline, alive, |m| m.conn_id == self.local_id && m.tag == tag && m.sender == self.peer_name);
         let message = message.map_err(|e| {
             if e.status == kvx_status::KVX_ERR_TIMEOUT {
                 Error::timeout(format!("recv from {} (tag {tag}) timed out", self.peer_address))
