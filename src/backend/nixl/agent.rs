@@ -19,7 +19,7 @@ use crate::dispatch::{kvx_transfer_op, kvx_transfer_state, AgentSettings, Transf
 use super::poller::{Poller, Waker};
 use parking_lot::Mutex;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -39,6 +39,7 @@ struct AgentCore {
     timeout: Duration,
     local: Mutex<Registrations<()>>,
     remotes: Mutex<HashMap<String, RemoteAgent>>,
+    unreachable: Mutex<UnreachableMetadata>,
     notifications: NotificationQueue,
     /// Transfers in flight. The poller drives them (so data and sync
     /// messages move even when nobody waits) and releases those whose
@@ -167,6 +168,45 @@ fn tick(core: &AgentCore) -> bool {
     got || !core.inflight.lock().is_empty()
 }
 
+/// Metadata whose agent could not be reached when it was loaded. NIXL 1.5.1
+/// keeps one socket for every such load, so a descriptor retried within
+/// `UNREACHABLE_FOR` is refused here instead of handed to NIXL again (a
+/// restarted peer publishes new metadata; one that was only cut off for a
+/// moment can be loaded by descriptor again after that, and by connection
+/// info at once, since the fetch shows it is alive).
+#[derive(Default)]
+struct UnreachableMetadata {
+    recent: VecDeque<(u64, Instant)>,
+}
+
+const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
+const MAX_UNREACHABLE_REMEMBERED: usize = 1024;
+
+impl UnreachableMetadata {
+    fn fingerprint(metadata: &[u8]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        metadata.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn forget_old(&mut self) {
+        while self.recent.front().is_some_and(|(_, at)| at.elapsed() >= UNREACHABLE_FOR) || self.recent.len() > MAX_UNREACHABLE_REMEMBERED {
+            self.recent.pop_front();
+        }
+    }
+
+    fn contains(&mut self, fingerprint: u64) -> bool {
+        self.forget_old();
+        self.recent.iter().any(|(f, _)| *f == fingerprint)
+    }
+
+    fn record(&mut self, fingerprint: u64) {
+        self.recent.push_back((fingerprint, Instant::now()));
+        self.forget_old();
+    }
+}
+
 /// Every range must lie in one registration of the stated memory type.
 fn check_registered(regions: &Registrations<()>, side: &str, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<()> {
     for (i, d) in descs.iter().enumerate() {
@@ -217,6 +257,46 @@ fn create_with_nixl_listener(settings: &AgentSettings) -> Result<(NixlHandle, St
 }
 
 impl NixlAgent {
+    /// Load a peer's (sealed) metadata. `just_fetched`: it came from the peer's
+    /// listener a moment ago, so the peer was alive and the metadata is current.
+    fn load_descriptor(&self, name: &str, descriptor: &[u8], just_fetched: bool) -> Result<()> {
+        if name == self.core.handle.name {
+            return Ok(()); // NIXL serves loop-back transfers without loading itself.
+        }
+        let known = self.core.remotes.lock().get(name).map(|r| r.failed.is_none() && r.metadata.as_deref() == Some(descriptor));
+        match known {
+            Some(true) => return Ok(()),
+            Some(false) => {
+                // New metadata for a known name (a restarted peer): NIXL must forget the old first.
+                let _ = self.core.drop_peer(name, "was reloaded");
+            }
+            None => {}
+        }
+        let metadata = wire::open_nixl_metadata(descriptor, stock_peers())?;
+        let fingerprint = UnreachableMetadata::fingerprint(metadata);
+        if !just_fetched && self.core.unreachable.lock().contains(fingerprint) {
+            return Err(Error::peer(format!(
+                "agent {name:?} could not be reached with this metadata before; load its current metadata (a restarted peer publishes new metadata)"
+            )));
+        }
+        let loaded = self.core.handle.load_metadata(metadata).inspect_err(|e| {
+            // A half-loaded peer blocks later loads of the same name in NIXL: clear it.
+            let _ = self.core.handle.invalidate(name);
+            if e.status == kvx_status::KVX_ERR_PEER {
+                self.core.unreachable.lock().record(fingerprint);
+            }
+        })?;
+        if loaded != name {
+            if !self.core.remotes.lock().contains_key(&loaded) {
+                let _ = self.core.handle.invalidate(&loaded);
+            }
+            return Err(Error::invalid(format!("descriptor belongs to agent {loaded:?}, not {name:?}")));
+        }
+        self.core.remember(name, Some(descriptor.to_vec()));
+        self.core.connect_early(name);
+        Ok(())
+    }
+
     /// Both lists lie in registered memory of the request's types, or the error says which rule broke.
     fn validate(&self, req: &TransferRequest<'_>, local: &[kvx_memory_desc], remote: &[kvx_memory_desc], is_self: bool) -> Result<()> {
         {
@@ -262,6 +342,7 @@ impl TransferAgent for NixlAgent {
             timeout: Duration::from_millis(settings.timeout_ms),
             local: Mutex::new(Registrations::default()),
             remotes: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(UnreachableMetadata::default()),
             notifications: NotificationQueue::default(),
             inflight: Mutex::new(Vec::new()),
             waker: Arc::new(Waker::default()),
@@ -314,32 +395,7 @@ impl TransferAgent for NixlAgent {
     }
 
     fn load_remote(&self, name: &str, descriptor: &[u8]) -> Result<()> {
-        if name == self.core.handle.name {
-            return Ok(()); // NIXL serves loop-back transfers without loading itself.
-        }
-        let known = self.core.remotes.lock().get(name).map(|r| r.failed.is_none() && r.metadata.as_deref() == Some(descriptor));
-        match known {
-            Some(true) => return Ok(()),
-            Some(false) => {
-                // New metadata for a known name (a restarted peer): NIXL must forget the old first.
-                let _ = self.core.drop_peer(name, "was reloaded");
-            }
-            None => {}
-        }
-        let metadata = wire::open_nixl_metadata(descriptor, stock_peers())?;
-        let loaded = self.core.handle.load_metadata(metadata).inspect_err(|_| {
-            // A half-loaded peer blocks later loads of the same name in NIXL: clear it.
-            let _ = self.core.handle.invalidate(name);
-        })?;
-        if loaded != name {
-            if !self.core.remotes.lock().contains_key(&loaded) {
-                let _ = self.core.handle.invalidate(&loaded);
-            }
-            return Err(Error::invalid(format!("descriptor belongs to agent {loaded:?}, not {name:?}")));
-        }
-        self.core.remember(name, Some(descriptor.to_vec()));
-        self.core.connect_early(name);
-        Ok(())
+        self.load_descriptor(name, descriptor, false)
     }
 
     fn load_remote_by_connection_info(&self, name: &str, connection_info: &str, deadline: Option<Instant>) -> Result<()> {
@@ -351,8 +407,8 @@ impl TransferAgent for NixlAgent {
         }
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.core.timeout);
         if let MetadataListener::Control(_) = self.listener {
-            // `load_remote` replaces a failed peer of that name.
-            return self.load_remote(name, &descriptor_service::fetch(name, connection_info, deadline.saturating_duration_since(Instant::now()))?);
+            let descriptor = descriptor_service::fetch(name, connection_info, deadline.saturating_duration_since(Instant::now()))?;
+            return self.load_descriptor(name, &descriptor, true);
         }
         if known == Some(false) {
             let _ = self.core.drop_peer(name, "failed and is loaded again");
@@ -583,5 +639,26 @@ impl Drop for NixlTransfer {
         // the poller releases the NIXL request then.
         self.shared.orphaned.store(true, Ordering::Release);
         self.shared.finish_if_settled(&self.core);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_metadata_is_remembered_per_content_and_bounded() {
+        let mut memo = UnreachableMetadata::default();
+        let dead = UnreachableMetadata::fingerprint(b"metadata of a dead peer");
+        let restarted = UnreachableMetadata::fingerprint(b"metadata of its restart");
+        assert!(!memo.contains(dead));
+        memo.record(dead);
+        assert!(memo.contains(dead));
+        assert!(!memo.contains(restarted));
+        for i in 0..2 * MAX_UNREACHABLE_REMEMBERED as u64 {
+            memo.record(i);
+        }
+        assert_eq!(memo.recent.len(), MAX_UNREACHABLE_REMEMBERED);
+        assert!(!memo.contains(dead), "the oldest entries go first");
     }
 }
