@@ -11,6 +11,7 @@ cargo test --no-fail-fast
 TRTLLM_USE_NIXL_KVCACHE=1 cargo test --no-fail-fast --test agent_basic --test connection_manager --test two_process --test c_abi --test coalesced_transfers
 .ci/cmake_suite.sh
 # Reliability (README, "Failure model"): bounded fuzzing under libFuzzer + ASan,
-# the C++ suite under ASan and UBSan, the C programs under valgrind.
+# the C++ suite under ASan and UBSan, the C programs under valgrind, the
+# pure-Rust code under Miri.
 SECONDS_PER_TARGET=20 fuzz/run.sh
-STEPS="asan ubsan valgrind" scripts/stress/sanitizers.sh
+STEPS="asan ubsan valgrind miri" scripts/stress/sanitizers.sh
