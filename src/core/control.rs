@@ -91,6 +91,11 @@ fn serve_one(mut stream: TcpStream, handler: &dyn ControlHandler) -> Result<()> 
     let from = stream.peer_addr().map_err(|e| Error::system("peer address", e))?;
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + SERVER_IO_TIMEOUT;
+    // A client that closes without a word is a liveness probe (`listener_gone`): nothing to answer.
+    stream.set_read_timeout(Some(SERVER_IO_TIMEOUT)).map_err(|e| Error::system("socket", e))?;
+    if matches!(stream.peek(&mut [0u8; 1]), Ok(0)) {
+        return Ok(());
+    }
     let request = match read_frame(&mut stream, deadline).and_then(|b| ControlMessage::decode(&b)) {
         Ok(r) => r,
         Err(e) => {
