@@ -269,18 +269,35 @@ pub fn checksum(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// Integrity trailer kvxfer appends to NIXL metadata: magic, the metadata's
-/// length and its checksum. NIXL ignores bytes after its metadata, so stock
-/// NIXL agents load sealed metadata unchanged.
-const NIXL_TRAILER_MAGIC: &[u8; 4] = b"kvxN";
-const NIXL_TRAILER_LEN: usize = 4 + 8 + 8;
+/// What kvxfer appends to NIXL metadata: the agent's listener address (its
+/// connection info, so a loader can see whether the agent still lives before
+/// handing the metadata to NIXL), then a trailer of magic, both lengths and a
+/// checksum over metadata and address. NIXL ignores bytes after its metadata,
+/// so stock NIXL agents load sealed metadata unchanged.
+const NIXL_TRAILER_MAGIC: &[u8; 4] = b"kvxL";
+const NIXL_TRAILER_LEN: usize = 4 + 8 + 2 + 8;
 /// Every NIXL metadata blob starts with this serializer header.
 const NIXL_METADATA_HEADER: &[u8] = b"nixlSerDes|";
 
-pub fn seal_nixl_metadata(mut metadata: Vec<u8>) -> Vec<u8> {
-    let (len, sum) = (metadata.len() as u64, checksum(&metadata));
+/// NIXL metadata as kvxfer received it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OpenedNixlMetadata<'a> {
+    /// What NIXL loads.
+    pub metadata: &'a [u8],
+    /// The agent's listener (`ip:port`); None for stock NIXL metadata or an agent without one.
+    pub listener: Option<&'a str>,
+}
+
+/// Seal `metadata` with the agent's `listener` address (empty: none). Addresses
+/// longer than `u16::MAX` bytes cannot occur (`ip:port`) and are left out.
+pub fn seal_nixl_metadata(mut metadata: Vec<u8>, listener: &str) -> Vec<u8> {
+    let listener = if listener.len() <= u16::MAX as usize { listener.as_bytes() } else { &[] };
+    let metadata_len = metadata.len() as u64;
+    metadata.extend_from_slice(listener);
+    let sum = checksum(&metadata);
     metadata.extend_from_slice(NIXL_TRAILER_MAGIC);
-    metadata.extend_from_slice(&len.to_le_bytes());
+    metadata.extend_from_slice(&metadata_len.to_le_bytes());
+    metadata.extend_from_slice(&(listener.len() as u16).to_le_bytes());
     metadata.extend_from_slice(&sum.to_le_bytes());
     metadata
 }
@@ -289,16 +306,20 @@ pub fn seal_nixl_metadata(mut metadata: Vec<u8>) -> Vec<u8> {
 /// from a stock NIXL agent (no trailer) is refused unless `accept_stock`:
 /// then only a framing check is possible and NIXL's own parser is the judge
 /// (NIXL 1.5.1 leaves a peer name unloadable after some malformed blobs).
-pub fn open_nixl_metadata(bytes: &[u8], accept_stock: bool) -> Result<&[u8]> {
+pub fn open_nixl_metadata(bytes: &[u8], accept_stock: bool) -> Result<OpenedNixlMetadata<'_>> {
     if bytes.len() >= NIXL_TRAILER_LEN {
-        let (body, trailer) = bytes.split_at(bytes.len() - NIXL_TRAILER_LEN);
+        let (sealed, trailer) = bytes.split_at(bytes.len() - NIXL_TRAILER_LEN);
         if &trailer[..4] == NIXL_TRAILER_MAGIC {
-            let len = u64::from_le_bytes(trailer[4..12].try_into().expect("8 bytes"));
-            let sum = u64::from_le_bytes(trailer[12..20].try_into().expect("8 bytes"));
-            if len != body.len() as u64 || sum != checksum(body) {
+            let mut r = Reader::new(&trailer[4..]);
+            let metadata_len = r.u64("metadata length")?;
+            let listener_len = r.u16("listener length")? as u64;
+            let sum = r.u64("checksum")?;
+            if metadata_len.checked_add(listener_len) != Some(sealed.len() as u64) || sum != checksum(sealed) {
                 return Err(Error::malformed("NIXL metadata is corrupted (kvxfer checksum mismatch)"));
             }
-            return Ok(body);
+            let (metadata, listener) = sealed.split_at(metadata_len as usize);
+            let listener = std::str::from_utf8(listener).map_err(|_| Error::malformed("NIXL metadata names a listener that is not text"))?;
+            return Ok(OpenedNixlMetadata { metadata, listener: (!listener.is_empty()).then_some(listener) });
         }
     }
     if !bytes.starts_with(NIXL_METADATA_HEADER) || bytes.last() != Some(&b'|') {
@@ -310,7 +331,7 @@ pub fn open_nixl_metadata(bytes: &[u8], accept_stock: bool) -> Result<&[u8]> {
              set KVX_NIXL_STOCK_PEERS=1 where peers may be stock NIXL agents)",
         ));
     }
-    Ok(bytes)
+    Ok(OpenedNixlMetadata { metadata: bytes, listener: None })
 }
 
 /// Control-channel messages (TCP, one request and one reply per connection).
@@ -499,15 +520,19 @@ mod tests {
     #[test]
     fn nixl_metadata_seal_round_trips_and_catches_damage() {
         let md = b"nixlSerDes|Agent\x01\0\0\0\0\0\0\0a|".to_vec();
-        let sealed = seal_nixl_metadata(md.clone());
-        assert_eq!(open_nixl_metadata(&sealed, false).unwrap(), &md[..]);
-        assert_eq!(open_nixl_metadata(&md, true).unwrap(), &md[..], "stock NIXL metadata passes when allowed");
-        assert!(open_nixl_metadata(&md, false).is_err(), "and only then");
-        for i in 0..sealed.len() {
-            let mut bad = sealed.clone();
-            bad[i] ^= 0x20;
-            assert!(open_nixl_metadata(&bad, true).is_err(), "flip at {i}");
+        for listener in ["10.0.0.7:4242", ""] {
+            let sealed = seal_nixl_metadata(md.clone(), listener);
+            let opened = open_nixl_metadata(&sealed, false).unwrap();
+            assert_eq!(opened, OpenedNixlMetadata { metadata: &md[..], listener: (!listener.is_empty()).then_some(listener) });
+            for i in 0..sealed.len() {
+                let mut bad = sealed.clone();
+                bad[i] ^= 0x20;
+                assert!(open_nixl_metadata(&bad, true).is_err(), "flip at {i}");
+            }
         }
+        let stock = open_nixl_metadata(&md, true).unwrap();
+        assert_eq!(stock, OpenedNixlMetadata { metadata: &md[..], listener: None }, "stock NIXL metadata passes when allowed");
+        assert!(open_nixl_metadata(&md, false).is_err(), "and only then");
         // Framing catches cuts that do not end on a field boundary; NIXL judges the rest.
         for cut in (0..md.len() - 1).filter(|&c| c == 0 || md[c - 1] != b'|') {
             assert!(open_nixl_metadata(&md[..cut], true).is_err(), "cut at {cut}");

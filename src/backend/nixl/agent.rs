@@ -8,7 +8,7 @@
 use super::handle::{NixlHandle, NixlOptions};
 use super::sys::*;
 use crate::core::coalesce::coalesce;
-use crate::core::control::ControlServer;
+use crate::core::control::{self, ControlServer};
 use crate::core::descriptor_service::{self, DescribedAgent};
 use crate::core::error::{kvx_status, Error, Result};
 use crate::core::memory::{kvx_memory_desc, kvx_memory_type, Registrations};
@@ -17,6 +17,7 @@ use crate::core::notify::NotificationQueue;
 use crate::core::wire;
 use crate::dispatch::{kvx_transfer_op, kvx_transfer_state, AgentSettings, Transfer, TransferAgent, TransferRequest};
 use super::poller::{Poller, Waker};
+use once_cell::sync::OnceCell;
 use parking_lot::Mutex;
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -40,6 +41,9 @@ struct AgentCore {
     local: Mutex<Registrations<()>>,
     remotes: Mutex<HashMap<String, RemoteAgent>>,
     unreachable: Mutex<UnreachableMetadata>,
+    /// Where peers fetch this agent's metadata (empty: nowhere), sealed into
+    /// the metadata too; set once the listener is up.
+    connection_info: OnceCell<String>,
     notifications: NotificationQueue,
     /// Transfers in flight. The poller drives them (so data and sync
     /// messages move even when nobody waits) and releases those whose
@@ -48,20 +52,16 @@ struct AgentCore {
     waker: Arc<Waker>,
 }
 
-/// Where peers fetch this agent's metadata from: its connection info.
-enum MetadataListener {
-    /// kvxfer's control channel (the default): each load is one short-lived
-    /// request, so a peer that dies leaves no socket behind. None: no listener asked for.
-    Control(Option<ControlServer>),
-    /// NIXL's own listener thread, so stock NIXL agents (TensorRT-LLM's among
-    /// them) can load this agent by connection info and be loaded by it. NIXL
-    /// 1.5.1 leaves two CLOSE_WAIT sockets behind for each peer that dies.
-    Nixl { connection_info: String },
-}
-
 pub struct NixlAgent {
     // Field order is drop order: stop serving metadata, then the poller, then the core.
-    listener: MetadataListener,
+    /// kvxfer's control channel serving this agent's metadata (the default):
+    /// each load is one short-lived request, so a peer that dies leaves no
+    /// socket behind. None when none was asked for, or NIXL's listener serves.
+    _metadata_server: Option<ControlServer>,
+    /// NIXL's own listener serves and fetches metadata, so stock NIXL agents
+    /// (TensorRT-LLM's among them) and this one load each other by connection
+    /// info. NIXL 1.5.1 leaves two CLOSE_WAIT sockets behind for each peer that dies.
+    nixl_listener: bool,
     poller: Option<Poller>,
     core: Arc<AgentCore>,
 }
@@ -77,7 +77,7 @@ impl DescribedAgent for AgentCore {
         &self.handle.name
     }
     fn describe(&self) -> Result<Vec<u8>> {
-        Ok(wire::seal_nixl_metadata(self.handle.local_metadata()?))
+        Ok(wire::seal_nixl_metadata(self.handle.local_metadata()?, self.connection_info.get().map_or("", String::as_str)))
     }
 }
 
@@ -272,12 +272,20 @@ impl NixlAgent {
             }
             None => {}
         }
-        let metadata = wire::open_nixl_metadata(descriptor, stock_peers())?;
-        let fingerprint = UnreachableMetadata::fingerprint(metadata);
+        let opened = wire::open_nixl_metadata(descriptor, stock_peers())?;
+        let (metadata, fingerprint) = (opened.metadata, UnreachableMetadata::fingerprint(opened.metadata));
         if !just_fetched && self.core.unreachable.lock().contains(fingerprint) {
             return Err(Error::peer(format!(
                 "agent {name:?} could not be reached with this metadata before; load its current metadata (a restarted peer publishes new metadata)"
             )));
+        }
+        // Loading an exited agent's metadata costs a socket inside NIXL: ask its
+        // listener first (also right after a fetch, which the agent may not have outlived).
+        if let Some(listener) = opened.listener.and_then(|l| net::parse_connection_info(l).ok()) {
+            if control::listener_gone(listener) {
+                self.core.unreachable.lock().record(fingerprint);
+                return Err(Error::peer(format!("agent {name:?} has exited: its listener {listener} refuses connections")));
+            }
         }
         let loaded = self.core.handle.load_metadata(metadata).inspect_err(|e| {
             // A half-loaded peer blocks later loads of the same name in NIXL: clear it.
@@ -343,16 +351,22 @@ impl TransferAgent for NixlAgent {
             local: Mutex::new(Registrations::default()),
             remotes: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(UnreachableMetadata::default()),
+            connection_info: OnceCell::new(),
             notifications: NotificationQueue::default(),
             inflight: Mutex::new(Vec::new()),
             waker: Arc::new(Waker::default()),
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
-        let listener = match nixl_listener {
-            Some(connection_info) => MetadataListener::Nixl { connection_info },
-            None => MetadataListener::Control(descriptor_service::serve(settings, &core)?),
+        let (metadata_server, connection_info) = match &nixl_listener {
+            Some(connection_info) => (None, connection_info.clone()),
+            None => {
+                let server = descriptor_service::serve(settings, &core)?;
+                let connection_info = descriptor_service::connection_info(server.as_ref());
+                (server, connection_info)
+            }
         };
-        Ok(NixlAgent { listener, poller: Some(poller), core })
+        core.connection_info.set(connection_info).expect("set once, here");
+        Ok(NixlAgent { _metadata_server: metadata_server, nixl_listener: nixl_listener.is_some(), poller: Some(poller), core })
     }
 
     fn timeout_ms(&self) -> u64 {
@@ -388,10 +402,7 @@ impl TransferAgent for NixlAgent {
     }
 
     fn connection_info(&self) -> Result<String> {
-        Ok(match &self.listener {
-            MetadataListener::Control(server) => descriptor_service::connection_info(server.as_ref()),
-            MetadataListener::Nixl { connection_info } => connection_info.clone(),
-        })
+        Ok(self.core.connection_info.get().cloned().unwrap_or_default())
     }
 
     fn load_remote(&self, name: &str, descriptor: &[u8]) -> Result<()> {
@@ -406,7 +417,7 @@ impl TransferAgent for NixlAgent {
             return Ok(());
         }
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.core.timeout);
-        if let MetadataListener::Control(_) = self.listener {
+        if !self.nixl_listener {
             let descriptor = descriptor_service::fetch(name, connection_info, deadline.saturating_duration_since(Instant::now()))?;
             return self.load_descriptor(name, &descriptor, true);
         }
