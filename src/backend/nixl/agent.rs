@@ -1,5 +1,5 @@
 //! Transfer agent over NIXL. The agent descriptor is NIXL's own metadata
-//! (sealed with a checksum trailer NIXL ignores), so kvxfer agents and stock
+//! (sealed with the agent's listener and a checksum, which NIXL ignores), so kvxfer agents and stock
 //! NIXL agents load each other by descriptor. Connection info is kvxfer's
 //! control channel, or NIXL's own listener when peers may be stock NIXL
 //! agents (`KVX_NIXL_STOCK_PEERS=1`). READ/WRITE are NIXL transfer requests
