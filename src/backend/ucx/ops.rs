@@ -111,7 +111,7 @@ impl Op {
     /// then reports UCS_ERR_CANCELED.
     pub fn cancel_locked(&self) {
         let req = self.request.load(Ordering::Acquire);
-        if !req.is_null() && !self.done.is_done() {
+        if !req.is_null() && !self.done.is_done() && !self.worker.is_released() {
             // SAFETY: the request is live: its callback (which clears it) has not run, and we hold the lock.
             unsafe { (self.worker.api().ucp_request_cancel)(self.worker.handle, req) };
         }

@@ -37,6 +37,8 @@ pub struct Worker {
     /// Operations in flight; the progress thread polls faster while nonzero.
     pub busy: AtomicUsize,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// UCX's worker and context are destroyed: every later UCX call on them is skipped.
+    released: AtomicBool,
 }
 
 // SAFETY: the raw UCX handles are only used under `lock` (SERIALIZED mode).
@@ -135,6 +137,7 @@ impl Worker {
                 stop: AtomicBool::new(false),
                 busy: AtomicUsize::new(0),
                 thread: Mutex::new(None),
+                released: AtomicBool::new(false),
             });
             let w = worker.clone();
             let thread = std::thread::Builder::new()
@@ -172,13 +175,36 @@ impl Worker {
 
     /// Wake the progress thread (thread-safe without the lock).
     pub fn wake(&self) {
-        // SAFETY: ucp_worker_signal may be called from any thread.
-        unsafe { (self.api().ucp_worker_signal)(self.handle) };
+        // Released only when the owner is dropped, which no call may race (documented).
+        if !self.is_released() {
+            // SAFETY: ucp_worker_signal may be called from any thread.
+            unsafe { (self.api().ucp_worker_signal)(self.handle) };
+        }
+    }
+
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// Destroy UCX's worker and context now (once). Operations UCX never
+    /// completed are abandoned with it; their callbacks will not run.
+    fn release_ucx(&self) {
+        let _g = self.lock.lock();
+        if !self.released.swap(true, Ordering::AcqRel) {
+            // SAFETY: under the lock, once; every later UCX call checks `released`.
+            unsafe {
+                (self.api().ucp_worker_destroy)(self.handle);
+                (self.api().ucp_cleanup)(self.context);
+            }
+        }
     }
 
     /// Progress until idle and run deferred jobs. Caller holds the lock.
     fn progress_locked(&self) {
         loop {
+            if self.is_released() {
+                return;
+            }
             // SAFETY: the caller holds the worker lock.
             let mut events = 0;
             while unsafe { (self.api().ucp_worker_progress)(self.handle) } != 0 {
@@ -234,6 +260,9 @@ impl Worker {
 
     /// Close an endpoint: flush politely for a moment, then force it.
     pub fn close_endpoint(&self, ep: ucp_ep_h, force: bool) {
+        if self.is_released() {
+            return; // destroyed with the worker
+        }
         let api = self.api();
         let mut param: ucp_request_param_t = zeroed();
         param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
@@ -282,16 +311,34 @@ impl std::ops::Deref for WorkerOwner {
 impl Drop for WorkerOwner {
     fn drop(&mut self) {
         self.0.stop_progress();
+        // Operations still in UCX hold the worker through their callbacks' references:
+        // progress until UCX has completed (or cancelled) them, so the worker can go.
+        // Deferred work holds references too: progress (which runs it) at least once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            {
+                let _g = self.0.lock();
+                self.0.progress_locked();
+            }
+            let settled = self.0.busy.load(Ordering::Acquire) == 0 && self.0.deferred.lock().is_empty();
+            if settled || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let left = self.0.busy.load(Ordering::Acquire);
+        if left > 0 {
+            // UCX 1.22 can leave a flush to a peer that died unfinished forever, even after the
+            // endpoint is closed; waiting for it would keep the worker (and its sockets) for good.
+            crate::log_at!(Info, "UCX worker destroyed with {left} operation(s) UCX never completed");
+            self.0.release_ucx();
+        }
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // SAFETY: last reference: no other thread can use the handles.
-        unsafe {
-            (self.api().ucp_worker_destroy)(self.handle);
-            (self.api().ucp_cleanup)(self.context);
-        }
+        self.release_ucx();
     }
 }
 
