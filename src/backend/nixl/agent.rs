@@ -615,7 +615,12 @@ impl Transfer for NixlTransfer {
         let started = Instant::now();
         loop {
             self.shared.poll(&self.core);
-            let state = self.shared.state();
+            let mut state = self.shared.state();
+            if state == kvx_transfer_state::KVX_TRANSFER_IN_PROGRESS && Instant::now() >= limit {
+                // Past the limit: one more look, which at the transfer's own deadline also fails it.
+                self.shared.poll(&self.core);
+                state = self.shared.state();
+            }
             if state != kvx_transfer_state::KVX_TRANSFER_IN_PROGRESS || Instant::now() >= limit {
                 if state != kvx_transfer_state::KVX_TRANSFER_IN_PROGRESS {
                     self.shared.finish_if_settled(&self.core);

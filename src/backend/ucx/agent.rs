@@ -60,6 +60,9 @@ impl Drop for RemoteAgent {
     fn drop(&mut self) {
         let worker = self.endpoint.worker.clone();
         let _g = worker.lock();
+        if worker.is_released() {
+            return; // the keys went with the worker
+        }
         for (_, key) in self.regions.drain() {
             // SAFETY: the key was unpacked on this endpoint; no operation uses it any more.
             unsafe { (worker.api().ucp_rkey_destroy)(key.rkey) };
@@ -307,6 +310,7 @@ impl UcxAgent {
                 Posted::Pending(r) => unsafe { (api.ucp_request_free)(r) },
                 Posted::Failed(st) => {
                     let e = ucx_error(worker.ucx, "posting transfer", st);
+                    fail_closed(remote, &e);
                     shared.done.complete(Err(e.clone()));
                     return Ok(UcxTransfer { shared, worker: worker.clone() });
                 }
@@ -330,6 +334,9 @@ impl UcxAgent {
                 post_notification(w, &remote_for_sync, &sender, message, &note);
             }
             (outcome, _) => {
+                if let Err(e) = &outcome {
+                    fail_closed(&remote_for_sync, e);
+                }
                 after.done.complete(outcome.map(|_| ()));
             }
         });
@@ -340,6 +347,15 @@ impl UcxAgent {
         drop(_g);
         worker.wake();
         Ok(UcxTransfer { shared, worker })
+    }
+}
+
+/// A transfer that failed because of its peer fails the peer closed, even
+/// before UCX reports the endpoint: later calls are refused, not posted to an
+/// endpoint UCX may never complete anything on.
+fn fail_closed(remote: &RemoteAgent, error: &Error) {
+    if error.status == kvx_status::KVX_ERR_PEER {
+        remote.endpoint.state.fail(format!("a transfer to this peer failed: {error}"));
     }
 }
 
@@ -592,7 +608,13 @@ impl UcxTransfer {
     /// Past its deadline a transfer fails closed: the peer's endpoint is
     /// marked failed so nothing more from it is trusted.
     fn expire_if_late(&self) {
-        if Instant::now() >= self.shared.deadline && !self.shared.done.is_done() {
+        if Instant::now() >= self.shared.deadline {
+            self.expire();
+        }
+    }
+
+    fn expire(&self) {
+        if !self.shared.done.is_done() {
             let won = self.shared.done.complete(Err(Error::timeout("transfer did not complete within the agent's timeout")));
             if won {
                 if let Some(remote) = self.shared.remote.lock().as_ref() {
@@ -614,7 +636,13 @@ impl Transfer for UcxTransfer {
         let limit = deadline.map_or(self.shared.deadline, |d| d.min(self.shared.deadline));
         let outcome = self.shared.done.wait(Some(limit), || self.worker.pump());
         if outcome.is_none() {
-            self.expire_if_late();
+            // A wait bounded by the transfer's own deadline ends it, even if the
+            // timed wait returned a hair early.
+            if limit >= self.shared.deadline {
+                self.expire();
+            } else {
+                self.expire_if_late();
+            }
         }
         match self.shared.done.peek() {
             None => kvx_transfer_state::KVX_TRANSFER_IN_PROGRESS,
