@@ -608,13 +608,7 @@ impl UcxTransfer {
     /// Past its deadline a transfer fails closed: the peer's endpoint is
     /// marked failed so nothing more from it is trusted.
     fn expire_if_late(&self) {
-        if Instant::now() >= self.shared.deadline {
-            self.expire();
-        }
-    }
-
-    fn expire(&self) {
-        if !self.shared.done.is_done() {
+        if Instant::now() >= self.shared.deadline && !self.shared.done.is_done() {
             let won = self.shared.done.complete(Err(Error::timeout("transfer did not complete within the agent's timeout")));
             if won {
                 if let Some(remote) = self.shared.remote.lock().as_ref() {
@@ -636,13 +630,8 @@ impl Transfer for UcxTransfer {
         let limit = deadline.map_or(self.shared.deadline, |d| d.min(self.shared.deadline));
         let outcome = self.shared.done.wait(Some(limit), || self.worker.pump());
         if outcome.is_none() {
-            // A wait bounded by the transfer's own deadline ends it, even if the
-            // timed wait returned a hair early.
-            if limit >= self.shared.deadline {
-                self.expire();
-            } else {
-                self.expire_if_late();
-            }
+            // The timed wait ends only at `limit`: when that is the transfer's deadline, this expires it.
+            self.expire_if_late();
         }
         match self.shared.done.peek() {
             None => kvx_transfer_state::KVX_TRANSFER_IN_PROGRESS,
