@@ -8,7 +8,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
-for pkg in cmake g++ pkg-config libgtest-dev binutils valgrind iproute2; do
+for pkg in cmake g++ pkg-config libgtest-dev binutils valgrind iproute2 clang-format; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then

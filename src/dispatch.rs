@@ -95,7 +95,12 @@ pub trait TransferAgent: Send + Sync + Sized + 'static {
     fn local_descriptor(&self) -> Result<Vec<u8>>;
     fn connection_info(&self) -> Result<String>;
     fn load_remote(&self, name: &str, descriptor: &[u8]) -> Result<()>;
-    fn load_remote_by_connection_info(&self, name: &str, connection_info: &str, deadline: Option<Instant>) -> Result<()>;
+    fn load_remote_by_connection_info(
+        &self,
+        name: &str,
+        connection_info: &str,
+        deadline: Option<Instant>,
+    ) -> Result<()>;
     fn invalidate_remote(&self, name: &str) -> Result<()>;
     fn check_remote_descs(&self, name: &str, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<bool>;
     fn submit(&self, request: &TransferRequest<'_>) -> Result<Self::Transfer>;
@@ -142,17 +147,46 @@ pub struct kvx_backend_table {
 
     pub agent_create: unsafe extern "C" fn(config: *const kvx_agent_config, out: *mut *mut c_void) -> kvx_status,
     pub agent_destroy: unsafe extern "C" fn(agent: *mut c_void),
-    pub agent_register_memory: unsafe extern "C" fn(agent: *mut c_void, mem_type: u32, descs: *const kvx_memory_desc, count: usize) -> kvx_status,
-    pub agent_deregister_memory: unsafe extern "C" fn(agent: *mut c_void, mem_type: u32, descs: *const kvx_memory_desc, count: usize) -> kvx_status,
+    pub agent_register_memory: unsafe extern "C" fn(
+        agent: *mut c_void,
+        mem_type: u32,
+        descs: *const kvx_memory_desc,
+        count: usize,
+    ) -> kvx_status,
+    pub agent_deregister_memory: unsafe extern "C" fn(
+        agent: *mut c_void,
+        mem_type: u32,
+        descs: *const kvx_memory_desc,
+        count: usize,
+    ) -> kvx_status,
     pub agent_local_descriptor: unsafe extern "C" fn(agent: *mut c_void, out: *mut kvx_bytes) -> kvx_status,
     pub agent_connection_info: unsafe extern "C" fn(agent: *mut c_void, out: *mut kvx_bytes) -> kvx_status,
-    pub agent_load_remote: unsafe extern "C" fn(agent: *mut c_void, name: *const c_char, desc: *const u8, len: usize) -> kvx_status,
-    pub agent_load_remote_by_connection_info: unsafe extern "C" fn(agent: *mut c_void, name: *const c_char, info: *const c_char, timeout_ms: i64) -> kvx_status,
+    pub agent_load_remote:
+        unsafe extern "C" fn(agent: *mut c_void, name: *const c_char, desc: *const u8, len: usize) -> kvx_status,
+    pub agent_load_remote_by_connection_info: unsafe extern "C" fn(
+        agent: *mut c_void,
+        name: *const c_char,
+        info: *const c_char,
+        timeout_ms: i64,
+    ) -> kvx_status,
     pub agent_invalidate_remote: unsafe extern "C" fn(agent: *mut c_void, name: *const c_char) -> kvx_status,
-    pub agent_check_remote_descs: unsafe extern "C" fn(agent: *mut c_void, name: *const c_char, mem_type: u32, descs: *const kvx_memory_desc, count: usize, out: *mut bool) -> kvx_status,
-    pub agent_submit: unsafe extern "C" fn(agent: *mut c_void, request: *const kvx_transfer_request, out: *mut *mut c_void) -> kvx_status,
-    pub agent_notify: unsafe extern "C" fn(agent: *mut c_void, name: *const c_char, msg: *const u8, len: usize) -> kvx_status,
-    pub agent_take_notifications: unsafe extern "C" fn(agent: *mut c_void, out: *mut *mut kvx_notification_list) -> kvx_status,
+    pub agent_check_remote_descs: unsafe extern "C" fn(
+        agent: *mut c_void,
+        name: *const c_char,
+        mem_type: u32,
+        descs: *const kvx_memory_desc,
+        count: usize,
+        out: *mut bool,
+    ) -> kvx_status,
+    pub agent_submit: unsafe extern "C" fn(
+        agent: *mut c_void,
+        request: *const kvx_transfer_request,
+        out: *mut *mut c_void,
+    ) -> kvx_status,
+    pub agent_notify:
+        unsafe extern "C" fn(agent: *mut c_void, name: *const c_char, msg: *const u8, len: usize) -> kvx_status,
+    pub agent_take_notifications:
+        unsafe extern "C" fn(agent: *mut c_void, out: *mut *mut kvx_notification_list) -> kvx_status,
 
     pub xfer_destroy: unsafe extern "C" fn(xfer: *mut c_void),
     pub xfer_is_completed: unsafe extern "C" fn(xfer: *mut c_void) -> bool,
@@ -163,13 +197,28 @@ pub struct kvx_backend_table {
     pub cm_create: unsafe extern "C" fn(config: *const kvx_cm_config, out: *mut *mut c_void) -> kvx_status,
     pub cm_destroy: unsafe extern "C" fn(cm: *mut c_void),
     pub cm_local_address: unsafe extern "C" fn(cm: *mut c_void, out: *mut kvx_bytes) -> kvx_status,
-    pub cm_get_connections: unsafe extern "C" fn(cm: *mut c_void, addrs: *const *const c_char, count: usize, timeout_ms: i64, out: *mut *const c_void) -> kvx_status,
-    pub cm_recv_connect: unsafe extern "C" fn(cm: *mut c_void, tag: u32, data: *mut u8, len: usize, timeout_ms: i64, out: *mut *const c_void) -> kvx_status,
+    pub cm_get_connections: unsafe extern "C" fn(
+        cm: *mut c_void,
+        addrs: *const *const c_char,
+        count: usize,
+        timeout_ms: i64,
+        out: *mut *const c_void,
+    ) -> kvx_status,
+    pub cm_recv_connect: unsafe extern "C" fn(
+        cm: *mut c_void,
+        tag: u32,
+        data: *mut u8,
+        len: usize,
+        timeout_ms: i64,
+        out: *mut *const c_void,
+    ) -> kvx_status,
     pub cm_is_running: unsafe extern "C" fn(cm: *mut c_void) -> bool,
     pub cm_shutdown: unsafe extern "C" fn(cm: *mut c_void),
 
-    pub conn_send: unsafe extern "C" fn(conn: *const c_void, tag: u32, data: *const u8, len: usize, timeout_ms: i64) -> kvx_status,
-    pub conn_recv: unsafe extern "C" fn(conn: *const c_void, tag: u32, data: *mut u8, len: usize, timeout_ms: i64) -> kvx_status,
+    pub conn_send:
+        unsafe extern "C" fn(conn: *const c_void, tag: u32, data: *const u8, len: usize, timeout_ms: i64) -> kvx_status,
+    pub conn_recv:
+        unsafe extern "C" fn(conn: *const c_void, tag: u32, data: *mut u8, len: usize, timeout_ms: i64) -> kvx_status,
     pub conn_peer_address: unsafe extern "C" fn(conn: *const c_void, out: *mut kvx_bytes),
 }
 
@@ -189,7 +238,11 @@ pub fn report<T>(result: Result<T>, out: impl FnOnce(T)) -> kvx_status {
 /// # Safety
 /// `ptr` must point to `len` valid elements when `len > 0`.
 pub unsafe fn slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
-    if len == 0 || ptr.is_null() { &[] } else { std::slice::from_raw_parts(ptr, len) }
+    if len == 0 || ptr.is_null() {
+        &[]
+    } else {
+        std::slice::from_raw_parts(ptr, len)
+    }
 }
 
 /// Mutable counterpart of `slice`.
@@ -197,7 +250,11 @@ pub unsafe fn slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
 /// # Safety
 /// `ptr` must point to `len` valid, writable elements when `len > 0`.
 pub unsafe fn slice_mut<'a, T>(ptr: *mut T, len: usize) -> &'a mut [T] {
-    if len == 0 || ptr.is_null() { &mut [] } else { std::slice::from_raw_parts_mut(ptr, len) }
+    if len == 0 || ptr.is_null() {
+        &mut []
+    } else {
+        std::slice::from_raw_parts_mut(ptr, len)
+    }
 }
 
 /// Generate a backend's table from its agent type (implementing
@@ -217,16 +274,34 @@ macro_rules! backend_table {
         type C = <$cm as ConnectionManager>::Connection;
 
         unsafe extern "C" fn agent_create(c: *const kvx_agent_config, out: *mut *mut c_void) -> kvx_status {
-            report(cfg::agent_settings(&*c).and_then(|s| A::create(&s)), |a| *out = Box::into_raw(Box::new(a)) as *mut c_void)
+            report(cfg::agent_settings(&*c).and_then(|s| A::create(&s)), |a| {
+                *out = Box::into_raw(Box::new(a)) as *mut c_void
+            })
         }
         unsafe extern "C" fn agent_destroy(a: *mut c_void) {
             drop(Box::from_raw(a as *mut A));
         }
-        unsafe extern "C" fn agent_register_memory(a: *mut c_void, t: u32, d: *const kvx_memory_desc, n: usize) -> kvx_status {
-            report(kvx_memory_type::from_raw(t).and_then(|t| (*(a as *const A)).register_memory(t, slice(d, n))), |_| ())
+        unsafe extern "C" fn agent_register_memory(
+            a: *mut c_void,
+            t: u32,
+            d: *const kvx_memory_desc,
+            n: usize,
+        ) -> kvx_status {
+            report(
+                kvx_memory_type::from_raw(t).and_then(|t| (*(a as *const A)).register_memory(t, slice(d, n))),
+                |_| (),
+            )
         }
-        unsafe extern "C" fn agent_deregister_memory(a: *mut c_void, t: u32, d: *const kvx_memory_desc, n: usize) -> kvx_status {
-            report(kvx_memory_type::from_raw(t).and_then(|t| (*(a as *const A)).deregister_memory(t, slice(d, n))), |_| ())
+        unsafe extern "C" fn agent_deregister_memory(
+            a: *mut c_void,
+            t: u32,
+            d: *const kvx_memory_desc,
+            n: usize,
+        ) -> kvx_status {
+            report(
+                kvx_memory_type::from_raw(t).and_then(|t| (*(a as *const A)).deregister_memory(t, slice(d, n))),
+                |_| (),
+            )
         }
         unsafe extern "C" fn agent_local_descriptor(a: *mut c_void, out: *mut kvx_bytes) -> kvx_status {
             report((*(a as *const A)).local_descriptor(), |v| *out = kvx_bytes::from_vec(v))
@@ -234,10 +309,20 @@ macro_rules! backend_table {
         unsafe extern "C" fn agent_connection_info(a: *mut c_void, out: *mut kvx_bytes) -> kvx_status {
             report((*(a as *const A)).connection_info(), |v| *out = kvx_bytes::from_vec(v.into_bytes()))
         }
-        unsafe extern "C" fn agent_load_remote(a: *mut c_void, name: *const c_char, d: *const u8, n: usize) -> kvx_status {
+        unsafe extern "C" fn agent_load_remote(
+            a: *mut c_void,
+            name: *const c_char,
+            d: *const u8,
+            n: usize,
+        ) -> kvx_status {
             report(cfg::text(name, "name").and_then(|name| (*(a as *const A)).load_remote(name, slice(d, n))), |_| ())
         }
-        unsafe extern "C" fn agent_load_remote_by_connection_info(a: *mut c_void, name: *const c_char, info: *const c_char, timeout_ms: i64) -> kvx_status {
+        unsafe extern "C" fn agent_load_remote_by_connection_info(
+            a: *mut c_void,
+            name: *const c_char,
+            info: *const c_char,
+            timeout_ms: i64,
+        ) -> kvx_status {
             let agent = &*(a as *const A);
             let result = cfg::text(name, "name").and_then(|name| {
                 let info = cfg::text(info, "connection info")?;
@@ -248,7 +333,14 @@ macro_rules! backend_table {
         unsafe extern "C" fn agent_invalidate_remote(a: *mut c_void, name: *const c_char) -> kvx_status {
             report(cfg::text(name, "name").and_then(|name| (*(a as *const A)).invalidate_remote(name)), |_| ())
         }
-        unsafe extern "C" fn agent_check_remote_descs(a: *mut c_void, name: *const c_char, t: u32, d: *const kvx_memory_desc, n: usize, out: *mut bool) -> kvx_status {
+        unsafe extern "C" fn agent_check_remote_descs(
+            a: *mut c_void,
+            name: *const c_char,
+            t: u32,
+            d: *const kvx_memory_desc,
+            n: usize,
+            out: *mut bool,
+        ) -> kvx_status {
             let result = cfg::text(name, "name").and_then(|name| {
                 let descs = slice(d, n);
                 // A range that wraps the address space is registered nowhere: no backend needs to see it.
@@ -259,14 +351,21 @@ macro_rules! backend_table {
             });
             report(result, |v| *out = v)
         }
-        unsafe extern "C" fn agent_submit(a: *mut c_void, r: *const kvx_transfer_request, out: *mut *mut c_void) -> kvx_status {
+        unsafe extern "C" fn agent_submit(
+            a: *mut c_void,
+            r: *const kvx_transfer_request,
+            out: *mut *mut c_void,
+        ) -> kvx_status {
             let result = cfg::transfer_request(&*r).and_then(|r| (*(a as *const A)).submit(&r));
             report(result, |x| *out = Box::into_raw(Box::new(x)) as *mut c_void)
         }
         unsafe extern "C" fn agent_notify(a: *mut c_void, name: *const c_char, m: *const u8, n: usize) -> kvx_status {
             report(cfg::text(name, "name").and_then(|name| (*(a as *const A)).notify(name, slice(m, n))), |_| ())
         }
-        unsafe extern "C" fn agent_take_notifications(a: *mut c_void, out: *mut *mut kvx_notification_list) -> kvx_status {
+        unsafe extern "C" fn agent_take_notifications(
+            a: *mut c_void,
+            out: *mut *mut kvx_notification_list,
+        ) -> kvx_status {
             report((*(a as *const A)).take_notifications(), |v| {
                 *out = Box::into_raw(Box::new(kvx_notification_list::new(v)))
             })
@@ -287,7 +386,9 @@ macro_rules! backend_table {
             *out = kvx_bytes::from_vec((*(x as *const X)).last_status().into_bytes())
         }
         unsafe extern "C" fn cm_create(c: *const kvx_cm_config, out: *mut *mut c_void) -> kvx_status {
-            report(cfg::cm_settings(&*c).and_then(|s| M::create(&s)), |m| *out = Box::into_raw(Box::new(m)) as *mut c_void)
+            report(cfg::cm_settings(&*c).and_then(|s| M::create(&s)), |m| {
+                *out = Box::into_raw(Box::new(m)) as *mut c_void
+            })
         }
         unsafe extern "C" fn cm_destroy(m: *mut c_void) {
             drop(Box::from_raw(m as *mut M));
@@ -295,7 +396,13 @@ macro_rules! backend_table {
         unsafe extern "C" fn cm_local_address(m: *mut c_void, out: *mut kvx_bytes) -> kvx_status {
             report((*(m as *const M)).local_address(), |v| *out = kvx_bytes::from_vec(v.into_bytes()))
         }
-        unsafe extern "C" fn cm_get_connections(m: *mut c_void, addrs: *const *const c_char, n: usize, timeout_ms: i64, out: *mut *const c_void) -> kvx_status {
+        unsafe extern "C" fn cm_get_connections(
+            m: *mut c_void,
+            addrs: *const *const c_char,
+            n: usize,
+            timeout_ms: i64,
+            out: *mut *const c_void,
+        ) -> kvx_status {
             let cm = &*(m as *const M);
             let result = slice(addrs, n)
                 .iter()
@@ -308,9 +415,18 @@ macro_rules! backend_table {
                 }
             })
         }
-        unsafe extern "C" fn cm_recv_connect(m: *mut c_void, tag: u32, d: *mut u8, n: usize, timeout_ms: i64, out: *mut *const c_void) -> kvx_status {
+        unsafe extern "C" fn cm_recv_connect(
+            m: *mut c_void,
+            tag: u32,
+            d: *mut u8,
+            n: usize,
+            timeout_ms: i64,
+            out: *mut *const c_void,
+        ) -> kvx_status {
             let cm = &*(m as *const M);
-            report(cm.recv_connect(tag, slice_mut(d, n), cfg::deadline(timeout_ms, cm.timeout_ms())), |c| *out = c as *const c_void)
+            report(cm.recv_connect(tag, slice_mut(d, n), cfg::deadline(timeout_ms, cm.timeout_ms())), |c| {
+                *out = c as *const c_void
+            })
         }
         unsafe extern "C" fn cm_is_running(m: *mut c_void) -> bool {
             (*(m as *const M)).is_running()
@@ -318,11 +434,23 @@ macro_rules! backend_table {
         unsafe extern "C" fn cm_shutdown(m: *mut c_void) {
             (*(m as *const M)).shutdown()
         }
-        unsafe extern "C" fn conn_send(c: *const c_void, tag: u32, d: *const u8, n: usize, timeout_ms: i64) -> kvx_status {
+        unsafe extern "C" fn conn_send(
+            c: *const c_void,
+            tag: u32,
+            d: *const u8,
+            n: usize,
+            timeout_ms: i64,
+        ) -> kvx_status {
             let conn = &*(c as *const C);
             report(conn.send(tag, slice(d, n), cfg::deadline(timeout_ms, conn.timeout_ms())), |_| ())
         }
-        unsafe extern "C" fn conn_recv(c: *const c_void, tag: u32, d: *mut u8, n: usize, timeout_ms: i64) -> kvx_status {
+        unsafe extern "C" fn conn_recv(
+            c: *const c_void,
+            tag: u32,
+            d: *mut u8,
+            n: usize,
+            timeout_ms: i64,
+        ) -> kvx_status {
             let conn = &*(c as *const C);
             report(conn.recv(tag, slice_mut(d, n), cfg::deadline(timeout_ms, conn.timeout_ms())), |_| ())
         }

@@ -147,12 +147,26 @@ impl Agent {
         out
     }
 
-    pub fn submit(&self, op: u32, local: &[kvx_memory_desc], remote: &[kvx_memory_desc], to: &str, sync: Option<&[u8]>) -> Result<Xfer, (kvx_status, String)> {
+    pub fn submit(
+        &self,
+        op: u32,
+        local: &[kvx_memory_desc],
+        remote: &[kvx_memory_desc],
+        to: &str,
+        sync: Option<&[u8]>,
+    ) -> Result<Xfer, (kvx_status, String)> {
         self.submit_typed(op, (DRAM, local), (DRAM, remote), to, sync)
     }
 
     /// Submit with explicit memory types of the local and remote side.
-    pub fn submit_typed(&self, op: u32, (local_type, local): (u32, &[kvx_memory_desc]), (remote_type, remote): (u32, &[kvx_memory_desc]), to: &str, sync: Option<&[u8]>) -> Result<Xfer, (kvx_status, String)> {
+    pub fn submit_typed(
+        &self,
+        op: u32,
+        (local_type, local): (u32, &[kvx_memory_desc]),
+        (remote_type, remote): (u32, &[kvx_memory_desc]),
+        to: &str,
+        sync: Option<&[u8]>,
+    ) -> Result<Xfer, (kvx_status, String)> {
         assert_eq!(local.len(), remote.len());
         let n = CString::new(to).unwrap();
         let req = kvx_transfer_request {

@@ -7,11 +7,11 @@
 //! `#[repr(C)]` table per backend) → `backend::{ucx, nixl}`; `core` holds
 //! what every backend shares (memory model, wire formats, control channel).
 
+pub mod backend;
 pub mod core;
 pub mod cuda;
 pub mod dispatch;
 pub mod ffi;
-pub mod backend;
 
 #[doc(hidden)]
 pub mod harness;

@@ -15,11 +15,7 @@ use std::ffi::CStr;
 fn committed_header_matches_generated() {
     let generated = std::fs::read_to_string(concat!(env!("OUT_DIR"), "/kvxfer.h")).unwrap();
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/kvxfer.h")).unwrap();
-    assert!(
-        generated == committed,
-        "include/kvxfer.h is stale: copy {}/kvxfer.h over it",
-        env!("OUT_DIR")
-    );
+    assert!(generated == committed, "include/kvxfer.h is stale: copy {}/kvxfer.h over it", env!("OUT_DIR"));
 }
 
 #[test]
@@ -38,9 +34,15 @@ fn null_arguments_are_errors_with_messages() {
         assert_eq!(kvx_agent_create(std::ptr::null(), std::ptr::null_mut()), KVX_ERR_INVALID_ARGUMENT);
         assert!(last_error().contains("config is NULL"));
         assert_eq!(kvx_agent_register_memory(std::ptr::null_mut(), 0, std::ptr::null(), 0), KVX_ERR_INVALID_ARGUMENT);
-        assert_eq!(kvx_agent_submit(std::ptr::null_mut(), std::ptr::null(), std::ptr::null_mut()), KVX_ERR_INVALID_ARGUMENT);
+        assert_eq!(
+            kvx_agent_submit(std::ptr::null_mut(), std::ptr::null(), std::ptr::null_mut()),
+            KVX_ERR_INVALID_ARGUMENT
+        );
         assert_eq!(kvx_xfer_wait(std::ptr::null(), 0, std::ptr::null_mut()), KVX_ERR_INVALID_ARGUMENT);
-        assert_eq!(kvx_cm_recv_connect(std::ptr::null_mut(), 0, std::ptr::null_mut(), 0, 0, std::ptr::null_mut()), KVX_ERR_INVALID_ARGUMENT);
+        assert_eq!(
+            kvx_cm_recv_connect(std::ptr::null_mut(), 0, std::ptr::null_mut(), 0, 0, std::ptr::null_mut()),
+            KVX_ERR_INVALID_ARGUMENT
+        );
         assert_eq!(kvx_conn_send(std::ptr::null(), 0, std::ptr::null(), 0, 0), KVX_ERR_INVALID_ARGUMENT);
         kvx_agent_destroy(std::ptr::null_mut());
         kvx_xfer_destroy(std::ptr::null_mut());
@@ -169,7 +171,10 @@ fn hostile_descriptors_never_crash() {
 
 #[test]
 fn exported_symbols_are_only_kvx() {
-    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(if cfg!(debug_assertions) { "debug" } else { "release" }).join("libkvxfer.so");
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(if cfg!(debug_assertions) { "debug" } else { "release" })
+        .join("libkvxfer.so");
     if !lib.exists() {
         eprintln!("skipped: {} not built", lib.display());
         return;
@@ -203,7 +208,11 @@ fn many_threads_share_agents_and_managers() {
                 let src = pattern(PIECE, t as u64);
                 let ls = source.register(&[&src]);
                 for round in 0..20 {
-                    let r = [kvxfer::core::memory::kvx_memory_desc { addr: dd[0].addr + (t * PIECE) as u64, len: PIECE as u64, device_id: 0 }];
+                    let r = [kvxfer::core::memory::kvx_memory_desc {
+                        addr: dd[0].addr + (t * PIECE) as u64,
+                        len: PIECE as u64,
+                        device_id: 0,
+                    }];
                     source.submit(WRITE, &ls, &r, "mt-target", None).unwrap().expect_success();
                     ok(source.notify("mt-target", format!("{t}:{round}").as_bytes()));
                     let c = cm_send.connect(&[address.clone()]).pop().unwrap();
@@ -224,7 +233,8 @@ fn many_threads_share_agents_and_managers() {
     let notes = target.wait_notifications(THREADS * 20, 10_000);
     assert_eq!(notes.len(), THREADS * 20);
     for t in 0..THREADS {
-        let mine: Vec<_> = notes.iter().filter(|(_, m)| m.starts_with(format!("{t}:").as_bytes())).map(|(_, m)| m.clone()).collect();
+        let mine: Vec<_> =
+            notes.iter().filter(|(_, m)| m.starts_with(format!("{t}:").as_bytes())).map(|(_, m)| m.clone()).collect();
         let expected: Vec<_> = (0..20).map(|r| format!("{t}:{r}").into_bytes()).collect();
         assert_eq!(mine, expected, "per-sender order for thread {t}");
     }

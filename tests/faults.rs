@@ -186,7 +186,8 @@ fn peer_main() {
                 println!("CONNECTED");
             }
             Some("send") => {
-                let (tag, len, seed): (u32, usize, u64) = (w[1].parse().unwrap(), w[2].parse().unwrap(), w[3].parse().unwrap());
+                let (tag, len, seed): (u32, usize, u64) =
+                    (w[1].parse().unwrap(), w[2].parse().unwrap(), w[3].parse().unwrap());
                 let st = conn.as_ref().unwrap().send(tag, &pattern(len, seed));
                 println!("SENT {st:?}");
             }
@@ -251,7 +252,9 @@ fn is_peer_or_timeout(st: kvx_status) -> bool {
 /// Status and error text of a load by connection info (with an explicit timeout).
 fn load_status(agent: &Agent, name: &str, info: &str, timeout_ms: i64) -> (kvx_status, String) {
     let (n, i) = (CString::new(name).unwrap(), CString::new(info).unwrap());
-    let st = unsafe { kvxfer::ffi::agent::kvx_agent_load_remote_by_connection_info(agent.raw, n.as_ptr(), i.as_ptr(), timeout_ms) };
+    let st = unsafe {
+        kvxfer::ffi::agent::kvx_agent_load_remote_by_connection_info(agent.raw, n.as_ptr(), i.as_ptr(), timeout_ms)
+    };
     (st, last_error())
 }
 
@@ -259,13 +262,16 @@ fn connect_status(cm: &Cm, address: &str, timeout_ms: i64) -> (kvx_status, Strin
     let a = CString::new(address).unwrap();
     let ptrs = [a.as_ptr()];
     let mut out = [std::ptr::null()];
-    let st = unsafe { kvxfer::ffi::conn::kvx_cm_get_connections(cm.raw, ptrs.as_ptr(), 1, timeout_ms, out.as_mut_ptr()) };
+    let st =
+        unsafe { kvxfer::ffi::conn::kvx_cm_get_connections(cm.raw, ptrs.as_ptr(), 1, timeout_ms, out.as_mut_ptr()) };
     (st, last_error())
 }
 
 /// A descriptor target, with its TCP state and addresses when it is a TCP socket (for failure reports).
 fn describe_socket(target: &str) -> String {
-    let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) else { return target.to_owned() };
+    let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) else {
+        return target.to_owned();
+    };
     for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
         let text = std::fs::read_to_string(table).unwrap_or_default();
         for line in text.lines().skip(1) {
@@ -280,7 +286,12 @@ fn describe_socket(target: &str) -> String {
 }
 
 fn fd_targets() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir("/proc/self/fd").unwrap().filter_map(|e| e.ok()).filter_map(|e| std::fs::read_link(e.path()).ok()).map(|p| p.display().to_string()).collect();
+    let mut v: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
     v.sort();
     v
 }
@@ -302,7 +313,11 @@ fn wait_until_refused(agent: &Agent, peer: &Peer, local: &[kvx_memory_desc]) -> 
                 }
             }
         }
-        assert!(started.elapsed() < DETECT_LIMIT, "transfers to a dead peer kept succeeding for {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < DETECT_LIMIT,
+            "transfers to a dead peer kept succeeding for {:?}",
+            started.elapsed()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let detected = started.elapsed();
@@ -324,7 +339,15 @@ fn later_calls_fail(agent: &Agent, name: &str, local: &[kvx_memory_desc], remote
 }
 
 /// After `invalidate`, a restarted peer is reachable: WRITE then READ back.
-fn reconnect_and_verify(agent: &Agent, launcher: &Launcher, name: &str, local: &[kvx_memory_desc], src: &[u8], back: &[u8], back_d: &[kvx_memory_desc]) {
+fn reconnect_and_verify(
+    agent: &Agent,
+    launcher: &Launcher,
+    name: &str,
+    local: &[kvx_memory_desc],
+    src: &[u8],
+    back: &[u8],
+    back_d: &[kvx_memory_desc],
+) {
     let st = agent.invalidate(name);
     assert!(st == KVX_OK || st == KVX_ERR_NOT_FOUND, "invalidate: {st:?} {}", last_error());
     let again = launcher.start(name);
@@ -391,13 +414,21 @@ fn kill_mid_transfer(l: &Launcher) -> Report {
     for (sender, msg) in &notes {
         assert_eq!(sender, "victim");
         let i: usize = std::str::from_utf8(msg).unwrap().strip_prefix("chunk ").unwrap().parse().unwrap();
-        assert!(inbox[i * CHUNK..(i + 1) * CHUNK] == pattern(CHUNK, 1000 + i as u64)[..], "announced chunk {i} is corrupt");
+        assert!(
+            inbox[i * CHUNK..(i + 1) * CHUNK] == pattern(CHUNK, 1000 + i as u64)[..],
+            "announced chunk {i} is corrupt"
+        );
     }
     drop(inflight);
     ok(agent.invalidate("victim"));
     assert_released(baseline, "after SIGKILL + invalidate");
     reconnect_and_verify(&agent, l, "victim", &local, &src, &back, &back_d);
-    format!("inflight_failed={failed}/8 settle_ms={} detect_ms={} chunks_kept={}", settle.as_millis(), detect.as_millis(), notes.len())
+    format!(
+        "inflight_failed={failed}/8 settle_ms={} detect_ms={} chunks_kept={}",
+        settle.as_millis(),
+        detect.as_millis(),
+        notes.len()
+    )
 }
 
 /// SIGKILL while the survivor is connecting: the peer is stopped so the
@@ -532,7 +563,8 @@ fn connected_survivor(l: &Launcher, peer: &Peer) -> Survivor {
 fn stopped_peer(l: &Launcher) -> Report {
     let peer = l.start("sleeper");
     let sv = connected_survivor(l, &peer);
-    let (agent, local, back_d, conn, src, back) = (&sv.agent, &sv.local[..], &sv.back_d[..], &sv.conn, &sv.src, &sv.back);
+    let (agent, local, back_d, conn, src, back) =
+        (&sv.agent, &sv.local[..], &sv.back_d[..], &sv.conn, &sv.src, &sv.back);
     agent.submit(WRITE, &local, &peer.remote(0, PEER_BUF), "sleeper", None).unwrap().expect_success();
     peer.signal(libc::SIGSTOP);
     let limit = Duration::from_millis(SHORT_TIMEOUT_MS) + Duration::from_secs(3);
@@ -545,7 +577,11 @@ fn stopped_peer(l: &Launcher) -> Report {
         xfer_state = x.wait(-1);
         assert_ne!(xfer_state, KVX_TRANSFER_IN_PROGRESS);
         if xfer_state == KVX_TRANSFER_FAILURE {
-            assert!(x.status_text().contains("KVX_ERR_TIMEOUT") || x.status_text().contains("timed out"), "{}", x.status_text());
+            assert!(
+                x.status_text().contains("KVX_ERR_TIMEOUT") || x.status_text().contains("timed out"),
+                "{}",
+                x.status_text()
+            );
             break;
         }
         // One-sided transports (shared memory) complete without the peer's CPU.
@@ -587,7 +623,8 @@ fn network_cut(l: &Launcher) -> Report {
     };
     let peer = l.start("remote");
     let sv = connected_survivor(l, &peer);
-    let (agent, local, back_d, conn, src, back) = (&sv.agent, &sv.local[..], &sv.back_d[..], &sv.conn, &sv.src, &sv.back);
+    let (agent, local, back_d, conn, src, back) =
+        (&sv.agent, &sv.local[..], &sv.back_d[..], &sv.conn, &sv.src, &sv.back);
     agent.submit(READ, &back_d, &peer.remote(0, PEER_BUF), "remote", None).unwrap().expect_success();
     assert!(*back == pattern(PEER_BUF, 77));
     link("down");
@@ -638,7 +675,8 @@ fn forged_descriptors(l: &Launcher) -> Report {
         let r = [kvx_memory_desc { addr, len, device_id: 0 }];
         let l = [kvx_memory_desc { addr: md[0].addr, len, device_id: 0 }];
         for op in [READ, WRITE] {
-            let (st, msg) = attacker.submit(op, &l, &r, "guarded", None).err().unwrap_or_else(|| panic!("{what}: accepted"));
+            let (st, msg) =
+                attacker.submit(op, &l, &r, "guarded", None).err().unwrap_or_else(|| panic!("{what}: accepted"));
             assert!(st == KVX_ERR_NOT_REGISTERED || st == KVX_ERR_INVALID_ARGUMENT, "{what}: {st:?} {msg}");
         }
         assert!(!attacker.check("guarded", &r), "{what}: check_remote_descs said yes");
@@ -649,7 +687,16 @@ fn forged_descriptors(l: &Launcher) -> Report {
     forged[at] ^= 0xff;
     assert_eq!(attacker.load("guarded-forged", &forged), KVX_ERR_MALFORMED, "{}", last_error());
     // In range still works.
-    attacker.submit(WRITE, &md[..1].iter().map(|d| kvx_memory_desc { len: 4096, ..*d }).collect::<Vec<_>>(), &ed, "guarded", None).unwrap().expect_success();
+    attacker
+        .submit(
+            WRITE,
+            &md[..1].iter().map(|d| kvx_memory_desc { len: 4096, ..*d }).collect::<Vec<_>>(),
+            &ed,
+            "guarded",
+            None,
+        )
+        .unwrap()
+        .expect_success();
     "refused".to_string()
 }
 
@@ -674,7 +721,11 @@ fn exited_peer_descriptor(l: &Launcher) -> Report {
             wait_until_refused(&survivor, &peer, &d);
         }
         let invalidated = survivor.invalidate("gone");
-        assert!(invalidated == KVX_OK || invalidated == KVX_ERR_NOT_FOUND, "invalidate: {invalidated:?} {}", last_error());
+        assert!(
+            invalidated == KVX_OK || invalidated == KVX_ERR_NOT_FOUND,
+            "invalidate: {invalidated:?} {}",
+            last_error()
+        );
         st
     };
     let st = load_and_invalidate();
@@ -741,7 +792,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// its own survivor process: a process holds one backend's UCX copy only.
 fn backends() -> Vec<u32> {
     let wanted = std::env::var("KVX_FAULT_BACKENDS").unwrap_or_else(|_| "ucx,nixl".into());
-    [(UCX, "ucx"), (NIXL, "nixl")].into_iter().filter(|(_, n)| wanted.split(',').any(|w| w.trim() == *n)).map(|(b, _)| b).collect()
+    [(UCX, "ucx"), (NIXL, "nixl")]
+        .into_iter()
+        .filter(|(_, n)| wanted.split(',').any(|w| w.trim() == *n))
+        .map(|(b, _)| b)
+        .collect()
 }
 
 /// What these tests found the NIXL backend doing against the fault contract
@@ -753,7 +808,13 @@ const KNOWN_NIXL_GAPS: [(&str, &str); 1] = [
 ];
 
 /// Run a scenario as a separate survivor process (its own backend, UCX_TLS or network namespace).
-fn run_in_child(name: &str, l: &Launcher, survivor_netns: Option<&str>, survivor_ip: Option<&str>, rounds: usize) -> String {
+fn run_in_child(
+    name: &str,
+    l: &Launcher,
+    survivor_netns: Option<&str>,
+    survivor_ip: Option<&str>,
+    rounds: usize,
+) -> String {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = match survivor_netns {
         Some(ns) => {
@@ -784,7 +845,10 @@ fn run_in_child(name: &str, l: &Launcher, survivor_netns: Option<&str>, survivor
         return format!("KNOWN NIXL GAP {name} ({verdict}): {gap}\n{}", rounds.join("\n"));
     }
     assert!(passed, "scenario {name} failed:\n{text}");
-    text.lines().filter(|l| l.starts_with("round ") || l.contains("passed, ") || l.starts_with("SKIPPED")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .filter(|l| l.starts_with("round ") || l.contains("passed, ") || l.starts_with("SKIPPED"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A scenario in a survivor process per backend, one test at a time; `tls`
@@ -849,7 +913,20 @@ impl NetnsPair {
         };
         run(&["netns", "add", &pair.a])?;
         run(&["netns", "add", &pair.b])?;
-        run(&["-n", &pair.a, "link", "add", "kvxveth-a", "type", "veth", "peer", "name", "kvxveth-b", "netns", &pair.b])?;
+        run(&[
+            "-n",
+            &pair.a,
+            "link",
+            "add",
+            "kvxveth-a",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "kvxveth-b",
+            "netns",
+            &pair.b,
+        ])?;
         let (ip_a, ip_b) = ns_ips();
         run(&["-n", &pair.a, "addr", "add", &format!("{ip_a}/30"), "dev", "kvxveth-a"])?;
         run(&["-n", &pair.b, "addr", "add", &format!("{ip_b}/30"), "dev", "kvxveth-b"])?;
@@ -963,11 +1040,19 @@ fn run_rounds(name: &str, l: &Launcher, rounds: usize) {
             Ok(report) => {
                 passed += 1;
                 let (fds, threads) = resources();
-                println!("round {round} ok {}ms {report} fds={fds} threads={threads} rss_kib={}", started.elapsed().as_millis(), rss_kib());
+                println!(
+                    "round {round} ok {}ms {report} fds={fds} threads={threads} rss_kib={}",
+                    started.elapsed().as_millis(),
+                    rss_kib()
+                );
             }
             Err(e) => {
                 failed += 1;
-                let why = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                let why = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
                 println!("round {round} FAILED {}ms: {why}", started.elapsed().as_millis());
             }
         }
@@ -979,4 +1064,3 @@ fn run_rounds(name: &str, l: &Launcher, rounds: usize) {
         panic!("{name}: {failed} of {rounds} rounds failed");
     }
 }
-

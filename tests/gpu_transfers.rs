@@ -13,7 +13,9 @@ use kvxfer::cuda::memory::{Allocation, DeviceBuffer};
 
 fn gpu_present(test: &str) -> bool {
     if kvxfer::cuda::device_count() == 0 {
-        eprintln!("SKIP {test}: no CUDA driver or GPU on this machine (GPU tests run on the GPU machine: scripts/gpu/run.sh)");
+        eprintln!(
+            "SKIP {test}: no CUDA driver or GPU on this machine (GPU tests run on the GPU machine: scripts/gpu/run.sh)"
+        );
         return false;
     }
     true
@@ -66,7 +68,16 @@ fn plain_and_vmm_device_memory_register_with_type_and_device_from_the_pointer() 
         ok(agent.register_descs(VRAM, &desc));
         let mut out = false;
         let name = std::ffi::CString::new("gpu-register").unwrap();
-        unsafe { ok(kvxfer::ffi::agent::kvx_agent_check_remote_descs(agent.raw, name.as_ptr(), VRAM, desc.as_ptr(), 1, &mut out)) };
+        unsafe {
+            ok(kvxfer::ffi::agent::kvx_agent_check_remote_descs(
+                agent.raw,
+                name.as_ptr(),
+                VRAM,
+                desc.as_ptr(),
+                1,
+                &mut out,
+            ))
+        };
         assert!(out, "{kind:?}: own VRAM registration not visible");
         unsafe { ok(kvxfer::ffi::agent::kvx_agent_deregister_memory(agent.raw, VRAM, desc.as_ptr(), 1)) };
     }
@@ -80,9 +91,14 @@ fn two_processes_on_two_gpus_move_device_memory_correctly() {
     let tool = std::env::var("KVX_GPU_TOOL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kvxfer-gpu").to_string());
     // On UCX the same-host batched copy path serves plain device memory; KVX_UCX_IPC=0
     // sends it through UCX's cuda_ipc transport instead: both must be right.
-    let variants: &[&str] = if backend_under_test() == kvxfer::core::select::kvx_backend::KVX_BACKEND_UCX { &["1", "0"] } else { &["1"] };
+    let variants: &[&str] =
+        if backend_under_test() == kvxfer::core::select::kvx_backend::KVX_BACKEND_UCX { &["1", "0"] } else { &["1"] };
     for ipc in variants {
-        let out = std::process::Command::new(&tool).arg("check").env("KVX_UCX_IPC", ipc).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+        let out = std::process::Command::new(&tool)
+            .arg("check")
+            .env("KVX_UCX_IPC", ipc)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
         let text = String::from_utf8_lossy(&out.stdout);
         eprintln!("KVX_UCX_IPC={ipc}\n{text}{}", String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "kvxfer-gpu check failed with KVX_UCX_IPC={ipc} ({})", out.status);

@@ -40,7 +40,9 @@ fn fnv(bytes: &[u8]) -> u64 {
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -89,7 +91,8 @@ fn run_load(ops: u64, seconds: u64) {
     let b = Agent::try_new_on(UCX, "load-b", true, 0).unwrap();
     let churn = Agent::try_new_on(UCX, "load-churn", true, 0).unwrap();
     let (cm_a, cm_b) = (Cm::try_new_on(UCX, 0).unwrap(), Cm::try_new_on(UCX, 0).unwrap());
-    let (a_src, a_back, b_dst) = (Shared::new(THREADS * SLOT), Shared::new(THREADS * SLOT), Shared::new(THREADS * SLOT));
+    let (a_src, a_back, b_dst) =
+        (Shared::new(THREADS * SLOT), Shared::new(THREADS * SLOT), Shared::new(THREADS * SLOT));
     a.register(&[&a_src.buf, &a_back.buf]);
     b.register(&[&b_dst.buf]);
     churn.register(&[&[0u8; 4096][..]]);
@@ -108,8 +111,14 @@ fn run_load(ops: u64, seconds: u64) {
     let classes = std::env::var("KVX_LOAD_MIX").unwrap_or_else(|_| "transfer,notify,message,connect,register".into());
     let has = |c: &str| classes.split(',').any(|x| x.trim() == c);
     let mix = [
-        has("transfer"), has("transfer"), has("transfer"), has("notify"),
-        has("message"), has("connect"), has("connect"), has("register"),
+        has("transfer"),
+        has("transfer"),
+        has("transfer"),
+        has("notify"),
+        has("message"),
+        has("connect"),
+        has("connect"),
+        has("register"),
     ];
     assert!(mix.iter().any(|&m| m), "KVX_LOAD_MIX={classes:?} selects nothing");
     let mix = &mix;
@@ -184,10 +193,20 @@ fn run_load(ops: u64, seconds: u64) {
                             // WRITE a -> b, READ it back into a, compare every byte.
                             0..=2 => {
                                 fill(&mut a_src.slot(t)[off..off + len], seed);
-                                a.submit(WRITE, &a_src.desc(t, off, len), &b_dst.desc(t, off, len), "load-b", None).unwrap().expect_success();
-                                a.submit(READ, &a_back.desc(t, off, len), &b_dst.desc(t, off, len), "load-b", None).unwrap().expect_success();
-                                assert!(a_back.slot(t)[off..off + len] == a_src.slot(t)[off..off + len], "thread {t} op {i}: read back differs");
-                                assert!(b_dst.slot(t)[off..off + len] == a_src.slot(t)[off..off + len], "thread {t} op {i}: target differs");
+                                a.submit(WRITE, &a_src.desc(t, off, len), &b_dst.desc(t, off, len), "load-b", None)
+                                    .unwrap()
+                                    .expect_success();
+                                a.submit(READ, &a_back.desc(t, off, len), &b_dst.desc(t, off, len), "load-b", None)
+                                    .unwrap()
+                                    .expect_success();
+                                assert!(
+                                    a_back.slot(t)[off..off + len] == a_src.slot(t)[off..off + len],
+                                    "thread {t} op {i}: read back differs"
+                                );
+                                assert!(
+                                    b_dst.slot(t)[off..off + len] == a_src.slot(t)[off..off + len],
+                                    "thread {t} op {i}: target differs"
+                                );
                                 counts.writes.fetch_add(1, Ordering::Relaxed);
                                 counts.reads.fetch_add(1, Ordering::Relaxed);
                                 counts.bytes_checked.fetch_add(2 * len as u64, Ordering::Relaxed);
@@ -218,13 +237,25 @@ fn run_load(ops: u64, seconds: u64) {
                             }
                             // Connection calls on shared handles, racing other threads.
                             5 | 6 => {
-                                assert_eq!(cm_a.connect(&[addr_b.clone()]).pop().unwrap().0, to_b.0, "cached connection changed");
+                                assert_eq!(
+                                    cm_a.connect(&[addr_b.clone()]).pop().unwrap().0,
+                                    to_b.0,
+                                    "cached connection changed"
+                                );
                                 assert!(a.check("load-b", &b_dst.desc(t, off, len)));
                                 ok(a.load_by_info("load-b", &b.conn_info()));
-                                let st = if rng & (1 << 50) == 0 { a.load_by_info("load-churn", churn_info) } else { a.invalidate("load-churn") };
+                                let st = if rng & (1 << 50) == 0 {
+                                    a.load_by_info("load-churn", churn_info)
+                                } else {
+                                    a.invalidate("load-churn")
+                                };
                                 assert!(st == KVX_OK || st == KVX_ERR_NOT_FOUND, "churn: {st:?} {}", last_error());
                                 let st = a.notify("load-churn", b"hi");
-                                assert!(st == KVX_OK || st == KVX_ERR_NOT_FOUND || st == KVX_ERR_PEER, "notify churn: {st:?} {}", last_error());
+                                assert!(
+                                    st == KVX_OK || st == KVX_ERR_NOT_FOUND || st == KVX_ERR_PEER,
+                                    "notify churn: {st:?} {}",
+                                    last_error()
+                                );
                                 let _ = a.desc();
                                 counts.connection_calls.fetch_add(1, Ordering::Relaxed);
                             }
@@ -234,7 +265,10 @@ fn run_load(ops: u64, seconds: u64) {
                                 fill(&mut private, seed);
                                 let d = a.register(&[&private]);
                                 a.submit(WRITE, &d, &b_dst.desc(t, off, len), "load-b", None).unwrap().expect_success();
-                                assert!(b_dst.slot(t)[off..off + len] == private[..], "thread {t} op {i}: private write differs");
+                                assert!(
+                                    b_dst.slot(t)[off..off + len] == private[..],
+                                    "thread {t} op {i}: private write differs"
+                                );
                                 ok(a.deregister(&d));
                                 counts.registrations.fetch_add(1, Ordering::Relaxed);
                                 counts.bytes_checked.fetch_add(len as u64, Ordering::Relaxed);
@@ -250,7 +284,9 @@ fn run_load(ops: u64, seconds: u64) {
         // Let the last notifications arrive before the drainer stops.
         let expected = counts.notifications.load(Ordering::Relaxed) as usize;
         let until = Instant::now() + Duration::from_secs(20);
-        while received.lock().unwrap().values().map(|r| r.0 as usize).sum::<usize>() < expected && Instant::now() < until {
+        while received.lock().unwrap().values().map(|r| r.0 as usize).sum::<usize>() < expected
+            && Instant::now() < until
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
         stop.store(true, Ordering::Release);
@@ -263,8 +299,13 @@ fn run_load(ops: u64, seconds: u64) {
     let c = |x: &AtomicU64| x.load(Ordering::Relaxed);
     println!(
         "writes={} reads={} notifications={} messages={} connection_calls={} registrations={} bytes_checked={}",
-        c(&counts.writes), c(&counts.reads), c(&counts.notifications), c(&counts.messages),
-        c(&counts.connection_calls), c(&counts.registrations), c(&counts.bytes_checked)
+        c(&counts.writes),
+        c(&counts.reads),
+        c(&counts.notifications),
+        c(&counts.messages),
+        c(&counts.connection_calls),
+        c(&counts.registrations),
+        c(&counts.bytes_checked)
     );
     let rss = rss.into_inner().unwrap();
     if seconds > 0 && rss.len() >= 4 {

@@ -62,7 +62,15 @@ fn kvxfer_and_stock_nixl_agents_interoperate() {
     let fresh = pattern(1 << 20, 5);
     let fresh_desc = [kvx_memory_desc { addr: fresh.as_ptr() as u64, len: fresh.len() as u64, device_id: 0 }];
     stock.register(KVX_MEMORY_DRAM, &fresh_desc, true).unwrap();
-    let (req, _) = stock.post(NIXL_CAPI_XFER_OP_WRITE, (KVX_MEMORY_DRAM, &fresh_desc), (KVX_MEMORY_DRAM, &lb), "kvxfer-side", Some(b"from stock")).unwrap();
+    let (req, _) = stock
+        .post(
+            NIXL_CAPI_XFER_OP_WRITE,
+            (KVX_MEMORY_DRAM, &fresh_desc),
+            (KVX_MEMORY_DRAM, &lb),
+            "kvxfer-side",
+            Some(b"from stock"),
+        )
+        .unwrap();
     wait_stock(&stock, req);
     assert_eq!(ours.wait_notifications(1, 20_000), vec![("stock-nixl".to_string(), b"from stock".to_vec())]);
     assert!(back == fresh);

@@ -59,14 +59,23 @@ fn initiator_child() {
     // Many descriptors per request: 1..4096 scattered 1 KiB pieces, reversed on the remote side.
     for count in [1usize, 16, 512, 4096] {
         let piece = 1024u64;
-        let l: Vec<_> = (0..count as u64).map(|i| kvx_memory_desc { addr: ls[0].addr + i * 2 * piece, len: piece, device_id: 0 }).collect();
-        let r: Vec<_> = (0..count as u64).map(|i| kvx_memory_desc { addr: addr + (count as u64 - 1 - i) * piece, len: piece, device_id: 0 }).collect();
+        let l: Vec<_> = (0..count as u64)
+            .map(|i| kvx_memory_desc { addr: ls[0].addr + i * 2 * piece, len: piece, device_id: 0 })
+            .collect();
+        let r: Vec<_> = (0..count as u64)
+            .map(|i| kvx_memory_desc { addr: addr + (count as u64 - 1 - i) * piece, len: piece, device_id: 0 })
+            .collect();
         agent.submit(WRITE, &l, &r, "kvxfer-demo-target", None).unwrap().expect_success();
-        let lbk: Vec<_> = (0..count as u64).map(|i| kvx_memory_desc { addr: lb[0].addr + i * piece, len: piece, device_id: 0 }).collect();
+        let lbk: Vec<_> = (0..count as u64)
+            .map(|i| kvx_memory_desc { addr: lb[0].addr + i * piece, len: piece, device_id: 0 })
+            .collect();
         agent.submit(READ, &lbk, &r, "kvxfer-demo-target", None).unwrap().expect_success();
         for i in 0..count {
             let s = i * 2 * piece as usize;
-            assert!(back[i * piece as usize..(i + 1) * piece as usize] == src[s..s + piece as usize], "count {count} piece {i}");
+            assert!(
+                back[i * piece as usize..(i + 1) * piece as usize] == src[s..s + piece as usize],
+                "count {count} piece {i}"
+            );
         }
     }
     // Full buffer with a sync message: the target verifies content on receipt.

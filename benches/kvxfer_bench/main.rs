@@ -55,8 +55,30 @@ Output:
 
 /// Every option `--help` lists, plus `system` (set for the initiator and target processes).
 const OPTIONS: [&str; 24] = [
-    "systems", "backend", "mem", "tls", "layouts", "ops", "models", "tp", "tokens-per-block", "prompts", "blocks", "sizes", "counts",
-    "pool", "time", "max-iters", "latency-iters", "rounds", "reg-count", "reg-size", "reg-large", "json", "csv", "system",
+    "systems",
+    "backend",
+    "mem",
+    "tls",
+    "layouts",
+    "ops",
+    "models",
+    "tp",
+    "tokens-per-block",
+    "prompts",
+    "blocks",
+    "sizes",
+    "counts",
+    "pool",
+    "time",
+    "max-iters",
+    "latency-iters",
+    "rounds",
+    "reg-count",
+    "reg-size",
+    "reg-large",
+    "json",
+    "csv",
+    "system",
 ];
 
 /// Options as `--name value` pairs.
@@ -92,7 +114,10 @@ impl Opts {
         parse_size(&v).unwrap_or_else(|| fail(&format!("--{name}: bad size {v:?}")))
     }
     fn sizes(&self, name: &str, default: &str) -> Vec<u64> {
-        self.list(name, default).iter().map(|v| parse_size(v).unwrap_or_else(|| fail(&format!("--{name}: bad size {v:?}")))).collect()
+        self.list(name, default)
+            .iter()
+            .map(|v| parse_size(v).unwrap_or_else(|| fail(&format!("--{name}: bad size {v:?}"))))
+            .collect()
     }
     fn num(&self, name: &str, default: &str) -> f64 {
         let v = self.get(name, default);
@@ -126,7 +151,11 @@ pub fn cases(o: &Opts) -> Vec<Case> {
         })
         .collect();
     let layouts = o.list("layouts", "raw,staging,paged");
-    let blocks: Vec<Blocks> = o.list("blocks", "random").iter().map(|b| Blocks::parse(b).unwrap_or_else(|| fail("--blocks: random, contiguous"))).collect();
+    let blocks: Vec<Blocks> = o
+        .list("blocks", "random")
+        .iter()
+        .map(|b| Blocks::parse(b).unwrap_or_else(|| fail("--blocks: random, contiguous")))
+        .collect();
     let mut out = Vec::new();
     for &op in &ops {
         if layouts.iter().any(|l| l == "raw") {
@@ -205,7 +234,11 @@ impl Row {
     }
     fn parse(line: &str) -> Option<Row> {
         let rest = &line[line.find("RESULT ")? + "RESULT ".len()..];
-        Some(Row(rest.split(' ').filter_map(|f| f.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+        Some(Row(rest
+            .split(' ')
+            .filter_map(|f| f.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()))
     }
 }
 
@@ -295,7 +328,9 @@ fn target(o: &Opts) {
                         let w: Vec<&str> = cmd.split_whitespace().collect();
                         match w.first().copied() {
                             Some("md") => {
-                                peer = Some(CString::new(nixl.load_remote(&unhex(w[1])).unwrap_or_else(|e| fail(&e))).unwrap());
+                                peer = Some(
+                                    CString::new(nixl.load_remote(&unhex(w[1])).unwrap_or_else(|e| fail(&e))).unwrap(),
+                                );
                                 reply("MDLOADED");
                             }
                             Some("cpu") => reply(&format!("CPU {}", cpu_seconds())),
@@ -308,7 +343,8 @@ fn target(o: &Opts) {
             }
         }
         _ => {
-            let agent = Agent::try_new("bench-target", true).unwrap_or_else(|(s, e)| fail(&format!("agent: {s:?} {e}")));
+            let agent =
+                Agent::try_new("bench-target", true).unwrap_or_else(|(s, e)| fail(&format!("agent: {s:?} {e}")));
             agent.register(&[&pool]);
             reply(&format!("READY {} {base}", agent.conn_info()));
             while let Ok(cmd) = rx.recv() {
@@ -396,7 +432,10 @@ const MARK: &str = "@@";
 fn expect_line(lines: &mut std::io::Lines<BufReader<ChildStdout>>, key: &str) -> String {
     let tag = format!("{MARK}{key}");
     loop {
-        let line = lines.next().and_then(|l| l.ok()).unwrap_or_else(|| fail(&format!("target exited while {key:?} was expected")));
+        let line = lines
+            .next()
+            .and_then(|l| l.ok())
+            .unwrap_or_else(|| fail(&format!("target exited while {key:?} was expected")));
         match line.find(&tag) {
             Some(at) => return line[at + tag.len()..].trim().to_string(),
             None => eprintln!("target: {line}"),
@@ -416,13 +455,18 @@ enum Initiator {
     Kvx(Agent),
     /// NIXL directly; `prepped`: prepared lists and indices (vLLM's way)
     /// instead of a new request from descriptor lists each time (TensorRT-LLM's way).
-    Nixl { nixl: nixl::Nixl, peer: CString, prepped: bool },
+    Nixl {
+        nixl: nixl::Nixl,
+        peer: CString,
+        prepped: bool,
+    },
 }
 
 impl Initiator {
     /// Registration of many small regions and one large one.
     fn registration(&self, o: &Opts, system: &str) -> Result<Vec<Row>, String> {
-        let (count, size, large) = (o.num("reg-count", "10000") as u64, o.size("reg-size", "4k"), o.size("reg-large", "256m"));
+        let (count, size, large) =
+            (o.num("reg-count", "10000") as u64, o.size("reg-size", "4k"), o.size("reg-large", "256m"));
         let mut rows = Vec::new();
         for (n, len) in [(count, size), (1, large)] {
             let buf = pool_buffer(n * len);
@@ -515,12 +559,16 @@ impl Initiator {
         let deadline = || Instant::now() + Duration::from_secs(60);
         match self {
             Initiator::Kvx(agent) => {
-                let local: Vec<kvx_memory_desc> = case.pieces.iter().map(|p| kvx_memory_desc { addr: lbase + p.0, len: p.2, device_id: 0 }).collect();
-                let remote: Vec<kvx_memory_desc> = case.pieces.iter().map(|p| kvx_memory_desc { addr: rbase + p.1, len: p.2, device_id: 0 }).collect();
+                let local: Vec<kvx_memory_desc> =
+                    case.pieces.iter().map(|p| kvx_memory_desc { addr: lbase + p.0, len: p.2, device_id: 0 }).collect();
+                let remote: Vec<kvx_memory_desc> =
+                    case.pieces.iter().map(|p| kvx_memory_desc { addr: rbase + p.1, len: p.2, device_id: 0 }).collect();
                 let op = if write { harness::WRITE } else { harness::READ };
                 measure(o, || {
                     let t = Instant::now();
-                    let x = agent.submit(op, &local, &remote, "bench-target", None).map_err(|(s, e)| format!("submit: {s:?} {e}"))?;
+                    let x = agent
+                        .submit(op, &local, &remote, "bench-target", None)
+                        .map_err(|(s, e)| format!("submit: {s:?} {e}"))?;
                     let post = t.elapsed();
                     if x.wait(60_000) != kvx_transfer_state::KVX_TRANSFER_SUCCESS {
                         return Err(format!("transfer failed: {}", x.status_text()));
@@ -572,7 +620,8 @@ fn initiator(o: &Opts) {
             Initiator::Nixl { nixl, peer: CString::new(peer).unwrap(), prepped: system == "nixl-prep" }
         }
         _ => {
-            let agent = Agent::try_new("bench-initiator", true).unwrap_or_else(|(s, e)| fail(&format!("agent: {s:?} {e}")));
+            let agent =
+                Agent::try_new("bench-initiator", true).unwrap_or_else(|(s, e)| fail(&format!("agent: {s:?} {e}")));
             agent.register(&[&pool]);
             harness::ok(agent.load_by_info("bench-target", &target.contact));
             Initiator::Kvx(agent)
@@ -660,7 +709,12 @@ fn driver(o: &Opts) {
     }
     let child_opts = o.without("json").without("csv").without("systems").without("backend");
     let all = cases(o);
-    eprintln!("kvxfer-bench: {} cases x {} systems, UCX_TLS={tls}, {} per case", all.len(), systems.len(), o.get("time", "0.3"));
+    eprintln!(
+        "kvxfer-bench: {} cases x {} systems, UCX_TLS={tls}, {} per case",
+        all.len(),
+        systems.len(),
+        o.get("time", "0.3")
+    );
     let started = Instant::now();
     let rounds = o.num("rounds", "1").max(1.0) as usize;
     let load_before = load_average();
@@ -680,7 +734,11 @@ fn driver(o: &Opts) {
             }));
         }
     }
-    println!("machine: {} cores, load average {load_before} before and {} after; {rounds} round(s), medians shown", cores(), load_average());
+    println!(
+        "machine: {} cores, load average {load_before} before and {} after; {rounds} round(s), medians shown",
+        cores(),
+        load_average()
+    );
     report::print(o, &rows);
     if let Some(path) = o.0.get("json") {
         std::fs::write(path, report::json(&rows)).unwrap_or_else(|e| fail(&format!("{path}: {e}")));
@@ -692,7 +750,9 @@ fn driver(o: &Opts) {
 }
 
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_else(|_| "?".into())
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 fn cores() -> usize {

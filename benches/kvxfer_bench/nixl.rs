@@ -126,7 +126,10 @@ impl Nixl {
             check("get UCX params", (api.get_plugin_params)(agent, cstr("UCX").as_ptr(), &mut mems, &mut params))?;
             // NIXL's UCX backend fails on shared memory with peer error handling on.
             if std::env::var("UCX_TLS").is_ok_and(|t| t.contains("sm")) {
-                check("set params", (api.params_add)(params, cstr("ucx_error_handling_mode").as_ptr(), cstr("none").as_ptr()))?;
+                check(
+                    "set params",
+                    (api.params_add)(params, cstr("ucx_error_handling_mode").as_ptr(), cstr("none").as_ptr()),
+                )?;
             }
             let mut backend: Handle = std::ptr::null_mut();
             let st = (api.create_backend)(agent, cstr("UCX").as_ptr(), params, &mut backend);
@@ -144,7 +147,10 @@ impl Nixl {
         unsafe {
             check("reg dlist", (self.api.create_reg_dlist)(MEM_DRAM, &mut list))?;
             for &(addr, len) in regions {
-                check("reg dlist add", (self.api.reg_dlist_add_desc)(list, addr as usize, len as usize, 0, std::ptr::null(), 0))?;
+                check(
+                    "reg dlist add",
+                    (self.api.reg_dlist_add_desc)(list, addr as usize, len as usize, 0, std::ptr::null(), 0),
+                )?;
             }
         }
         Ok(list)
@@ -181,7 +187,10 @@ impl Nixl {
         let mut name: *mut c_char = std::ptr::null_mut();
         // SAFETY: NIXL strdup()s the name.
         unsafe {
-            check("load remote md", (self.api.load_remote_md)(self.agent, md.as_ptr() as *const c_void, md.len(), &mut name))?;
+            check(
+                "load remote md",
+                (self.api.load_remote_md)(self.agent, md.as_ptr() as *const c_void, md.len(), &mut name),
+            )?;
             let s = CStr::from_ptr(name).to_string_lossy().into_owned();
             libc::free(name as *mut c_void);
             Ok(s)
@@ -205,7 +214,18 @@ impl Nixl {
         let mut req: Handle = std::ptr::null_mut();
         // SAFETY: lists and peer are valid; NIXL validates descriptors against registrations.
         unsafe {
-            check("create xfer", (self.api.create_xfer_req)(self.agent, write as u32, local.list, remote.list, peer.as_ptr(), &mut req, std::ptr::null_mut()))?;
+            check(
+                "create xfer",
+                (self.api.create_xfer_req)(
+                    self.agent,
+                    write as u32,
+                    local.list,
+                    remote.list,
+                    peer.as_ptr(),
+                    &mut req,
+                    std::ptr::null_mut(),
+                ),
+            )?;
             let st = (self.api.post_xfer_req)(self.agent, req, std::ptr::null_mut());
             if st != SUCCESS && st != IN_PROG {
                 self.finish(req);
@@ -221,18 +241,43 @@ impl Nixl {
         let local = cstr("");
         let mut handle: Handle = std::ptr::null_mut();
         // SAFETY: a list of ours; NIXL copies what it keeps.
-        check("prep xfer dlist", unsafe { (self.api.prep_xfer_dlist)(self.agent, peer.unwrap_or(&local).as_ptr(), list.list, &mut handle, std::ptr::null_mut()) })?;
+        check("prep xfer dlist", unsafe {
+            (self.api.prep_xfer_dlist)(
+                self.agent,
+                peer.unwrap_or(&local).as_ptr(),
+                list.list,
+                &mut handle,
+                std::ptr::null_mut(),
+            )
+        })?;
         Ok(Prepped { nixl: self, handle })
     }
 
     /// Make a request from prepared lists and indices (vLLM's `make_prepped_xfer`) and post it.
-    pub fn post_prepped(&self, write: bool, local: &Prepped, remote: &Prepped, indices: &[i32]) -> Result<Handle, String> {
+    pub fn post_prepped(
+        &self,
+        write: bool,
+        local: &Prepped,
+        remote: &Prepped,
+        indices: &[i32],
+    ) -> Result<Handle, String> {
         let mut req: Handle = std::ptr::null_mut();
         // SAFETY: prepared handles of this agent; indices are in range.
         unsafe {
             check(
                 "make xfer",
-                (self.api.make_xfer_req)(self.agent, write as u32, local.handle, indices.as_ptr(), indices.len(), remote.handle, indices.as_ptr(), indices.len(), &mut req, std::ptr::null_mut()),
+                (self.api.make_xfer_req)(
+                    self.agent,
+                    write as u32,
+                    local.handle,
+                    indices.as_ptr(),
+                    indices.len(),
+                    remote.handle,
+                    indices.as_ptr(),
+                    indices.len(),
+                    &mut req,
+                    std::ptr::null_mut(),
+                ),
             )?;
             let st = (self.api.post_xfer_req)(self.agent, req, std::ptr::null_mut());
             if st != SUCCESS && st != IN_PROG {
@@ -270,7 +315,15 @@ impl Nixl {
 
     pub fn notify(&self, peer: &CStr, msg: &[u8]) -> Result<(), String> {
         // SAFETY: valid peer name and message.
-        check("gen notif", unsafe { (self.api.gen_notif)(self.agent, peer.as_ptr(), msg.as_ptr() as *const c_void, msg.len(), std::ptr::null_mut()) })
+        check("gen notif", unsafe {
+            (self.api.gen_notif)(
+                self.agent,
+                peer.as_ptr(),
+                msg.as_ptr() as *const c_void,
+                msg.len(),
+                std::ptr::null_mut(),
+            )
+        })
     }
 
     /// Poll once for notifications (also progresses the agent); returns how many arrived.

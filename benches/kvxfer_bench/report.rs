@@ -36,13 +36,29 @@ fn perftest_once(test: &str, size: u64, iters: u64, port: u16) -> Result<Vec<f64
         c.arg(limit).arg(&bin).args(extra).env("LD_LIBRARY_PATH", &lib).stdin(Stdio::null());
         c
     };
-    let mut server = run(&["-p".into(), port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+    let mut server = run(&["-p".into(), port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(300));
     let warmup = (iters / 10).max(10);
-    let args: Vec<String> = ["127.0.0.1", "-p", &port.to_string(), "-t", test, "-s", &size.to_string(), "-n", &iters.to_string(), "-w", &warmup.to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args: Vec<String> = [
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        test,
+        "-s",
+        &size.to_string(),
+        "-n",
+        &iters.to_string(),
+        "-w",
+        &warmup.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let out = run(&args).output().map_err(|e| e.to_string());
     // A server whose client failed waits for another client: end it.
     let give_up = std::time::Instant::now() + Duration::from_secs(3);
@@ -53,7 +69,10 @@ fn perftest_once(test: &str, size: u64, iters: u64, port: u16) -> Result<Vec<f64
     let _ = server.wait();
     let out = out?;
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let line = text.lines().find(|l| l.trim_start().starts_with("Final:")).ok_or_else(|| format!("{test} {size}: no result: {}", text.trim()))?;
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Final:"))
+        .ok_or_else(|| format!("{test} {size}: no result: {}", text.trim()))?;
     Ok(line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect())
 }
 
@@ -77,11 +96,19 @@ pub fn perftest(o: &Opts) -> Vec<Row> {
             let iters = ((1u64 << 30) / size).clamp(200, 100_000);
             let mut row = Row::default();
             row.set("system", "ucx_perftest").set("kind", "transfer").set("id", format!("raw-{}-{name}", human(size)));
-            row.set("layout", "raw").set("model", "-").set("op", name).set("desc_size", size).set("descs", 1).set("window", 32).set("bytes", size);
+            row.set("layout", "raw")
+                .set("model", "-")
+                .set("op", name)
+                .set("desc_size", size)
+                .set("descs", 1)
+                .set("window", 32)
+                .set("bytes", size);
             match perftest_once(test, size, iters, port) {
                 // Final: iters, overhead p50/avg/overall (us), bandwidth avg/overall (MiB/s), msg rate avg/overall.
                 Ok(f) if f.len() >= 6 => {
-                    row.set("iters", f[0]).set("gbps", format!("{:.3}", f[5] * 1048576.0 / 1e9)).set("p50_us", format!("{:.1}", f[1]));
+                    row.set("iters", f[0])
+                        .set("gbps", format!("{:.3}", f[5] * 1048576.0 / 1e9))
+                        .set("p50_us", format!("{:.1}", f[1]));
                 }
                 Ok(f) => {
                     row.set("error", format!("unparsed {f:?}"));
@@ -130,7 +157,13 @@ fn cell(v: Option<f64>, digits: usize) -> String {
 /// count <= 32 that ran at this size.
 pub fn window_case<'a>(rows: &'a [Row], system: &str, size: u64, op: &str) -> Option<&'a Row> {
     rows.iter()
-        .filter(|r| r.get("system") == Some(system) && r.get("layout") == Some("raw") && r.get("op") == Some(op) && r.num("desc_size") == Some(size as f64) && r.get("error").is_none())
+        .filter(|r| {
+            r.get("system") == Some(system)
+                && r.get("layout") == Some("raw")
+                && r.get("op") == Some(op)
+                && r.num("desc_size") == Some(size as f64)
+                && r.get("error").is_none()
+        })
         .filter(|r| r.num("descs").is_some_and(|d| d <= 32.0))
         .max_by(|a, b| a.num("descs").unwrap().total_cmp(&b.num("descs").unwrap()))
 }
@@ -147,35 +180,69 @@ impl Goal {
         if self.ratios.is_empty() {
             return "NOT MEASURED".into();
         }
-        let worst = if self.at_least { self.ratios.iter().map(|r| r.1).fold(f64::INFINITY, f64::min) } else { self.ratios.iter().map(|r| r.1).fold(0.0, f64::max) };
+        let worst = if self.at_least {
+            self.ratios.iter().map(|r| r.1).fold(f64::INFINITY, f64::min)
+        } else {
+            self.ratios.iter().map(|r| r.1).fold(0.0, f64::max)
+        };
         let met = if self.at_least { worst >= self.target } else { worst <= self.target };
         let geo = (self.ratios.iter().map(|r| r.1.ln()).sum::<f64>() / self.ratios.len() as f64).exp();
-        format!("{} (worst {worst:.2}x, geomean {geo:.2}x, goal {}{:.2}x, {} cases)", if met { "MET" } else { "NOT MET" }, if self.at_least { ">=" } else { "<=" }, self.target, self.ratios.len())
+        format!(
+            "{} (worst {worst:.2}x, geomean {geo:.2}x, goal {}{:.2}x, {} cases)",
+            if met { "MET" } else { "NOT MET" },
+            if self.at_least { ">=" } else { "<=" },
+            self.target,
+            self.ratios.len()
+        )
     }
 }
 
 fn goals(rows: &[Row]) -> Vec<Goal> {
-    let mut g1 = Goal { name: "large descriptors (>=1 MiB) WRITE: kvxfer-ucx / ucx_perftest put_bw", ratios: vec![], target: 0.95, at_least: true };
-    for r in rows.iter().filter(|r| r.get("system") == Some("ucx_perftest") && r.get("op") == Some("WRITE") && r.get("kind") == Some("transfer")) {
+    let mut g1 = Goal {
+        name: "large descriptors (>=1 MiB) WRITE: kvxfer-ucx / ucx_perftest put_bw",
+        ratios: vec![],
+        target: 0.95,
+        at_least: true,
+    };
+    for r in rows.iter().filter(|r| {
+        r.get("system") == Some("ucx_perftest") && r.get("op") == Some("WRITE") && r.get("kind") == Some("transfer")
+    }) {
         let size = r.num("desc_size").unwrap_or(0.0) as u64;
         if size < 1 << 20 {
             continue;
         }
-        if let (Some(base), Some(k)) = (r.num("gbps"), window_case(rows, "kvxfer-ucx", size, "WRITE").and_then(|k| k.num("gbps"))) {
+        if let (Some(base), Some(k)) =
+            (r.num("gbps"), window_case(rows, "kvxfer-ucx", size, "WRITE").and_then(|k| k.num("gbps")))
+        {
             g1.ratios.push((human(size), k / base));
         }
     }
-    let mut g2 = Goal { name: "paged 4-32 KiB descriptors: kvxfer-ucx / best direct NIXL", ratios: vec![], target: 2.0, at_least: true };
-    let mut g4 = Goal { name: "kvxfer-nixl / best direct NIXL (same cases)", ratios: vec![], target: 0.9, at_least: true };
+    let mut g2 = Goal {
+        name: "paged 4-32 KiB descriptors: kvxfer-ucx / best direct NIXL",
+        ratios: vec![],
+        target: 2.0,
+        at_least: true,
+    };
+    let mut g4 =
+        Goal { name: "kvxfer-nixl / best direct NIXL (same cases)", ratios: vec![], target: 0.9, at_least: true };
     let mut ids: Vec<&str> = Vec::new();
-    for r in rows.iter().filter(|r| r.get("kind") == Some("transfer") && NIXL_DIRECT.contains(&r.get("system").unwrap_or_default())) {
+    for r in rows
+        .iter()
+        .filter(|r| r.get("kind") == Some("transfer") && NIXL_DIRECT.contains(&r.get("system").unwrap_or_default()))
+    {
         let id = r.get("id").unwrap_or_default();
         if !ids.contains(&id) {
             ids.push(id);
         }
     }
     for id in ids {
-        let Some(best) = NIXL_DIRECT.iter().filter_map(|s| find(rows, s, id)).max_by(|a, b| a.num("gbps").unwrap_or(0.0).total_cmp(&b.num("gbps").unwrap_or(0.0))) else { continue };
+        let Some(best) = NIXL_DIRECT
+            .iter()
+            .filter_map(|s| find(rows, s, id))
+            .max_by(|a, b| a.num("gbps").unwrap_or(0.0).total_cmp(&b.num("gbps").unwrap_or(0.0)))
+        else {
+            continue;
+        };
         let base = best.num("gbps").unwrap_or(f64::NAN);
         let size = best.num("desc_size").unwrap_or(0.0);
         let label = format!("{id} (vs {})", best.get("system").unwrap_or_default());
@@ -188,7 +255,12 @@ fn goals(rows: &[Row]) -> Vec<Goal> {
             g4.ratios.push((label, k / base));
         }
     }
-    let mut g3 = Goal { name: "8-byte notification one-way p50: kvxfer-ucx / ucx_perftest tag_lat", ratios: vec![], target: 1.2, at_least: false };
+    let mut g3 = Goal {
+        name: "8-byte notification one-way p50: kvxfer-ucx / ucx_perftest tag_lat",
+        ratios: vec![],
+        target: 1.2,
+        at_least: false,
+    };
     if let (Some(k), Some(b)) = (
         find(rows, "kvxfer-ucx", "notify-8B").and_then(|r| r.num("one_way_p50_us")),
         find(rows, "ucx_perftest", "notify-8B").and_then(|r| r.num("one_way_p50_us")),
@@ -218,7 +290,10 @@ pub fn medians(rows: &[Row]) -> Vec<Row> {
             if ok.is_empty() {
                 return group[0].clone();
             }
-            let metric = ["gbps", "one_way_p50_us", "register_ms"].into_iter().find(|m| ok[0].num(m).is_some()).unwrap_or("gbps");
+            let metric = ["gbps", "one_way_p50_us", "register_ms"]
+                .into_iter()
+                .find(|m| ok[0].num(m).is_some())
+                .unwrap_or("gbps");
             ok.sort_by(|a, b| a.num(metric).unwrap_or(0.0).total_cmp(&b.num(metric).unwrap_or(0.0)));
             let mut median = ok[ok.len() / 2].clone();
             median.set("rounds", ok.len());
@@ -229,7 +304,8 @@ pub fn medians(rows: &[Row]) -> Vec<Row> {
 
 pub fn print(o: &Opts, rows: &[Row]) {
     let rows = &medians(rows)[..];
-    let present: Vec<&str> = SYSTEMS.iter().copied().filter(|s| rows.iter().any(|r| r.get("system") == Some(s))).collect();
+    let present: Vec<&str> =
+        SYSTEMS.iter().copied().filter(|s| rows.iter().any(|r| r.get("system") == Some(s))).collect();
     println!("\nkvxfer-bench, UCX_TLS={}, pool {} per side", o.get("tls", "sm,self"), o.get("pool", "256m"));
     println!("\nTransfers: GB/s (p50 request latency us) per system; raw ucx_perftest keeps 32 operations in flight");
     let mut header = format!("{:<52} {:>6} {:>9}", "case", "descs", "bytes");
@@ -248,14 +324,26 @@ pub fn print(o: &Opts, rows: &[Row]) {
         let any = rows.iter().find(|r| r.get("id") == Some(id)).unwrap();
         let size = any.num("desc_size").unwrap_or(0.0) as u64;
         let op = any.get("op").unwrap_or_default();
-        let mut line = format!("{:<52} {:>6} {:>9}", id, any.get("descs").unwrap_or("-"), human(any.num("bytes").unwrap_or(0.0) as u64));
+        let mut line = format!(
+            "{:<52} {:>6} {:>9}",
+            id,
+            any.get("descs").unwrap_or("-"),
+            human(any.num("bytes").unwrap_or(0.0) as u64)
+        );
         for s in &present {
             let r = if *s == "ucx_perftest" {
-                if any.get("layout") == Some("raw") { find(rows, s, &format!("raw-{}-{op}", human(size))) } else { None }
+                if any.get("layout") == Some("raw") {
+                    find(rows, s, &format!("raw-{}-{op}", human(size)))
+                } else {
+                    None
+                }
             } else {
                 find(rows, s, id)
             };
-            line += &format!(" {:>20}", r.map_or("-".into(), |r| format!("{} ({})", cell(r.num("gbps"), 2), cell(r.num("p50_us"), 0))));
+            line += &format!(
+                " {:>20}",
+                r.map_or("-".into(), |r| format!("{} ({})", cell(r.num("gbps"), 2), cell(r.num("p50_us"), 0)))
+            );
         }
         println!("{line}");
     }
@@ -264,7 +352,13 @@ pub fn print(o: &Opts, rows: &[Row]) {
         let mut line = format!("{:<52}", id);
         for s in present.iter().filter(|s| **s != "ucx_perftest") {
             if let Some(r) = find(rows, s, id) {
-                line += &format!("  {s}: post {} done {} cpu {}/{}", cell(r.num("post_p50_us"), 0), cell(r.num("p50_us"), 0), cell(r.num("cpu_s"), 2), cell(r.num("target_cpu_s"), 2));
+                line += &format!(
+                    "  {s}: post {} done {} cpu {}/{}",
+                    cell(r.num("post_p50_us"), 0),
+                    cell(r.num("p50_us"), 0),
+                    cell(r.num("cpu_s"), 2),
+                    cell(r.num("target_cpu_s"), 2)
+                );
             }
         }
         println!("{line}");
@@ -277,11 +371,25 @@ pub fn print(o: &Opts, rows: &[Row]) {
     }
     println!("\nRegistration (register / deregister ms, descriptor bytes):");
     for r in rows.iter().filter(|r| r.get("kind") == Some("register")) {
-        println!("  {:<14} {:<22} {:>10} / {:>10} ms  {:>9} B", r.get("system").unwrap_or_default(), r.get("id").unwrap_or_default(), r.get("register_ms").unwrap_or("-"), r.get("deregister_ms").unwrap_or("-"), r.get("desc_bytes").unwrap_or("-"));
+        println!(
+            "  {:<14} {:<22} {:>10} / {:>10} ms  {:>9} B",
+            r.get("system").unwrap_or_default(),
+            r.get("id").unwrap_or_default(),
+            r.get("register_ms").unwrap_or("-"),
+            r.get("deregister_ms").unwrap_or("-"),
+            r.get("desc_bytes").unwrap_or("-")
+        );
     }
-    for (n, id) in rows.iter().filter(|r| r.get("kind") == Some("register") && r.get("system") == Some("nixl")).map(|r| (r.get("regions"), r.get("id").unwrap_or_default())) {
+    for (n, id) in rows
+        .iter()
+        .filter(|r| r.get("kind") == Some("register") && r.get("system") == Some("nixl"))
+        .map(|r| (r.get("regions"), r.get("id").unwrap_or_default()))
+    {
         // Registration is the same call in both NIXL modes: "nixl" is the reference.
-        if let (Some(k), Some(b)) = (find(rows, "kvxfer-ucx", id).and_then(|r| r.num("register_ms")), find(rows, "nixl", id).and_then(|r| r.num("register_ms"))) {
+        if let (Some(k), Some(b)) = (
+            find(rows, "kvxfer-ucx", id).and_then(|r| r.num("register_ms")),
+            find(rows, "nixl", id).and_then(|r| r.num("register_ms")),
+        ) {
             println!("  ratio kvxfer-ucx / nixl register time, {} regions: {:.2}x", n.unwrap_or("?"), k / b);
         }
     }
@@ -298,14 +406,17 @@ pub fn json(rows: &[Row]) -> String {
     let items: Vec<String> = rows
         .iter()
         .map(|r| {
-            let fields: Vec<String> = r
-                .0
-                .iter()
-                .map(|(k, v)| {
-                    let val = if v.parse::<f64>().is_ok_and(|x| x.is_finite()) { v.clone() } else { format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")) };
-                    format!("\"{k}\": {val}")
-                })
-                .collect();
+            let fields: Vec<String> =
+                r.0.iter()
+                    .map(|(k, v)| {
+                        let val = if v.parse::<f64>().is_ok_and(|x| x.is_finite()) {
+                            v.clone()
+                        } else {
+                            format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+                        };
+                        format!("\"{k}\": {val}")
+                    })
+                    .collect();
             format!("  {{{}}}", fields.join(", "))
         })
         .collect();
@@ -324,7 +435,11 @@ pub fn csv(rows: &[Row]) -> String {
     let mut out = columns.join(",") + "\n";
     for r in rows {
         let by: BTreeMap<&str, &str> = r.0.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        out += &columns.iter().map(|c| by.get(c.as_str()).copied().unwrap_or("").replace(',', ";")).collect::<Vec<_>>().join(",");
+        out += &columns
+            .iter()
+            .map(|c| by.get(c.as_str()).copied().unwrap_or("").replace(',', ";"))
+            .collect::<Vec<_>>()
+            .join(",");
         out += "\n";
     }
     out

@@ -180,7 +180,14 @@ impl KvShape {
         let total = self.bytes();
         let chunk = total.min(pool);
         let pieces: Vec<_> = (0..total.div_ceil(chunk)).map(|i| (0, 0, chunk.min(total - i * chunk))).collect();
-        Case { id: format!("staging-{}-{}", self.label(), op.name()), layout: "staging", model: self.label(), op, desc_size: chunk, pieces }
+        Case {
+            id: format!("staging-{}-{}", self.label(), op.name()),
+            layout: "staging",
+            model: self.label(),
+            op,
+            desc_size: chunk,
+            pieces,
+        }
     }
 }
 
@@ -192,7 +199,14 @@ pub fn raw(size: u64, count: u64, op: Op, pool: u64) -> Option<Case> {
         return None;
     }
     let pieces = (0..count).map(|i| (i * size, (count - 1 - i) * size, size)).collect();
-    Some(Case { id: format!("raw-{}x{}-{}", human(size), count, op.name()), layout: "raw", model: "-".into(), op, desc_size: size, pieces })
+    Some(Case {
+        id: format!("raw-{}x{}-{}", human(size), count, op.name()),
+        layout: "raw",
+        model: "-".into(),
+        op,
+        desc_size: size,
+        pieces,
+    })
 }
 
 /// "4KiB", "1MiB", "64MiB".

@@ -27,7 +27,11 @@ fn check_nixl(bytes: &[u8]) {
     match open_nixl_metadata(bytes, true) {
         // What opened as sealed re-seals to the same bytes; stock metadata comes back whole.
         Ok(opened) if opened.metadata.len() != bytes.len() => {
-            assert_eq!(seal_nixl_metadata(opened.metadata.to_vec(), opened.listener.unwrap_or("")), bytes, "seal/open is not a round trip");
+            assert_eq!(
+                seal_nixl_metadata(opened.metadata.to_vec(), opened.listener.unwrap_or("")),
+                bytes,
+                "seal/open is not a round trip"
+            );
         }
         Ok(opened) => assert!(opened.listener.is_none()),
         Err(e) => assert_eq!(e.status, kvx_status::KVX_ERR_MALFORMED, "{e}"),

@@ -114,7 +114,9 @@ impl<'a> Input<'a> {
     fn registrable(&mut self, arena: *mut u8) -> kvx_memory_desc {
         match self.u8() % 8 {
             0 => kvx_memory_desc { addr: self.u64(), len: 0, device_id: 0 },
-            1 => kvx_memory_desc { addr: u64::MAX - (self.u8() as u64), len: 1 + self.u64() % 4096 + 256, device_id: 0 },
+            1 => {
+                kvx_memory_desc { addr: u64::MAX - (self.u8() as u64), len: 1 + self.u64() % 4096 + 256, device_id: 0 }
+            }
             _ => self.in_arena(arena),
         }
     }
@@ -169,7 +171,12 @@ unsafe fn run(input: &mut Input) {
                 let st = kvx_agent_register_memory(s.agent, mem_type, ptr, n);
                 allowed(st);
                 if st == KVX_OK {
-                    assert!(descs.iter().all(|d| d.len > 0 && d.addr >= s.arena as u64 && d.addr + d.len <= s.arena as u64 + ARENA as u64), "validation accepted a range outside the arena");
+                    assert!(
+                        descs.iter().all(|d| d.len > 0
+                            && d.addr >= s.arena as u64
+                            && d.addr + d.len <= s.arena as u64 + ARENA as u64),
+                        "validation accepted a range outside the arena"
+                    );
                     registered.extend(descs);
                 }
             }
@@ -184,11 +191,16 @@ unsafe fn run(input: &mut Input) {
             2 => {
                 let n = input.u8() as usize % 5;
                 let local: Vec<_> = (0..n).map(|_| input.any_range(s.arena)).collect();
-                let remote: Vec<_> = local.iter().map(|l| {
-                    let mut r = input.any_range(s.arena);
-                    if input.u8() < 200 { r.len = l.len; }
-                    r
-                }).collect();
+                let remote: Vec<_> = local
+                    .iter()
+                    .map(|l| {
+                        let mut r = input.any_range(s.arena);
+                        if input.u8() < 200 {
+                            r.len = l.len;
+                        }
+                        r
+                    })
+                    .collect();
                 let name = input.name();
                 let msg = input.bytes(255).to_vec();
                 let req = kvx_transfer_request {
@@ -209,11 +221,18 @@ unsafe fn run(input: &mut Input) {
                 if st == KVX_OK {
                     let end = s.arena as u64 + ARENA as u64;
                     for d in local.iter().chain(&remote) {
-                        assert!(d.len == 0 || (d.addr >= s.arena as u64 && d.addr + d.len <= end), "accepted a transfer outside registered memory: {d:?}");
+                        assert!(
+                            d.len == 0 || (d.addr >= s.arena as u64 && d.addr + d.len <= end),
+                            "accepted a transfer outside registered memory: {d:?}"
+                        );
                     }
                     let mut state = kvx_transfer_state::KVX_TRANSFER_IN_PROGRESS;
                     allowed(kvx_xfer_wait(x, 10_000, &mut state));
-                    assert_eq!(state, kvx_transfer_state::KVX_TRANSFER_SUCCESS, "loop-back transfer within registered memory did not succeed");
+                    assert_eq!(
+                        state,
+                        kvx_transfer_state::KVX_TRANSFER_SUCCESS,
+                        "loop-back transfer within registered memory did not succeed"
+                    );
                     kvx_xfer_destroy(x);
                 }
             }
@@ -222,7 +241,14 @@ unsafe fn run(input: &mut Input) {
                 let descs: Vec<_> = (0..n).map(|_| input.any_range(s.arena)).collect();
                 let name = input.name();
                 let mut yes = false;
-                allowed(kvx_agent_check_remote_descs(s.agent, name.as_ptr(), input.enum_value(2), descs.as_ptr(), n, &mut yes));
+                allowed(kvx_agent_check_remote_descs(
+                    s.agent,
+                    name.as_ptr(),
+                    input.enum_value(2),
+                    descs.as_ptr(),
+                    n,
+                    &mut yes,
+                ));
             }
             4 => {
                 let name = input.name();
@@ -250,12 +276,20 @@ unsafe fn run(input: &mut Input) {
             6 => {
                 let name = input.name();
                 if let Some(info) = loopback_only(input.bytes(64)) {
-                    allowed(kvx_agent_load_remote_by_connection_info(s.agent, name.as_ptr(), info.as_ptr(), input.u8() as i64 % 20));
+                    allowed(kvx_agent_load_remote_by_connection_info(
+                        s.agent,
+                        name.as_ptr(),
+                        info.as_ptr(),
+                        input.u8() as i64 % 20,
+                    ));
                 }
             }
             7 => {
                 let name = input.name();
-                allowed(kvx_agent_invalidate_remote(s.agent, if input.u8() < 8 { std::ptr::null() } else { name.as_ptr() }));
+                allowed(kvx_agent_invalidate_remote(
+                    s.agent,
+                    if input.u8() < 8 { std::ptr::null() } else { name.as_ptr() },
+                ));
             }
             8 => {
                 let mut b = kvx_bytes::EMPTY;
@@ -279,7 +313,16 @@ unsafe fn run(input: &mut Input) {
                 assert_eq!(kvx_xfer_wait(std::ptr::null(), input.u64() as i64, &mut state), KVX_ERR_INVALID_ARGUMENT);
                 let mut done = false;
                 assert_eq!(kvx_xfer_is_completed(std::ptr::null(), &mut done), KVX_ERR_INVALID_ARGUMENT);
-                assert_eq!(kvx_notification_list_get(std::ptr::null(), 0, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()), KVX_ERR_INVALID_ARGUMENT);
+                assert_eq!(
+                    kvx_notification_list_get(
+                        std::ptr::null(),
+                        0,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut()
+                    ),
+                    KVX_ERR_INVALID_ARGUMENT
+                );
                 assert_eq!(kvx_conn_send(std::ptr::null(), 0, std::ptr::null(), 1, 0), KVX_ERR_INVALID_ARGUMENT);
             }
             11 => {

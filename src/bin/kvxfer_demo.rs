@@ -74,9 +74,12 @@ fn main() {
     let local = agent.register(&[&src]);
     ok(agent.load_by_info("kvxfer-demo-target", &info));
     let remote = vec![kvxfer::core::memory::kvx_memory_desc { addr: remote_addr, len: size as u64, device_id: 0 }];
-    println!("kvxfer {} on {}: {} MiB host memory, {iters} transfers each way, target at {info}",
+    println!(
+        "kvxfer {} on {}: {} MiB host memory, {iters} transfers each way, target at {info}",
         unsafe { std::ffi::CStr::from_ptr(kvxfer::ffi::library::kvx_version()).to_string_lossy() },
-        backend_line(), size >> 20);
+        backend_line(),
+        size >> 20
+    );
 
     let run = |op: u32, sync: Option<&[u8]>| {
         let started = Instant::now();

@@ -89,7 +89,11 @@ impl Layout {
     }
     fn remote_block(&self, i: u64) -> u64 {
         // 7919 is prime and divides no count used here, so this is a permutation.
-        if self.permute { (i * 7919) % self.count } else { i }
+        if self.permute {
+            (i * 7919) % self.count
+        } else {
+            i
+        }
     }
     fn local_offset(&self, i: u64) -> u64 {
         self.pad + i * self.stride()
@@ -101,7 +105,11 @@ impl Layout {
         (0..self.count)
             .map(|i| {
                 (
-                    kvx_memory_desc { addr: local.ptr() + self.local_offset(i), len: self.len, device_id: local.device() },
+                    kvx_memory_desc {
+                        addr: local.ptr() + self.local_offset(i),
+                        len: self.len,
+                        device_id: local.device(),
+                    },
                     kvx_memory_desc { addr: remote.0 + self.remote_offset(i), len: self.len, device_id: remote.1 },
                 )
             })
@@ -128,7 +136,11 @@ fn allocation(name: &str) -> Allocation {
 }
 
 fn target_device() -> u32 {
-    if kvxfer::cuda::device_count() >= 2 { 1 } else { 0 }
+    if kvxfer::cuda::device_count() >= 2 {
+        1
+    } else {
+        0
+    }
 }
 
 /// Target: owns device buffers on its GPU and verifies or fills them on request.
@@ -180,7 +192,10 @@ fn target(args: &[String]) {
                 let source = pattern(layout.span() as usize, seed);
                 let expected = layout.expected(size, &source, |i| layout.local_offset(i), |i| layout.remote_offset(i));
                 let data_ok = buffers[words[1]].download(0, size).unwrap() == expected;
-                say(&format!("VERIFIED {} note={note_ok} data={data_ok}", if note_ok && data_ok { "ok" } else { "BAD" }));
+                say(&format!(
+                    "VERIFIED {} note={note_ok} data={data_ok}",
+                    if note_ok && data_ok { "ok" } else { "BAD" }
+                ));
             }
             // cm-echo SIZE: receive a message into device memory from any peer, check it, send it back
             Some("cm-echo") => {
@@ -190,8 +205,16 @@ fn target(args: &[String]) {
                 let mut conn = std::ptr::null();
                 let st = unsafe { kvx_cm_recv_connect(cm.raw, 7, buf.ptr() as *mut _, len, TIMEOUT_MS, &mut conn) };
                 let recv_ok = st == kvxfer::kvx_status::KVX_OK && buf.download(0, len).unwrap() == pattern(len, 11);
-                let sent = if recv_ok { unsafe { kvx_conn_send(conn, 8, buf.ptr() as *const _, len, TIMEOUT_MS) } } else { st };
-                say(&format!("ECHOED {} recv={recv_ok} send={sent:?} {}", if recv_ok { "ok" } else { "BAD" }, if recv_ok { String::new() } else { last_error() }));
+                let sent = if recv_ok {
+                    unsafe { kvx_conn_send(conn, 8, buf.ptr() as *const _, len, TIMEOUT_MS) }
+                } else {
+                    st
+                };
+                say(&format!(
+                    "ECHOED {} recv={recv_ok} send={sent:?} {}",
+                    if recv_ok { "ok" } else { "BAD" },
+                    if recv_ok { String::new() } else { last_error() }
+                ));
             }
             _ => break,
         }
@@ -255,9 +278,17 @@ impl Drop for Peer {
 }
 
 /// One transfer to completion; Ok(seconds the submit call itself took).
-fn run_once(agent: &Agent, op: u32, local: &[kvx_memory_desc], remote: &[kvx_memory_desc], sync: Option<&[u8]>) -> Result<f64, String> {
+fn run_once(
+    agent: &Agent,
+    op: u32,
+    local: &[kvx_memory_desc],
+    remote: &[kvx_memory_desc],
+    sync: Option<&[u8]>,
+) -> Result<f64, String> {
     let t = Instant::now();
-    let x = agent.submit_typed(op, (VRAM, local), (VRAM, remote), TARGET, sync).map_err(|(s, e)| format!("submit: {s:?} {e}"))?;
+    let x = agent
+        .submit_typed(op, (VRAM, local), (VRAM, remote), TARGET, sync)
+        .map_err(|(s, e)| format!("submit: {s:?} {e}"))?;
     let submit = t.elapsed().as_secs_f64();
     match x.wait(TIMEOUT_MS * 3) {
         kvx_transfer_state::KVX_TRANSFER_SUCCESS => Ok(submit),
@@ -266,7 +297,14 @@ fn run_once(agent: &Agent, op: u32, local: &[kvx_memory_desc], remote: &[kvx_mem
 }
 
 /// WRITE then READ with `layout` between local and remote buffers of `alloc`, data verified on both sides.
-fn check_layout(agent: &Agent, peer: &mut Peer, size: u64, alloc: &str, layout: Layout, seed: u64) -> Result<(), String> {
+fn check_layout(
+    agent: &Agent,
+    peer: &mut Peer,
+    size: u64,
+    alloc: &str,
+    layout: Layout,
+    seed: u64,
+) -> Result<(), String> {
     let device = 0;
     let local = DeviceBuffer::new(device, size as usize, allocation(alloc)).map_err(|e| e.to_string())?;
     let desc = [kvx_memory_desc { addr: local.ptr(), len: size, device_id: device }];
@@ -326,7 +364,9 @@ fn check() {
     // Lengths and offsets not multiples of 16 take the kernel's byte path.
     let odd = Layout { count: 2000, len: 4099, gap: 5, pad: 3, permute: true };
     for alloc in ["plain", "vmm"] {
-        for (name, layout) in [("one 64 MiB descriptor", whole), ("4096 x 16 KiB scattered", paged), ("2000 x 4099 B unaligned", odd)] {
+        for (name, layout) in
+            [("one 64 MiB descriptor", whole), ("4096 x 16 KiB scattered", paged), ("2000 x 4099 B unaligned", odd)]
+        {
             let r = check_layout(&agent, &mut peer, size, alloc, layout, 100);
             report(&format!("{alloc} VRAM<->VRAM {name}"), r);
         }
@@ -338,13 +378,19 @@ fn check() {
         ok(agent.register_descs(VRAM, &desc));
         local.fill(POISON).unwrap();
         let remote = [kvx_memory_desc { addr: peer.host, len: 1 << 20, device_id: 0 }];
-        let x = agent.submit_typed(READ, (VRAM, &desc), (DRAM, &remote), TARGET, None).map_err(|(s, e)| format!("{s:?} {e}"))?;
+        let x = agent
+            .submit_typed(READ, (VRAM, &desc), (DRAM, &remote), TARGET, None)
+            .map_err(|(s, e)| format!("{s:?} {e}"))?;
         if x.wait(TIMEOUT_MS) != kvx_transfer_state::KVX_TRANSFER_SUCCESS {
             return Err(x.status_text());
         }
         let good = local.download(0, 1 << 20).unwrap() == pattern(1 << 20, 0);
         let _ = agent.deregister_typed(&desc);
-        if good { Ok(()) } else { Err("data mismatch".into()) }
+        if good {
+            Ok(())
+        } else {
+            Err("data mismatch".into())
+        }
     })();
     report("READ host memory (target) into VRAM (initiator)", mixed);
     // Connection manager send/recv with device buffers on both sides.
@@ -371,7 +417,11 @@ fn check() {
         if st != kvxfer::kvx_status::KVX_OK {
             return Err(format!("recv: {st:?} {}", last_error()));
         }
-        if echo.download(0, len).unwrap() != pattern(len, 11) { Err("echo mismatch".into()) } else { Ok(()) }
+        if echo.download(0, len).unwrap() != pattern(len, 11) {
+            Err("echo mismatch".into())
+        } else {
+            Ok(())
+        }
     })();
     report("connection send/recv, 1 MiB device buffers both sides", cm_case);
     drop(agent);
@@ -384,10 +434,16 @@ fn check() {
 /// Measurement workloads: (name, layout) over the same 1.25 GiB.
 fn workloads() -> Vec<(String, Layout)> {
     let total = LLAMA70B_BYTES_PER_TOKEN * PROMPT_TOKENS;
-    let mut out = vec![("staging 80 x 16 MiB".to_string(), Layout { count: 80, len: total / 80, gap: 0, pad: 0, permute: false })];
+    let mut out = vec![(
+        "staging 80 x 16 MiB".to_string(),
+        Layout { count: 80, len: total / 80, gap: 0, pad: 0, permute: false },
+    )];
     for kib in [32u64, 16, 4] {
         let len = kib << 10;
-        out.push((format!("paged {} x {kib} KiB", total / len), Layout { count: total / len, len, gap: 0, pad: 0, permute: true }));
+        out.push((
+            format!("paged {} x {kib} KiB", total / len),
+            Layout { count: total / len, len, gap: 0, pad: 0, permute: true },
+        ));
     }
     out
 }
@@ -422,7 +478,10 @@ fn initiator(args: &[String]) {
             let mut times = Vec::new();
             let mut submits = Vec::new();
             let started = Instant::now();
-            while outcome.is_ok() && (times.len() < wanted || (wanted > 1 && started.elapsed() < Duration::from_millis(500))) && started.elapsed() < Duration::from_secs(20) {
+            while outcome.is_ok()
+                && (times.len() < wanted || (wanted > 1 && started.elapsed() < Duration::from_millis(500)))
+                && started.elapsed() < Duration::from_secs(20)
+            {
                 let t = Instant::now();
                 outcome = run_once(&agent, op, &l, &r, None);
                 times.push(t.elapsed().as_secs_f64());
@@ -433,11 +492,24 @@ fn initiator(args: &[String]) {
                 if op == WRITE {
                     run_once(&agent, op, &l, &r, Some(format!("written {seed}").as_bytes()))?;
                     let v = peer.ask(&format!("verify-write plain {seed} {}", layout.words()));
-                    if v.starts_with("VERIFIED ok") { Ok(()) } else { Err(v) }
+                    if v.starts_with("VERIFIED ok") {
+                        Ok(())
+                    } else {
+                        Err(v)
+                    }
                 } else {
                     let source = pattern(total as usize, seed);
-                    let expected = layout.expected(total as usize, &source, |i| layout.remote_offset(i), |i| layout.local_offset(i));
-                    if local.download(0, total as usize).unwrap() == expected { Ok(()) } else { Err("READ data mismatch".into()) }
+                    let expected = layout.expected(
+                        total as usize,
+                        &source,
+                        |i| layout.remote_offset(i),
+                        |i| layout.local_offset(i),
+                    );
+                    if local.download(0, total as usize).unwrap() == expected {
+                        Ok(())
+                    } else {
+                        Err("READ data mismatch".into())
+                    }
                 }
             });
             let median = median_of(&mut times);
@@ -446,7 +518,14 @@ fn initiator(args: &[String]) {
                 (Err(e), _) | (Ok(_), Err(e)) => format!("FAILED {}", e.replace(' ', "_")),
                 _ => "verified".into(),
             };
-            say(&format!("RESULT|{name}|{op_name}|{}|{}|{:.3}|{}|{status}|{submit_ms:.3}|{:.3}", layout.count, layout.len, total as f64 / median / 1e9, times.len(), median * 1e3));
+            say(&format!(
+                "RESULT|{name}|{op_name}|{}|{}|{:.3}|{}|{status}|{submit_ms:.3}|{:.3}",
+                layout.count,
+                layout.len,
+                total as f64 / median / 1e9,
+                times.len(),
+                median * 1e3
+            ));
         }
     }
 }
@@ -551,11 +630,23 @@ fn bench(args: &[String]) {
     let mut table = vec![header, "| system | workload | op | GB/s | of ceiling | vs kvxfer-nixl | ms per request (submit call) | timed runs | data |".into(), "|---|---|---|---|---|---|---|---|---|".into()];
     for r in &rows {
         let ceiling = if r.op == "WRITE" { fwd } else { back };
-        let nixl = rows.iter().find(|n| n.system == "kvxfer-nixl" && n.workload == r.workload && n.op == r.op && n.status == "verified").map(|n| n.gbps);
+        let nixl = rows
+            .iter()
+            .find(|n| n.system == "kvxfer-nixl" && n.workload == r.workload && n.op == r.op && n.status == "verified")
+            .map(|n| n.gbps);
         let vs_nixl = nixl.map_or("-".to_string(), |n| format!("{:.2}x", r.gbps / n));
         table.push(format!(
             "| {} | {} | {} | {:.1} | {:.0}% | {} | {:.2} ({:.2}) | {} | {} |",
-            r.system, r.workload, r.op, r.gbps, 100.0 * r.gbps / ceiling, vs_nixl, r.total_ms, r.submit_ms, r.iters, r.status
+            r.system,
+            r.workload,
+            r.op,
+            r.gbps,
+            100.0 * r.gbps / ceiling,
+            vs_nixl,
+            r.total_ms,
+            r.submit_ms,
+            r.iters,
+            r.status
         ));
     }
     let text = table.join("\n");

@@ -86,7 +86,10 @@ impl Runs<'_> {
 /// The request's descriptor lists with contiguous runs merged; borrowed
 /// unchanged (zero copy) when nothing merges. For backends that take
 /// descriptor lists (NIXL) rather than posting run by run.
-pub fn coalesce<'a>(local: &'a [kvx_memory_desc], remote: &'a [kvx_memory_desc]) -> (Cow<'a, [kvx_memory_desc]>, Cow<'a, [kvx_memory_desc]>) {
+pub fn coalesce<'a>(
+    local: &'a [kvx_memory_desc],
+    remote: &'a [kvx_memory_desc],
+) -> (Cow<'a, [kvx_memory_desc]>, Cow<'a, [kvx_memory_desc]>) {
     let it = runs(local, remote);
     if !it.merges_any() {
         return (Cow::Borrowed(local), Cow::Borrowed(remote));
@@ -194,7 +197,10 @@ mod tests {
         // A zero-length descriptor at a run's end is contiguous and harmless.
         let local = [d(0, 8), d(8, 0), d(8, 8)];
         let remote = [d(100, 8), d(108, 0), d(108, 8)];
-        assert_eq!(runs(&local, &remote).collect::<Vec<_>>(), vec![Run { first: 0, count: 3, local: d(0, 16), remote: d(100, 16) }]);
+        assert_eq!(
+            runs(&local, &remote).collect::<Vec<_>>(),
+            vec![Run { first: 0, count: 3, local: d(0, 16), remote: d(100, 16) }]
+        );
         // Address arithmetic never wraps.
         let local = [d(u64::MAX - 8, 8), d(u64::MAX, 0)];
         let remote = [d(0, 8), d(8, 0)];

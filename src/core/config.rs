@@ -180,7 +180,9 @@ pub unsafe fn agent_settings(cfg: &kvx_agent_config) -> Result<AgentSettings> {
             0 => None,
             1 => Some(true),
             2 => Some(false),
-            other => return Err(Error::invalid(format!("progress_thread {other} is unknown (0 = auto, 1 = on, 2 = off)"))),
+            other => {
+                return Err(Error::invalid(format!("progress_thread {other} is unknown (0 = auto, 1 = on, 2 = off)")))
+            }
         },
         num_workers: cfg.num_workers,
         backend_params: optional_text(cfg.backend_params, "backend_params")?
@@ -234,15 +236,7 @@ pub unsafe fn transfer_request<'a>(req: &'a kvx_transfer_request) -> Result<Tran
     } else {
         None
     };
-    Ok(TransferRequest {
-        op,
-        local_type,
-        local,
-        remote_type,
-        remote,
-        remote_name,
-        sync_message,
-    })
+    Ok(TransferRequest { op, local_type, local, remote_type, remote, remote_name, sync_message })
 }
 
 /// A deadline from a timeout argument: negative means the handle's default.

@@ -22,7 +22,11 @@ impl<C> Default for ConnectionCache<C> {
 
 impl<C> ConnectionCache<C> {
     /// The connection to each address, connecting with `connect` where none is cached.
-    pub fn get_or_connect(&self, addresses: &[&str], mut connect: impl FnMut(&str) -> Result<Arc<C>>) -> Result<Vec<*const C>> {
+    pub fn get_or_connect(
+        &self,
+        addresses: &[&str],
+        mut connect: impl FnMut(&str) -> Result<Arc<C>>,
+    ) -> Result<Vec<*const C>> {
         let mut out = Vec::with_capacity(addresses.len());
         for &address in addresses {
             if let Some(c) = self.by_peer.lock().get(address) {

@@ -182,7 +182,9 @@ mod tests {
     impl ControlHandler for Echo {
         fn handle(&self, request: ControlMessage, _from: SocketAddr) -> ControlMessage {
             match request {
-                ControlMessage::GetAgentDesc { expected_name } => ControlMessage::AgentDesc { desc: expected_name.into_bytes() },
+                ControlMessage::GetAgentDesc { expected_name } => {
+                    ControlMessage::AgentDesc { desc: expected_name.into_bytes() }
+                }
                 _ => ControlMessage::Refused { reason: "unexpected".into() },
             }
         }
@@ -191,9 +193,15 @@ mod tests {
     #[test]
     fn request_reply_and_refusal() {
         let server = ControlServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, Arc::new(Echo), "test-ctl").unwrap();
-        let reply = request(server.local_addr(), &ControlMessage::GetAgentDesc { expected_name: "x".into() }, Duration::from_secs(2)).unwrap();
+        let reply = request(
+            server.local_addr(),
+            &ControlMessage::GetAgentDesc { expected_name: "x".into() },
+            Duration::from_secs(2),
+        )
+        .unwrap();
         assert_eq!(reply, ControlMessage::AgentDesc { desc: b"x".to_vec() });
-        let err = request(server.local_addr(), &ControlMessage::AgentDesc { desc: vec![] }, Duration::from_secs(2)).unwrap_err();
+        let err = request(server.local_addr(), &ControlMessage::AgentDesc { desc: vec![] }, Duration::from_secs(2))
+            .unwrap_err();
         assert_eq!(err.status, crate::core::error::kvx_status::KVX_ERR_PEER);
     }
 
@@ -205,7 +213,11 @@ mod tests {
         drop(s);
         let idle = TcpStream::connect(server.local_addr()).unwrap();
         let started = Instant::now();
-        let reply = request(server.local_addr(), &ControlMessage::GetAgentDesc { expected_name: "y".into() }, Duration::from_secs(10));
+        let reply = request(
+            server.local_addr(),
+            &ControlMessage::GetAgentDesc { expected_name: "y".into() },
+            Duration::from_secs(10),
+        );
         assert!(reply.is_ok());
         assert!(started.elapsed() < Duration::from_secs(2));
         drop(idle);
@@ -226,7 +238,9 @@ mod tests {
     #[test]
     fn unreachable_peer_is_a_peer_error() {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let err = request(port, &ControlMessage::GetAgentDesc { expected_name: "z".into() }, Duration::from_millis(500)).unwrap_err();
+        let err =
+            request(port, &ControlMessage::GetAgentDesc { expected_name: "z".into() }, Duration::from_millis(500))
+                .unwrap_err();
         assert_eq!(err.status, crate::core::error::kvx_status::KVX_ERR_PEER);
     }
 }

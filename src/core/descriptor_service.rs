@@ -27,10 +27,12 @@ impl<T: DescribedAgent> ControlHandler for DescriptorService<T> {
             return ControlMessage::Refused { reason: "agent is shutting down".into() };
         };
         match request {
-            ControlMessage::GetAgentDesc { expected_name } if expected_name == agent.agent_name() => match agent.describe() {
-                Ok(desc) => ControlMessage::AgentDesc { desc },
-                Err(e) => ControlMessage::Refused { reason: e.to_string() },
-            },
+            ControlMessage::GetAgentDesc { expected_name } if expected_name == agent.agent_name() => {
+                match agent.describe() {
+                    Ok(desc) => ControlMessage::AgentDesc { desc },
+                    Err(e) => ControlMessage::Refused { reason: e.to_string() },
+                }
+            }
             ControlMessage::GetAgentDesc { expected_name } => ControlMessage::Refused {
                 reason: format!("this is agent {:?}, not {expected_name:?}", agent.agent_name()),
             },

@@ -73,10 +73,23 @@ impl kvx_status {
     pub const ALL: [kvx_status; 17] = {
         use kvx_status::*;
         [
-            KVX_OK, KVX_IN_PROGRESS, KVX_ERR_INVALID_ARGUMENT, KVX_ERR_BACKEND_UNAVAILABLE,
-            KVX_ERR_NOT_FOUND, KVX_ERR_ALREADY_EXISTS, KVX_ERR_TIMEOUT, KVX_ERR_PEER,
-            KVX_ERR_TRANSPORT, KVX_ERR_MALFORMED, KVX_ERR_NOT_REGISTERED, KVX_ERR_SIZE_MISMATCH,
-            KVX_ERR_CANCELED, KVX_ERR_UNSUPPORTED, KVX_ERR_PANIC, KVX_ERR_SYSTEM, KVX_ERR_INTERNAL,
+            KVX_OK,
+            KVX_IN_PROGRESS,
+            KVX_ERR_INVALID_ARGUMENT,
+            KVX_ERR_BACKEND_UNAVAILABLE,
+            KVX_ERR_NOT_FOUND,
+            KVX_ERR_ALREADY_EXISTS,
+            KVX_ERR_TIMEOUT,
+            KVX_ERR_PEER,
+            KVX_ERR_TRANSPORT,
+            KVX_ERR_MALFORMED,
+            KVX_ERR_NOT_REGISTERED,
+            KVX_ERR_SIZE_MISMATCH,
+            KVX_ERR_CANCELED,
+            KVX_ERR_UNSUPPORTED,
+            KVX_ERR_PANIC,
+            KVX_ERR_SYSTEM,
+            KVX_ERR_INTERNAL,
         ]
     };
 }
@@ -111,7 +124,10 @@ impl Error {
     }
     pub fn system(context: &str, err: std::io::Error) -> Self {
         // An unreachable host or network is a peer the caller cannot reach, not a local fault.
-        let unreachable = matches!(err.raw_os_error(), Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN));
+        let unreachable = matches!(
+            err.raw_os_error(),
+            Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN)
+        );
         let status = match err.kind() {
             _ if unreachable => kvx_status::KVX_ERR_PEER,
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => kvx_status::KVX_ERR_TIMEOUT,

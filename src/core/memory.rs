@@ -21,9 +21,7 @@ impl kvx_memory_type {
         match raw {
             0 => Ok(Self::KVX_MEMORY_DRAM),
             1 => Ok(Self::KVX_MEMORY_VRAM),
-            other => Err(Error::invalid(format!(
-                "memory type {other} is not supported (0 = DRAM, 1 = VRAM)"
-            ))),
+            other => Err(Error::invalid(format!("memory type {other} is not supported (0 = DRAM, 1 = VRAM)"))),
         }
     }
 }
@@ -184,7 +182,10 @@ impl<T> Registrations<T> {
             }
             if let Some(existing) = self.regions.get(d.addr, d.len) {
                 if existing.mem_type != mem_type {
-                    return Err(Error::invalid(format!("region {:#x}+{} is already registered as {:?}", d.addr, d.len, existing.mem_type)));
+                    return Err(Error::invalid(format!(
+                        "region {:#x}+{} is already registered as {:?}",
+                        d.addr, d.len, existing.mem_type
+                    )));
                 }
                 continue;
             }
@@ -194,14 +195,20 @@ impl<T> Registrations<T> {
             let (found_type, device) = crate::cuda::pointer_location(d.addr);
             let driver = crate::cuda::driver_available();
             if found_type != mem_type && driver {
-                return Err(Error::invalid(format!("region {:#x} is {found_type:?} memory, registered as {mem_type:?}", d.addr)));
+                return Err(Error::invalid(format!(
+                    "region {:#x} is {found_type:?} memory, registered as {mem_type:?}",
+                    d.addr
+                )));
             }
             let device_id = if mem_type == kvx_memory_type::KVX_MEMORY_VRAM && driver { device } else { d.device_id };
             new.push(kvx_memory_desc { device_id, ..*d });
         }
         let natives = if new.is_empty() { Vec::new() } else { map(&new)? };
         if natives.len() != new.len() {
-            return Err(Error::new(super::error::kvx_status::KVX_ERR_INTERNAL, "backend returned the wrong number of registrations"));
+            return Err(Error::new(
+                super::error::kvx_status::KVX_ERR_INTERNAL,
+                "backend returned the wrong number of registrations",
+            ));
         }
         for (d, native) in new.iter().zip(natives) {
             self.regions.insert(d.addr, d.len, Registered { native, mem_type, device_id: d.device_id, references: 0 });
@@ -217,7 +224,11 @@ impl<T> Registrations<T> {
     /// Drop one reference to each of `descs` (exactly as registered); `unmap`
     /// gets the regions whose last reference went. Unknown regions fail the
     /// whole call before anything changes.
-    pub fn deregister(&mut self, descs: &[kvx_memory_desc], mut unmap: impl FnMut(kvx_memory_desc, Registered<T>)) -> Result<()> {
+    pub fn deregister(
+        &mut self,
+        descs: &[kvx_memory_desc],
+        mut unmap: impl FnMut(kvx_memory_desc, Registered<T>),
+    ) -> Result<()> {
         // References each range loses; counted in one pass (a scan per descriptor
         // made deregistering 10,000 regions take a third of a second).
         let mut wanted: std::collections::HashMap<(u64, u64), usize> = std::collections::HashMap::new();
@@ -227,7 +238,12 @@ impl<T> Registrations<T> {
         for d in descs {
             match self.regions.get(d.addr, d.len) {
                 Some(r) if r.references >= wanted[&(d.addr, d.len)] => {}
-                _ => return Err(Error::not_found(format!("region {:#x}+{} is not registered (deregister exactly what was registered)", d.addr, d.len))),
+                _ => {
+                    return Err(Error::not_found(format!(
+                        "region {:#x}+{} is not registered (deregister exactly what was registered)",
+                        d.addr, d.len
+                    )))
+                }
             }
         }
         for d in descs {
@@ -287,13 +303,30 @@ mod tests {
             map.insert(addr, len, (addr, len));
         }
         let mut lookup = RegionLookup::new(&map);
-        let probes = [(1000, 10), (1010, 90), (1090, 20), (1100, 0), (1199, 1), (1199, 2), (1200, 0), (5000, 10), (5009, 2), (1050, 5), (1000, 100), (999, 1), (1055, 0)];
+        let probes = [
+            (1000, 10),
+            (1010, 90),
+            (1090, 20),
+            (1100, 0),
+            (1199, 1),
+            (1199, 2),
+            (1200, 0),
+            (5000, 10),
+            (5009, 2),
+            (1050, 5),
+            (1000, 100),
+            (999, 1),
+            (1055, 0),
+        ];
         for round in 0..2 {
             for &(addr, len) in &probes {
                 let found = lookup.find(addr, len);
                 assert_eq!(found.is_some(), map.find_containing(addr, len).is_some(), "round {round} {addr}+{len}");
                 if let Some(&(start, rlen)) = found {
-                    assert!(start <= addr && addr + len <= start + rlen && (len > 0 || addr < start + rlen), "{addr}+{len} not in {start}+{rlen}");
+                    assert!(
+                        start <= addr && addr + len <= start + rlen && (len > 0 || addr < start + rlen),
+                        "{addr}+{len} not in {start}+{rlen}"
+                    );
                 }
             }
         }

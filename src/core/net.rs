@@ -10,9 +10,9 @@ pub fn parse_connection_info(text: &str) -> Result<SocketAddr> {
     if trimmed.is_empty() {
         return Err(Error::invalid("connection info is empty (the peer has no listener?)"));
     }
-    trimmed.parse::<SocketAddr>().map_err(|_| {
-        Error::invalid(format!("connection info {trimmed:?} is not \"ip:port\" or \"[ipv6]:port\""))
-    })
+    trimmed
+        .parse::<SocketAddr>()
+        .map_err(|_| Error::invalid(format!("connection info {trimmed:?} is not \"ip:port\" or \"[ipv6]:port\"")))
 }
 
 /// Format an address the way TensorRT-LLM does (`ip:port`, IPv6 bracketed).
@@ -35,8 +35,9 @@ pub fn choose_listen_ip(explicit: Option<&str>, interface_var: &str) -> Result<I
     }
     if let Ok(ifname) = std::env::var(interface_var) {
         if !ifname.is_empty() {
-            return interface_ip(&ifname)
-                .ok_or_else(|| Error::invalid(format!("{interface_var}={ifname:?}: no such interface with an IP address")));
+            return interface_ip(&ifname).ok_or_else(|| {
+                Error::invalid(format!("{interface_var}={ifname:?}: no such interface with an IP address"))
+            });
         }
     }
     // Connecting a UDP socket sends nothing; it only asks the kernel for the outward source address.

@@ -45,16 +45,16 @@ pub fn choose_from_env(get: impl Fn(&str) -> Option<String>) -> (kvx_backend, Ve
         Some(v) if v == "1" => true,
         Some(v) if v.is_empty() || v == "0" => false,
         Some(v) => {
-            warnings.push(format!(
-                "{var}={v:?} is ignored: TensorRT-LLM counts only the exact value \"1\""
-            ));
+            warnings.push(format!("{var}={v:?} is ignored: TensorRT-LLM counts only the exact value \"1\""));
             false
         }
     };
     let ucx = is_set(UCX_VAR);
     let nixl = is_set(NIXL_VAR);
     if ucx && nixl {
-        warnings.push(format!("both {UCX_VAR}=1 and {NIXL_VAR}=1 are set: using UCX, as TensorRT-LLM's C++ transceiver does"));
+        warnings.push(format!(
+            "both {UCX_VAR}=1 and {NIXL_VAR}=1 are set: using UCX, as TensorRT-LLM's C++ transceiver does"
+        ));
     }
     let chosen = if ucx || !nixl { kvx_backend::KVX_BACKEND_UCX } else { kvx_backend::KVX_BACKEND_NIXL };
     (chosen, warnings)

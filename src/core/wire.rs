@@ -230,8 +230,8 @@ impl AgentDescriptor {
             if addr.checked_add(len).is_none() {
                 return Err(Error::malformed(format!("region {addr:#x}+{len} overflows")));
             }
-            let mem_type = kvx_memory_type::from_raw(r.u8("memory type")? as u32)
-                .map_err(|e| Error::malformed(e.message))?;
+            let mem_type =
+                kvx_memory_type::from_raw(r.u8("memory type")? as u32).map_err(|e| Error::malformed(e.message))?;
             let device_id = r.u32("device id")?;
             let key = r.blob(MAX_KEY_BLOB, "region key")?.to_vec();
             regions.push(RemoteRegion { addr, len, mem_type, device_id, key });
@@ -318,7 +318,8 @@ pub fn open_nixl_metadata(bytes: &[u8], accept_stock: bool) -> Result<OpenedNixl
                 return Err(Error::malformed("NIXL metadata is corrupted (kvxfer checksum mismatch)"));
             }
             let (metadata, listener) = sealed.split_at(metadata_len as usize);
-            let listener = std::str::from_utf8(listener).map_err(|_| Error::malformed("NIXL metadata names a listener that is not text"))?;
+            let listener = std::str::from_utf8(listener)
+                .map_err(|_| Error::malformed("NIXL metadata names a listener that is not text"))?;
             return Ok(OpenedNixlMetadata { metadata, listener: (!listener.is_empty()).then_some(listener) });
         }
     }
@@ -339,13 +340,26 @@ pub fn open_nixl_metadata(bytes: &[u8], accept_stock: bool) -> Result<OpenedNixl
 pub enum ControlMessage {
     /// Ask an agent for its descriptor; `expected_name` guards against
     /// reaching the wrong agent at a reused address.
-    GetAgentDesc { expected_name: String },
-    AgentDesc { desc: Vec<u8> },
+    GetAgentDesc {
+        expected_name: String,
+    },
+    AgentDesc {
+        desc: Vec<u8>,
+    },
     /// Open a connection-manager connection: the client's connection id,
     /// its endpoint address and its own listening address.
-    Connect { client_conn_id: u64, endpoint: Vec<u8>, client_address: String },
-    Accept { server_conn_id: u64, endpoint: Vec<u8> },
-    Refused { reason: String },
+    Connect {
+        client_conn_id: u64,
+        endpoint: Vec<u8>,
+        client_address: String,
+    },
+    Accept {
+        server_conn_id: u64,
+        endpoint: Vec<u8>,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 impl ControlMessage {
@@ -429,15 +443,31 @@ mod tests {
             name: "agent\u{1}x".into(),
             endpoint: vec![0, 1, 2, 0, 255],
             regions: vec![
-                RemoteRegion { addr: 4096, len: 100, mem_type: kvx_memory_type::KVX_MEMORY_DRAM, device_id: 0, key: vec![9; 40] },
-                RemoteRegion { addr: 1 << 40, len: 1 << 30, mem_type: kvx_memory_type::KVX_MEMORY_VRAM, device_id: 3, key: vec![] },
+                RemoteRegion {
+                    addr: 4096,
+                    len: 100,
+                    mem_type: kvx_memory_type::KVX_MEMORY_DRAM,
+                    device_id: 0,
+                    key: vec![9; 40],
+                },
+                RemoteRegion {
+                    addr: 1 << 40,
+                    len: 1 << 30,
+                    mem_type: kvx_memory_type::KVX_MEMORY_VRAM,
+                    device_id: 3,
+                    key: vec![],
+                },
             ],
             ipc: None,
         }
     }
 
     fn sample_with_ipc() -> AgentDescriptor {
-        let ipc = IpcSection { host: b"boot-id".to_vec(), pid: 77, regions: vec![IpcRegion { region: 1, handle: [5; IPC_HANDLE_LEN], offset: 4096 }] };
+        let ipc = IpcSection {
+            host: b"boot-id".to_vec(),
+            pid: 77,
+            regions: vec![IpcRegion { region: 1, handle: [5; IPC_HANDLE_LEN], offset: 4096 }],
+        };
         AgentDescriptor { ipc: Some(ipc), ..sample() }
     }
 
@@ -446,7 +476,11 @@ mod tests {
         let d = sample();
         assert_eq!(AgentDescriptor::decode(&d.encode()).unwrap(), d);
         let bytes = d.encode();
-        assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), AGENT_DESC_VERSION, "host-only descriptors stay version 1");
+        assert_eq!(
+            u16::from_le_bytes([bytes[4], bytes[5]]),
+            AGENT_DESC_VERSION,
+            "host-only descriptors stay version 1"
+        );
         let d = sample_with_ipc();
         assert_eq!(AgentDescriptor::decode(&d.encode()).unwrap(), d);
     }
@@ -523,7 +557,10 @@ mod tests {
         for listener in ["10.0.0.7:4242", ""] {
             let sealed = seal_nixl_metadata(md.clone(), listener);
             let opened = open_nixl_metadata(&sealed, false).unwrap();
-            assert_eq!(opened, OpenedNixlMetadata { metadata: &md[..], listener: (!listener.is_empty()).then_some(listener) });
+            assert_eq!(
+                opened,
+                OpenedNixlMetadata { metadata: &md[..], listener: (!listener.is_empty()).then_some(listener) }
+            );
             for i in 0..sealed.len() {
                 let mut bad = sealed.clone();
                 bad[i] ^= 0x20;
@@ -531,7 +568,11 @@ mod tests {
             }
         }
         let stock = open_nixl_metadata(&md, true).unwrap();
-        assert_eq!(stock, OpenedNixlMetadata { metadata: &md[..], listener: None }, "stock NIXL metadata passes when allowed");
+        assert_eq!(
+            stock,
+            OpenedNixlMetadata { metadata: &md[..], listener: None },
+            "stock NIXL metadata passes when allowed"
+        );
         assert!(open_nixl_metadata(&md, false).is_err(), "and only then");
         // Framing catches cuts that do not end on a field boundary; NIXL judges the rest.
         for cut in (0..md.len() - 1).filter(|&c| c == 0 || md[c - 1] != b'|') {

@@ -30,7 +30,11 @@ const MAX_BLOCKS: u32 = 8192;
 
 /// List entries that a copy of `len` bytes takes (callers size batches with it).
 pub fn entries_for(len: u64) -> usize {
-    if len >= COPY_ENGINE_MIN { 1 } else { len.div_ceil(PIECE).max(1) as usize }
+    if len >= COPY_ENGINE_MIN {
+        1
+    } else {
+        len.div_ceil(PIECE).max(1) as usize
+    }
 }
 
 /// One copy, laid out as the kernel's `KvxCopy`.
@@ -89,8 +93,14 @@ fn engine(device: u32) -> Result<Arc<Engine>> {
     // SAFETY: NUL-terminated PTX; out-parameters.
     unsafe {
         check(sys::cuModuleLoadData(&mut module, ptx.as_ptr() as *const _), "loading the batched-copy kernel")?;
-        check(sys::cuModuleGetFunction(&mut function, module, c"kvx_copy_batch".as_ptr()), "finding the batched-copy kernel")?;
-        check(sys::cuStreamCreate(&mut stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32), "creating a copy stream")?;
+        check(
+            sys::cuModuleGetFunction(&mut function, module, c"kvx_copy_batch".as_ptr()),
+            "finding the batched-copy kernel",
+        )?;
+        check(
+            sys::cuStreamCreate(&mut stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32),
+            "creating a copy stream",
+        )?;
     }
     let e = Arc::new(Engine { device, function, stream, free: Mutex::new(Vec::new()), issue: Mutex::new(()) });
     engines.insert(device, e.clone());
@@ -117,7 +127,9 @@ impl Engine {
                 sys::cuMemFreeHost(host);
                 return Err(e);
             }
-            if let Err(e) = check(sys::cuEventCreate(&mut event, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32), "copy event") {
+            if let Err(e) =
+                check(sys::cuEventCreate(&mut event, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32), "copy event")
+            {
                 sys::cuMemFreeHost(host);
                 sys::cuMemFree_v2(device);
                 return Err(e);
@@ -139,13 +151,29 @@ impl Engine {
             }
             let bytes = count * std::mem::size_of::<Copy>();
             let offset = (from * std::mem::size_of::<Copy>()) as u64;
-            check(sys::cuMemcpyHtoDAsync_v2(slot.device + offset, slot.host.add(from) as *const _, bytes, self.stream), "uploading the copy list")?;
+            check(
+                sys::cuMemcpyHtoDAsync_v2(slot.device + offset, slot.host.add(from) as *const _, bytes, self.stream),
+                "uploading the copy list",
+            )?;
             let mut list = slot.device + offset;
             let mut n = count as u32;
-            let mut params = [&mut list as *mut u64 as *mut std::ffi::c_void, &mut n as *mut u32 as *mut std::ffi::c_void];
+            let mut params =
+                [&mut list as *mut u64 as *mut std::ffi::c_void, &mut n as *mut u32 as *mut std::ffi::c_void];
             let blocks = n.div_ceil(WARPS_PER_BLOCK).min(MAX_BLOCKS);
             check(
-                sys::cuLaunchKernel(self.function, blocks, 1, 1, BLOCK_THREADS, 1, 1, 0, self.stream, params.as_mut_ptr(), std::ptr::null_mut()),
+                sys::cuLaunchKernel(
+                    self.function,
+                    blocks,
+                    1,
+                    1,
+                    BLOCK_THREADS,
+                    1,
+                    1,
+                    0,
+                    self.stream,
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                ),
                 "launching the batched copy",
             )
         }

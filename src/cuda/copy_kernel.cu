@@ -13,7 +13,8 @@
 
 #define UNROLL 8
 
-struct KvxCopy {
+struct KvxCopy
+{
     unsigned long long src;
     unsigned long long dst;
     unsigned long long len;
@@ -23,28 +24,35 @@ extern "C" __global__ void __launch_bounds__(256) kvx_copy_batch(const KvxCopy* 
 {
     const unsigned int lane = threadIdx.x & 31u;
     const unsigned int warps = (gridDim.x * blockDim.x) >> 5;
-    for (unsigned int i = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; i < count; i += warps) {
+    for (unsigned int i = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; i < count; i += warps)
+    {
         const KvxCopy c = list[i];
-        if (((c.src | c.dst | c.len) & 15ull) == 0) {
+        if (((c.src | c.dst | c.len) & 15ull) == 0)
+        {
             const uint4* s = reinterpret_cast<const uint4*>(c.src);
             uint4* d = reinterpret_cast<uint4*>(c.dst);
             const unsigned long long n = c.len >> 4;
-            for (unsigned long long base = 0; base < n; base += 32 * UNROLL) {
+            for (unsigned long long base = 0; base < n; base += 32 * UNROLL)
+            {
                 uint4 v[UNROLL];
 #pragma unroll
-                for (int k = 0; k < UNROLL; ++k) {
+                for (int k = 0; k < UNROLL; ++k)
+                {
                     const unsigned long long j = base + k * 32 + lane;
                     if (j < n)
                         v[k] = s[j];
                 }
 #pragma unroll
-                for (int k = 0; k < UNROLL; ++k) {
+                for (int k = 0; k < UNROLL; ++k)
+                {
                     const unsigned long long j = base + k * 32 + lane;
                     if (j < n)
                         d[j] = v[k];
                 }
             }
-        } else {
+        }
+        else
+        {
             const unsigned char* s = reinterpret_cast<const unsigned char*>(c.src);
             unsigned char* d = reinterpret_cast<unsigned char*>(c.dst);
             for (unsigned long long j = lane; j < c.len; j += 32)

@@ -84,12 +84,17 @@ pub fn open(handle: &[u8; HANDLE_LEN], device: u32) -> Result<Arc<Mapping>> {
     let raw: sys::CUipcMemHandle = unsafe { std::mem::transmute(*handle) };
     let mut base = 0u64;
     check(
-        unsafe { sys::cuIpcOpenMemHandle_v2(&mut base, raw, sys::CUipcMem_flags::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32) },
+        unsafe {
+            sys::cuIpcOpenMemHandle_v2(&mut base, raw, sys::CUipcMem_flags::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32)
+        },
         "opening a peer's CUDA IPC handle",
     )?;
     let mut size = 0usize;
     // SAFETY: out-parameters for a pointer just mapped.
-    let sized = check(unsafe { sys::cuMemGetAddressRange_v2(std::ptr::null_mut(), &mut size, base) }, "sizing a peer's mapped allocation");
+    let sized = check(
+        unsafe { sys::cuMemGetAddressRange_v2(std::ptr::null_mut(), &mut size, base) },
+        "sizing a peer's mapped allocation",
+    );
     let mapping = Arc::new(Mapping { base, size: size as u64, device, key });
     sized?;
     open.insert(key, Arc::downgrade(&mapping));

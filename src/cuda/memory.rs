@@ -36,7 +36,10 @@ impl DeviceBuffer {
             Allocation::Plain => {
                 let mut ptr = 0;
                 // SAFETY: out-parameter.
-                check(unsafe { sys::cuMemAlloc_v2(&mut ptr, len.max(1)) }, &format!("cuMemAlloc of {len} bytes on device {device}"))?;
+                check(
+                    unsafe { sys::cuMemAlloc_v2(&mut ptr, len.max(1)) },
+                    &format!("cuMemAlloc of {len} bytes on device {device}"),
+                )?;
                 Ok(DeviceBuffer { ptr, len, device, kind, vmm: None })
             }
             Allocation::Vmm => Self::new_vmm(device, len),
@@ -54,7 +57,13 @@ impl DeviceBuffer {
         let mut granularity = 0usize;
         // SAFETY: out-parameter and a filled property struct.
         check(
-            unsafe { sys::cuMemGetAllocationGranularity(&mut granularity, &prop, sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM) },
+            unsafe {
+                sys::cuMemGetAllocationGranularity(
+                    &mut granularity,
+                    &prop,
+                    sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+                )
+            },
             "VMM granularity",
         )?;
         let size = len.max(1).div_ceil(granularity) * granularity;
@@ -62,7 +71,10 @@ impl DeviceBuffer {
         let mut ptr = 0;
         // SAFETY: each step's outputs feed the next; failures undo what was done.
         unsafe {
-            check(sys::cuMemCreate(&mut handle, size, &prop, 0), &format!("cuMemCreate of {size} bytes on device {device}"))?;
+            check(
+                sys::cuMemCreate(&mut handle, size, &prop, 0),
+                &format!("cuMemCreate of {size} bytes on device {device}"),
+            )?;
             if let Err(e) = check(sys::cuMemAddressReserve(&mut ptr, size, 0, 0, 0), "cuMemAddressReserve") {
                 sys::cuMemRelease(handle);
                 return Err(e);
@@ -102,7 +114,10 @@ impl DeviceBuffer {
         assert!(offset + bytes.len() <= self.len, "upload outside the buffer");
         let _scope = ContextScope::enter(self.device)?;
         // SAFETY: in bounds (asserted).
-        check(unsafe { sys::cuMemcpyHtoD_v2(self.ptr + offset as u64, bytes.as_ptr() as *const _, bytes.len()) }, "copy to device")
+        check(
+            unsafe { sys::cuMemcpyHtoD_v2(self.ptr + offset as u64, bytes.as_ptr() as *const _, bytes.len()) },
+            "copy to device",
+        )
     }
 
     pub fn download(&self, offset: usize, len: usize) -> Result<Vec<u8>> {
@@ -110,7 +125,10 @@ impl DeviceBuffer {
         let _scope = ContextScope::enter(self.device)?;
         let mut out = vec![0u8; len];
         // SAFETY: in bounds (asserted).
-        check(unsafe { sys::cuMemcpyDtoH_v2(out.as_mut_ptr() as *mut _, self.ptr + offset as u64, len) }, "copy to host")?;
+        check(
+            unsafe { sys::cuMemcpyDtoH_v2(out.as_mut_ptr() as *mut _, self.ptr + offset as u64, len) },
+            "copy to host",
+        )?;
         Ok(out)
     }
 

@@ -37,7 +37,11 @@ pub fn device_count() -> usize {
     let mut n = 0i32;
     // SAFETY: out-parameter.
     let st = unsafe { sys::cuDeviceGetCount(&mut n) };
-    if st == sys::CUresult::CUDA_SUCCESS { n.max(0) as usize } else { 0 }
+    if st == sys::CUresult::CUDA_SUCCESS {
+        n.max(0) as usize
+    } else {
+        0
+    }
 }
 
 /// A CUDA status as a kvxfer error naming the call.
@@ -142,7 +146,10 @@ pub fn read_bytes(addr: u64, len: usize) -> Result<Vec<u8>> {
             let _scope = ContextScope::enter(device)?;
             let mut out = vec![0u8; len];
             // SAFETY: the caller vouches for `len` device bytes at `addr`.
-            check(unsafe { sys::cuMemcpyDtoH_v2(out.as_mut_ptr() as *mut _, addr, len) }, "copying device bytes to the host")?;
+            check(
+                unsafe { sys::cuMemcpyDtoH_v2(out.as_mut_ptr() as *mut _, addr, len) },
+                "copying device bytes to the host",
+            )?;
             Ok(out)
         }
         // SAFETY: the caller vouches for `len` host bytes at `addr`.
@@ -156,7 +163,10 @@ pub fn write_bytes(addr: u64, bytes: &[u8]) -> Result<()> {
         (kvx_memory_type::KVX_MEMORY_VRAM, device) => {
             let _scope = ContextScope::enter(device)?;
             // SAFETY: the caller vouches for `bytes.len()` device bytes at `addr`.
-            check(unsafe { sys::cuMemcpyHtoD_v2(addr, bytes.as_ptr() as *const _, bytes.len()) }, "copying bytes to the device")
+            check(
+                unsafe { sys::cuMemcpyHtoD_v2(addr, bytes.as_ptr() as *const _, bytes.len()) },
+                "copying bytes to the device",
+            )
         }
         _ => {
             // SAFETY: the caller vouches for writable host bytes at `addr`.

@@ -50,7 +50,10 @@ pub unsafe extern "C" fn kvx_agent_config_init(config: *mut kvx_agent_config) ->
 ///
 /// Thread safety: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_agent_create(config: *const kvx_agent_config, out_agent: *mut *mut kvx_agent) -> kvx_status {
+pub unsafe extern "C" fn kvx_agent_create(
+    config: *const kvx_agent_config,
+    out_agent: *mut *mut kvx_agent,
+) -> kvx_status {
     guard(|| {
         non_null(config, "config")?;
         non_null(out_agent, "out_agent")?;
@@ -100,7 +103,12 @@ pub unsafe extern "C" fn kvx_agent_backend(agent: *const kvx_agent, out_backend:
 ///
 /// Thread safety: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_agent_register_memory(agent: *mut kvx_agent, mem_type: u32, descs: *const kvx_memory_desc, count: usize) -> kvx_status {
+pub unsafe extern "C" fn kvx_agent_register_memory(
+    agent: *mut kvx_agent,
+    mem_type: u32,
+    descs: *const kvx_memory_desc,
+    count: usize,
+) -> kvx_status {
     guard(|| {
         let a = agent_ref(agent)?;
         if count > 0 {
@@ -115,7 +123,12 @@ pub unsafe extern "C" fn kvx_agent_register_memory(agent: *mut kvx_agent, mem_ty
 ///
 /// Thread safety: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_agent_deregister_memory(agent: *mut kvx_agent, mem_type: u32, descs: *const kvx_memory_desc, count: usize) -> kvx_status {
+pub unsafe extern "C" fn kvx_agent_deregister_memory(
+    agent: *mut kvx_agent,
+    mem_type: u32,
+    descs: *const kvx_memory_desc,
+    count: usize,
+) -> kvx_status {
     guard(|| {
         let a = agent_ref(agent)?;
         if count > 0 {
@@ -159,7 +172,12 @@ pub unsafe extern "C" fn kvx_agent_get_connection_info(agent: *mut kvx_agent, ou
 ///
 /// Thread safety: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_agent_load_remote(agent: *mut kvx_agent, name: *const c_char, desc: *const u8, desc_len: usize) -> kvx_status {
+pub unsafe extern "C" fn kvx_agent_load_remote(
+    agent: *mut kvx_agent,
+    name: *const c_char,
+    desc: *const u8,
+    desc_len: usize,
+) -> kvx_status {
     guard(|| {
         let a = agent_ref(agent)?;
         non_null(name, "name")?;
@@ -174,7 +192,12 @@ pub unsafe extern "C" fn kvx_agent_load_remote(agent: *mut kvx_agent, name: *con
 ///
 /// Thread safety: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_agent_load_remote_by_connection_info(agent: *mut kvx_agent, name: *const c_char, connection_info: *const c_char, timeout_ms: i64) -> kvx_status {
+pub unsafe extern "C" fn kvx_agent_load_remote_by_connection_info(
+    agent: *mut kvx_agent,
+    name: *const c_char,
+    connection_info: *const c_char,
+    timeout_ms: i64,
+) -> kvx_status {
     guard(|| {
         let a = agent_ref(agent)?;
         non_null(name, "name")?;
@@ -201,7 +224,14 @@ pub unsafe extern "C" fn kvx_agent_invalidate_remote(agent: *mut kvx_agent, name
 ///
 /// Thread safety: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_agent_check_remote_descs(agent: *mut kvx_agent, name: *const c_char, mem_type: u32, descs: *const kvx_memory_desc, count: usize, out_ok: *mut bool) -> kvx_status {
+pub unsafe extern "C" fn kvx_agent_check_remote_descs(
+    agent: *mut kvx_agent,
+    name: *const c_char,
+    mem_type: u32,
+    descs: *const kvx_memory_desc,
+    count: usize,
+    out_ok: *mut bool,
+) -> kvx_status {
     guard(|| {
         let a = agent_ref(agent)?;
         non_null(name, "name")?;
@@ -220,7 +250,11 @@ pub unsafe extern "C" fn kvx_agent_check_remote_descs(agent: *mut kvx_agent, nam
 ///
 /// Thread safety: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_agent_submit(agent: *mut kvx_agent, request: *const kvx_transfer_request, out_xfer: *mut *mut kvx_xfer) -> kvx_status {
+pub unsafe extern "C" fn kvx_agent_submit(
+    agent: *mut kvx_agent,
+    request: *const kvx_transfer_request,
+    out_xfer: *mut *mut kvx_xfer,
+) -> kvx_status {
     guard(|| {
         let a = agent_ref(agent)?;
         non_null(request, "request")?;
@@ -237,7 +271,12 @@ pub unsafe extern "C" fn kvx_agent_submit(agent: *mut kvx_agent, request: *const
 ///
 /// Thread safety: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_agent_notify(agent: *mut kvx_agent, name: *const c_char, message: *const u8, message_len: usize) -> kvx_status {
+pub unsafe extern "C" fn kvx_agent_notify(
+    agent: *mut kvx_agent,
+    name: *const c_char,
+    message: *const u8,
+    message_len: usize,
+) -> kvx_status {
     guard(|| {
         let a = agent_ref(agent)?;
         non_null(name, "name")?;
@@ -253,7 +292,10 @@ pub unsafe extern "C" fn kvx_agent_notify(agent: *mut kvx_agent, name: *const c_
 ///
 /// Thread safety: any thread; each notification goes to exactly one caller.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_agent_get_notifications(agent: *mut kvx_agent, out_list: *mut *mut kvx_notification_list) -> kvx_status {
+pub unsafe extern "C" fn kvx_agent_get_notifications(
+    agent: *mut kvx_agent,
+    out_list: *mut *mut kvx_notification_list,
+) -> kvx_status {
     guard(|| {
         let a = agent_ref(agent)?;
         non_null(out_list, "out_list")?;
@@ -266,7 +308,11 @@ pub unsafe extern "C" fn kvx_agent_get_notifications(agent: *mut kvx_agent, out_
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_notification_list_len(list: *const kvx_notification_list) -> usize {
-    if list.is_null() { 0 } else { (*list).items.len() }
+    if list.is_null() {
+        0
+    } else {
+        (*list).items.len()
+    }
 }
 
 /// Notification `index`: the sender's name (NUL-terminated) and the message
@@ -274,7 +320,13 @@ pub unsafe extern "C" fn kvx_notification_list_len(list: *const kvx_notification
 ///
 /// Thread safety: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_notification_list_get(list: *const kvx_notification_list, index: usize, out_sender: *mut *const c_char, out_message: *mut *const u8, out_message_len: *mut usize) -> kvx_status {
+pub unsafe extern "C" fn kvx_notification_list_get(
+    list: *const kvx_notification_list,
+    index: usize,
+    out_sender: *mut *const c_char,
+    out_message: *mut *const u8,
+    out_message_len: *mut usize,
+) -> kvx_status {
     guard(|| {
         non_null(list, "list")?;
         non_null(out_sender, "out_sender")?;
@@ -327,7 +379,11 @@ pub unsafe extern "C" fn kvx_xfer_is_completed(xfer: *const kvx_xfer, out_done: 
 ///
 /// Thread safety: any thread; several threads may wait on one transfer.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_xfer_wait(xfer: *const kvx_xfer, timeout_ms: i64, out_state: *mut kvx_transfer_state) -> kvx_status {
+pub unsafe extern "C" fn kvx_xfer_wait(
+    xfer: *const kvx_xfer,
+    timeout_ms: i64,
+    out_state: *mut kvx_transfer_state,
+) -> kvx_status {
     guard(|| {
         let x = xfer_ref(xfer)?;
         non_null(out_state, "out_state")?;
@@ -376,4 +432,3 @@ pub unsafe extern "C" fn kvx_xfer_destroy(xfer: *mut kvx_xfer) {
         }
     })
 }
-

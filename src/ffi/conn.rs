@@ -38,9 +38,7 @@ unsafe impl Sync for kvx_conn {}
 impl kvx_cm {
     fn handle_for(&self, object: *const c_void) -> *const kvx_conn {
         let mut handles = self.handles.lock();
-        let entry = handles
-            .entry(object as usize)
-            .or_insert_with(|| Box::new(kvx_conn { table: self.table, object }));
+        let entry = handles.entry(object as usize).or_insert_with(|| Box::new(kvx_conn { table: self.table, object }));
         &**entry as *const kvx_conn
     }
 }
@@ -126,7 +124,13 @@ pub unsafe extern "C" fn kvx_cm_get_local_address(cm: *const kvx_cm, out: *mut k
 ///
 /// Thread safety: any thread; concurrent calls for one peer share one connection.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_cm_get_connections(cm: *mut kvx_cm, addresses: *const *const c_char, count: usize, timeout_ms: i64, out_conns: *mut *const kvx_conn) -> kvx_status {
+pub unsafe extern "C" fn kvx_cm_get_connections(
+    cm: *mut kvx_cm,
+    addresses: *const *const c_char,
+    count: usize,
+    timeout_ms: i64,
+    out_conns: *mut *const kvx_conn,
+) -> kvx_status {
     guard(|| {
         let m = cm_ref(cm)?;
         if count == 0 {
@@ -150,7 +154,14 @@ pub unsafe extern "C" fn kvx_cm_get_connections(cm: *mut kvx_cm, addresses: *con
 ///
 /// Thread safety: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_cm_recv_connect(cm: *mut kvx_cm, tag: u32, data: *mut c_void, size: usize, timeout_ms: i64, out_conn: *mut *const kvx_conn) -> kvx_status {
+pub unsafe extern "C" fn kvx_cm_recv_connect(
+    cm: *mut kvx_cm,
+    tag: u32,
+    data: *mut c_void,
+    size: usize,
+    timeout_ms: i64,
+    out_conn: *mut *const kvx_conn,
+) -> kvx_status {
     guard(|| {
         let m = cm_ref(cm)?;
         non_null(out_conn, "out_conn")?;
@@ -201,7 +212,13 @@ unsafe fn conn_ref<'a>(conn: *const kvx_conn) -> Result<&'a kvx_conn, Error> {
 ///
 /// Thread safety: any thread; concurrent sends on one connection are allowed.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_conn_send(conn: *const kvx_conn, tag: u32, data: *const c_void, size: usize, timeout_ms: i64) -> kvx_status {
+pub unsafe extern "C" fn kvx_conn_send(
+    conn: *const kvx_conn,
+    tag: u32,
+    data: *const c_void,
+    size: usize,
+    timeout_ms: i64,
+) -> kvx_status {
     guard(|| {
         let c = conn_ref(conn)?;
         if size > 0 {
@@ -217,7 +234,13 @@ pub unsafe extern "C" fn kvx_conn_send(conn: *const kvx_conn, tag: u32, data: *c
 ///
 /// Thread safety: any thread.
 #[no_mangle]
-pub unsafe extern "C" fn kvx_conn_recv(conn: *const kvx_conn, tag: u32, data: *mut c_void, size: usize, timeout_ms: i64) -> kvx_status {
+pub unsafe extern "C" fn kvx_conn_recv(
+    conn: *const kvx_conn,
+    tag: u32,
+    data: *mut c_void,
+    size: usize,
+    timeout_ms: i64,
+) -> kvx_status {
     guard(|| {
         let c = conn_ref(conn)?;
         if size > 0 {

@@ -9,14 +9,17 @@ static_assert(sizeof(kvx_memory_desc) == 24, "kvx_memory_desc: u64 addr, u64 len
 static_assert(KVX_TIMEOUT_DEFAULT < 0, "negative timeout means default");
 static_assert(KVXFER_VERSION_MAJOR >= 0 && KVXFER_VERSION_MINOR >= 0 && KVXFER_VERSION_PATCH >= 0, "version macros");
 
-int main() {
-  kvx_agent_config cfg{};
-  if (kvx_agent_config_init(&cfg) != KVX_OK) return 1;
-  const char* v = kvx_version();
-  const char* e = KVXFER_VERSION_STRING;
-  while (*v && *v == *e) {
-    ++v;
-    ++e;
-  }
-  return *v == *e ? 0 : 2;
+int main()
+{
+    kvx_agent_config cfg{};
+    if (kvx_agent_config_init(&cfg) != KVX_OK)
+        return 1;
+    const char* v = kvx_version();
+    const char* e = KVXFER_VERSION_STRING;
+    while (*v && *v == *e)
+    {
+        ++v;
+        ++e;
+    }
+    return *v == *e ? 0 : 2;
 }

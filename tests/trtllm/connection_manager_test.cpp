@@ -136,8 +136,8 @@ TEST(ConnectionManager, multiSend)
     Manager mRecv = makeManager();
     Manager m1 = makeManager();
     Manager m2 = makeManager();
-    kvc::CommState both{std::vector<kvc::SocketState>{
-                            m1->getCommState().getSocketState()[0], m2->getCommState().getSocketState()[0]},
+    kvc::CommState both{
+        std::vector<kvc::SocketState>{m1->getCommState().getSocketState()[0], m2->getCommState().getSocketState()[0]},
         0};
     auto conns = mRecv->getConnections(both);
     ASSERT_EQ(conns.size(), 2u);
@@ -189,9 +189,9 @@ TEST(ConnectionManager, RecvConnectTerminates)
 TEST(ConnectionManager, ErrorsAreExceptions)
 {
     Manager m = makeManager();
-    EXPECT_THROW((void) m->getConnections(kvc::CommState{std::vector<int32_t>{0, 1}, 0}), std::exception);
-    EXPECT_THROW((void) m->getConnections(kvc::CommState{std::vector<kvc::SocketState>{{80, "not an ip"}}, 0}),
-        std::exception);
+    EXPECT_THROW((void)m->getConnections(kvc::CommState{std::vector<int32_t>{0, 1}, 0}), std::exception);
+    EXPECT_THROW(
+        (void)m->getConnections(kvc::CommState{std::vector<kvc::SocketState>{{80, "not an ip"}}, 0}), std::exception);
 }
 
 // Eight requesters, one receiver (concurrentRequestersToOneReceiver).

@@ -114,8 +114,8 @@ TEST(UcxRendezvous, BadEnvironmentThrows)
         char const* rank;
         char const* rendezvous;
     };
-    for (Case c : {Case{"2", "0", nullptr}, Case{"2", "2", "127.0.0.1:1"}, Case{"x", "0", nullptr},
-             Case{"2", "1", "no-port"}})
+    for (Case c :
+        {Case{"2", "0", nullptr}, Case{"2", "2", "127.0.0.1:1"}, Case{"x", "0", nullptr}, Case{"2", "1", "no-port"}})
     {
         ::setenv("KVX_WORLD_SIZE", c.world, 1);
         ::setenv("KVX_RANK", c.rank, 1);

@@ -253,7 +253,8 @@ TEST(TransferAgent, SyncMessage)
 
     // (a) a WRITE without a message, then a separate notification: exactly one
     // notification arrives, so the WRITE itself notified nobody.
-    auto status = agent0->submitTransferRequests(TransferRequest{TransferOp::kWRITE, reg0.descs(), reg1.descs(), name1});
+    auto status =
+        agent0->submitTransferRequests(TransferRequest{TransferOp::kWRITE, reg0.descs(), reg1.descs(), name1});
     agent0->notifySyncMessage(name1, "agent_sync_message");
     auto got = waitNotifications(*agent1);
     ASSERT_EQ(got.size(), 1u);
@@ -394,11 +395,12 @@ TEST(TransferAgent, ErrorsAreExceptions)
     EXPECT_THROW(agent0->registerMemory(MemoryDescs{MemoryType::kFILE, {MemoryDesc{mem}}}), std::exception);
     EXPECT_THROW(agent0->loadRemoteAgent("nobody", kvc::AgentDesc{std::string("\x01garbage\x00", 9)}), std::exception);
     Registered reg(*agent0, hostDescs(mem));
-    EXPECT_THROW(agent0->submitTransferRequests(TransferRequest{TransferOp::kWRITE, reg.descs(), reg.descs(), "nobody"}),
+    EXPECT_THROW(
+        agent0->submitTransferRequests(TransferRequest{TransferOp::kWRITE, reg.descs(), reg.descs(), "nobody"}),
         std::exception);
     EXPECT_FALSE(agent0->checkRemoteDescs("nobody", reg.descs()));
-    EXPECT_THROW(agent0->deregisterMemory(MemoryDescs{MemoryType::kDRAM, {MemoryDesc{mem.data() + 1, 8, 0}}}),
-        std::exception);
+    EXPECT_THROW(
+        agent0->deregisterMemory(MemoryDescs{MemoryType::kDRAM, {MemoryDesc{mem.data() + 1, 8, 0}}}), std::exception);
 }
 
 // backendParams reach kvxfer (num_workers as its own setting); entries it
@@ -442,8 +444,8 @@ TEST(LoopbackAgent, HostMemoryToFileAndBack)
     ::unlink(path);
     EXPECT_EQ(back, payload);
     std::vector<kvc::FileDesc> none;
-    EXPECT_THROW(agent->executeLoopbackRequest(MemoryDescs{MemoryType::kVRAM, {MemoryDesc{back}}},
-                     kvc::FileDescs{std::move(none)}, true),
+    EXPECT_THROW(agent->executeLoopbackRequest(
+                     MemoryDescs{MemoryType::kVRAM, {MemoryDesc{back}}}, kvc::FileDescs{std::move(none)}, true),
         std::exception);
 }
 

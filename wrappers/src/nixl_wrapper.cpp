@@ -36,7 +36,8 @@ uint32_t kvxMemoryType(kvc::MemoryType type)
     case kvc::MemoryType::kVRAM: return KVX_MEMORY_VRAM;
     default:
         throw std::invalid_argument("kvxfer: only DRAM and VRAM descriptors can be registered or transferred (got "
-            "MemoryType " + std::to_string(static_cast<int>(type)) + ")");
+                                    "MemoryType "
+                                    + std::to_string(static_cast<int>(type)) + ")");
     }
 }
 
@@ -45,7 +46,8 @@ std::vector<kvx_memory_desc> kvxDescs(kvc::MemoryDescs const& descs)
     std::vector<kvx_memory_desc> out;
     out.reserve(descs.getDescs().size());
     for (auto const& d : descs.getDescs())
-        out.push_back(kvx_memory_desc{static_cast<uint64_t>(d.getAddr()), static_cast<uint64_t>(d.getLen()), d.getDeviceId()});
+        out.push_back(
+            kvx_memory_desc{static_cast<uint64_t>(d.getAddr()), static_cast<uint64_t>(d.getLen()), d.getDeviceId()});
     return out;
 }
 
@@ -61,13 +63,14 @@ std::string nixlBackendParams(std::unordered_map<std::string, std::string> const
             char* end = nullptr;
             unsigned long n = std::strtoul(value.c_str(), &end, 10);
             if (value.empty() || *end != '\0' || n == 0 || n > 1024)
-                throw std::invalid_argument("kvxfer: backendParams num_workers='" + value + "' is not a count of workers");
+                throw std::invalid_argument(
+                    "kvxfer: backendParams num_workers='" + value + "' is not a count of workers");
             numWorkers = static_cast<uint32_t>(n);
             continue;
         }
         if (key.empty() || key.find_first_of(";=") != std::string::npos || value.find(';') != std::string::npos)
             throw std::invalid_argument("kvxfer: backendParams entry '" + key + "=" + value
-                + "' cannot be passed on (';' and '=' separate entries)");
+                                        + "' cannot be passed on (';' and '=' separate entries)");
         out += (out.empty() ? "" : ";") + key + "=" + value;
     }
     return out;
@@ -178,14 +181,16 @@ public:
     void loadRemoteAgent(std::string const& name, kvc::AgentDesc const& agentDesc) override
     {
         auto const& blob = agentDesc.getBackendAgentDesc();
-        check(kvx_agent_load_remote(mAgent.get(), name.c_str(), reinterpret_cast<uint8_t const*>(blob.data()), blob.size()),
+        check(kvx_agent_load_remote(
+                  mAgent.get(), name.c_str(), reinterpret_cast<uint8_t const*>(blob.data()), blob.size()),
             "BaseTransferAgent::loadRemoteAgent(AgentDesc)");
     }
 
     // Returns once the peer is usable, so a transfer may follow without polling checkRemoteDescs.
     void loadRemoteAgent(std::string const& name, kvc::ConnectionInfoType const& connectionInfo) override
     {
-        check(kvx_agent_load_remote_by_connection_info(mAgent.get(), name.c_str(), connectionInfo.c_str(), KVX_TIMEOUT_DEFAULT),
+        check(kvx_agent_load_remote_by_connection_info(
+                  mAgent.get(), name.c_str(), connectionInfo.c_str(), KVX_TIMEOUT_DEFAULT),
             "BaseTransferAgent::loadRemoteAgent(connectionInfo)");
     }
 
@@ -212,13 +217,14 @@ public:
         return info.str();
     }
 
-    [[nodiscard]] std::unique_ptr<kvc::TransferStatus> submitTransferRequests(kvc::TransferRequest const& request) override
+    [[nodiscard]] std::unique_ptr<kvc::TransferStatus> submitTransferRequests(
+        kvc::TransferRequest const& request) override
     {
         auto src = kvxDescs(request.getSrcDescs());
         auto dst = kvxDescs(request.getDstDescs());
         if (src.size() != dst.size())
             throw std::invalid_argument("kvxfer: a transfer needs as many source as destination descriptors ("
-                + std::to_string(src.size()) + " vs " + std::to_string(dst.size()) + ")");
+                                        + std::to_string(src.size()) + " vs " + std::to_string(dst.size()) + ")");
         std::optional<kvc::SyncMessage> sync = request.getSyncMessage();
         kvx_transfer_request req{};
         req.op = request.getOp() == kvc::TransferOp::kREAD ? KVX_OP_READ : KVX_OP_WRITE;
@@ -241,8 +247,8 @@ public:
 
     void notifySyncMessage(std::string const& name, kvc::SyncMessage const& syncMessage) override
     {
-        check(kvx_agent_notify(mAgent.get(), name.c_str(), reinterpret_cast<uint8_t const*>(syncMessage.data()),
-                  syncMessage.size()),
+        check(kvx_agent_notify(
+                  mAgent.get(), name.c_str(), reinterpret_cast<uint8_t const*>(syncMessage.data()), syncMessage.size()),
             "BaseTransferAgent::notifySyncMessage");
     }
 
@@ -296,7 +302,8 @@ private:
 class KvxLoopbackAgent final : public kvc::BaseLoopbackAgent
 {
 public:
-    void executeLoopbackRequest(kvc::MemoryDescs const& memoryDescs, kvc::FileDescs const& fileDescs, bool isOffload) override
+    void executeLoopbackRequest(
+        kvc::MemoryDescs const& memoryDescs, kvc::FileDescs const& fileDescs, bool isOffload) override
     {
         if (memoryDescs.getType() != kvc::MemoryType::kDRAM)
             throw std::invalid_argument("kvxfer: loopback (file) transfers support host (kDRAM) memory only");
@@ -322,11 +329,11 @@ private:
             if (n < 0 && errno == EINTR)
                 continue;
             if (n < 0)
-                throw std::runtime_error(std::string("kvxfer: loopback ") + (toFile ? "write" : "read") + " failed: "
-                    + std::strerror(errno));
+                throw std::runtime_error(std::string("kvxfer: loopback ") + (toFile ? "write" : "read")
+                                         + " failed: " + std::strerror(errno));
             if (n == 0)
-                throw std::runtime_error("kvxfer: loopback read hit the end of the file after "
-                    + std::to_string(done) + " of " + std::to_string(len) + " bytes");
+                throw std::runtime_error("kvxfer: loopback read hit the end of the file after " + std::to_string(done)
+                                         + " of " + std::to_string(len) + " bytes");
             done += static_cast<size_t>(n);
         }
     }

@@ -310,7 +310,8 @@ std::string helloMessage(RankInfo const& info, std::string const& address)
     return out;
 }
 
-std::vector<std::string> serveAsRankZero(RankInfo const& info, std::string const& selfAddress, Clock::time_point deadline)
+std::vector<std::string> serveAsRankZero(
+    RankInfo const& info, std::string const& selfAddress, Clock::time_point deadline)
 {
     Socket listener = listenOn(info.rendezvous, deadline);
     std::vector<std::string> addresses(info.worldSize);
@@ -320,8 +321,8 @@ std::vector<std::string> serveAsRankZero(RankInfo const& info, std::string const
     while (joined < info.worldSize)
     {
         if (!waitFor(listener.fd(), POLLIN, deadline))
-            fail("timed out: " + std::to_string(joined) + " of " + std::to_string(info.worldSize)
-                + " ranks joined at " + info.rendezvous);
+            fail("timed out: " + std::to_string(joined) + " of " + std::to_string(info.worldSize) + " ranks joined at "
+                 + info.rendezvous);
         Socket client(::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
         if (client.fd() < 0)
             continue;
@@ -342,7 +343,7 @@ std::vector<std::string> serveAsRankZero(RankInfo const& info, std::string const
         std::string address = getString(client.fd(), helloDeadline);
         if (world != static_cast<uint32_t>(info.worldSize))
             fail("rank " + std::to_string(rank) + " says the world has " + std::to_string(world)
-                + " ranks, rank 0 says " + std::to_string(info.worldSize));
+                 + " ranks, rank 0 says " + std::to_string(info.worldSize));
         if (rank == 0 || rank >= world)
             fail("a peer claims rank " + std::to_string(rank) + " in a world of " + std::to_string(world));
         if (clients[rank].fd() >= 0)
@@ -393,7 +394,7 @@ bool readIntEnv(char const* name, long long lo, long long hi, long long& out)
     long long v = std::strtoll(text, &end, 10);
     if (errno != 0 || *end != '\0' || v < lo || v > hi)
         throw std::invalid_argument(std::string("kvxfer: ") + name + "='" + text + "' must be an integer in ["
-            + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+                                    + std::to_string(lo) + ", " + std::to_string(hi) + "]");
     out = v;
     return true;
 }
@@ -410,8 +411,8 @@ RankInfo rankInfoFromEnvironment()
     bool haveRank = readIntEnv("KVX_RANK", 0, kMaxWorldSize - 1, rank);
     readIntEnv("KVX_RENDEZVOUS_TIMEOUT_MS", 1, 24LL * 3600 * 1000, timeout);
     if (rank >= world)
-        throw std::invalid_argument("kvxfer: KVX_RANK=" + std::to_string(rank) + " is not below KVX_WORLD_SIZE="
-            + std::to_string(world));
+        throw std::invalid_argument(
+            "kvxfer: KVX_RANK=" + std::to_string(rank) + " is not below KVX_WORLD_SIZE=" + std::to_string(world));
     info.worldSize = static_cast<int>(world);
     info.rank = static_cast<int>(rank);
     info.timeoutMs = timeout;
@@ -420,7 +421,7 @@ RankInfo rankInfoFromEnvironment()
         char const* rendezvous = std::getenv("KVX_RENDEZVOUS");
         if (!haveRank || rendezvous == nullptr || *rendezvous == '\0')
             throw std::invalid_argument("kvxfer: KVX_WORLD_SIZE=" + std::to_string(world)
-                + " needs KVX_RANK and KVX_RENDEZVOUS=host:port (rank 0 listens there)");
+                                        + " needs KVX_RANK and KVX_RENDEZVOUS=host:port (rank 0 listens there)");
         info.rendezvous = rendezvous;
         splitHostPort(info.rendezvous); // validate early
     }

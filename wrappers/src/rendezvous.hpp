@@ -9,14 +9,14 @@
 #include <string>
 #include <vector>
 
-namespace kvxfer_trtllm __attribute__((visibility("hidden")))
+namespace [[gnu::visibility("hidden")]] kvxfer_trtllm
 {
 
 struct RankInfo
 {
     int rank = 0;
     int worldSize = 1;
-    std::string rendezvous;  // host:port, empty when worldSize == 1
+    std::string rendezvous; // host:port, empty when worldSize == 1
     int64_t timeoutMs = 0;
 };
 

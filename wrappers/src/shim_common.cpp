@@ -14,8 +14,8 @@ void check(kvx_status status, char const* what)
         return;
     // kvx_last_error() already starts with the status name; fall back to it alone.
     char const* detail = kvx_last_error();
-    std::string message
-        = std::string("kvxfer: ") + what + " failed: " + (detail && *detail ? detail : kvx_status_str(status));
+    std::string message =
+        std::string("kvxfer: ") + what + " failed: " + (detail && *detail ? detail : kvx_status_str(status));
     throw KvxError(status, message);
 }
 

@@ -11,7 +11,7 @@
 
 // Everything in here is private to the wrapper that compiles it: two wrappers in
 // one process must not interpose each other's copies.
-namespace kvxfer_trtllm __attribute__((visibility("hidden")))
+namespace [[gnu::visibility("hidden")]] kvxfer_trtllm
 {
 
 // A failed kvx_* call. Derives from std::runtime_error so TensorRT-LLM's

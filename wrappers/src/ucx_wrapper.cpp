@@ -118,8 +118,8 @@ public:
             if (ctx.getTransferTerminate().load())
                 return nullptr;
             kvx_conn const* conn = nullptr;
-            kvx_status st
-                = kvx_cm_recv_connect(mCm.get(), static_cast<uint32_t>(ctx.getTag()), data, size, kRecvConnectSliceMs, &conn);
+            kvx_status st = kvx_cm_recv_connect(
+                mCm.get(), static_cast<uint32_t>(ctx.getTag()), data, size, kRecvConnectSliceMs, &conn);
             if (st == KVX_ERR_TIMEOUT)
                 continue;
             check(st, "ConnectionManager::recvConnect");
@@ -140,7 +140,8 @@ public:
         for (auto const& a : addresses)
             addressPtrs.push_back(a.c_str());
         std::vector<kvx_conn const*> conns(sockets.size(), nullptr);
-        check(kvx_cm_get_connections(mCm.get(), addressPtrs.data(), addressPtrs.size(), KVX_TIMEOUT_DEFAULT, conns.data()),
+        check(kvx_cm_get_connections(
+                  mCm.get(), addressPtrs.data(), addressPtrs.size(), KVX_TIMEOUT_DEFAULT, conns.data()),
             "ConnectionManager::getConnections");
         std::vector<kvc::Connection const*> out;
         out.reserve(conns.size());

@@ -6,6 +6,7 @@
 //! with the sync message as NIXL's completion notification.
 
 use super::handle::{NixlHandle, NixlOptions};
+use super::poller::{Poller, Waker};
 use super::sys::*;
 use crate::core::coalesce::coalesce;
 use crate::core::control::{self, ControlServer};
@@ -16,7 +17,6 @@ use crate::core::net;
 use crate::core::notify::NotificationQueue;
 use crate::core::wire;
 use crate::dispatch::{kvx_transfer_op, kvx_transfer_state, AgentSettings, Transfer, TransferAgent, TransferRequest};
-use super::poller::{Poller, Waker};
 use once_cell::sync::OnceCell;
 use parking_lot::Mutex;
 use std::borrow::Cow;
@@ -77,7 +77,10 @@ impl DescribedAgent for AgentCore {
         &self.handle.name
     }
     fn describe(&self) -> Result<Vec<u8>> {
-        Ok(wire::seal_nixl_metadata(self.handle.local_metadata()?, self.connection_info.get().map_or("", String::as_str)))
+        Ok(wire::seal_nixl_metadata(
+            self.handle.local_metadata()?,
+            self.connection_info.get().map_or("", String::as_str),
+        ))
     }
 }
 
@@ -103,7 +106,9 @@ impl AgentCore {
                 t.finish_if_settled(self);
             }
         }
-        self.inflight.lock().retain(|t| t.outcome.lock().is_none() || (t.orphaned.load(Ordering::Acquire) && t.request.lock().is_some()));
+        self.inflight.lock().retain(|t| {
+            t.outcome.lock().is_none() || (t.orphaned.load(Ordering::Acquire) && t.request.lock().is_some())
+        });
     }
 
     fn wake_poller(&self) {
@@ -191,7 +196,9 @@ impl UnreachableMetadata {
     }
 
     fn forget_old(&mut self) {
-        while self.recent.front().is_some_and(|(_, at)| at.elapsed() >= UNREACHABLE_FOR) || self.recent.len() > MAX_UNREACHABLE_REMEMBERED {
+        while self.recent.front().is_some_and(|(_, at)| at.elapsed() >= UNREACHABLE_FOR)
+            || self.recent.len() > MAX_UNREACHABLE_REMEMBERED
+        {
             self.recent.pop_front();
         }
     }
@@ -208,7 +215,12 @@ impl UnreachableMetadata {
 }
 
 /// Every range must lie in one registration of the stated memory type.
-fn check_registered(regions: &Registrations<()>, side: &str, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<()> {
+fn check_registered(
+    regions: &Registrations<()>,
+    side: &str,
+    mem_type: kvx_memory_type,
+    descs: &[kvx_memory_desc],
+) -> Result<()> {
     for (i, d) in descs.iter().enumerate() {
         match regions.find_containing(d.addr, d.len) {
             None => {
@@ -218,7 +230,10 @@ fn check_registered(regions: &Registrations<()>, side: &str, mem_type: kvx_memor
                 ))
             }
             Some((_, r)) if r.mem_type != mem_type => {
-                return Err(Error::invalid(format!("descriptor {i}: {side} range is registered as {:?}, request says {:?}", r.mem_type, mem_type)))
+                return Err(Error::invalid(format!(
+                    "descriptor {i}: {side} range is registered as {:?}, request says {:?}",
+                    r.mem_type, mem_type
+                )))
             }
             Some(_) => {}
         }
@@ -236,7 +251,8 @@ fn free_port(ip: std::net::IpAddr) -> Result<u16> {
 /// info. A port picked for NIXL can be taken by someone else before NIXL binds
 /// it; then try another.
 fn create_with_nixl_listener(settings: &AgentSettings) -> Result<(NixlHandle, String)> {
-    let options = |port| NixlOptions::resolve(settings.progress_thread, settings.num_workers, &settings.backend_params, port);
+    let options =
+        |port| NixlOptions::resolve(settings.progress_thread, settings.num_workers, &settings.backend_params, port);
     if !settings.use_listener {
         // NIXL fetches peers' metadata through its listener thread, so an agent that
         // loads peers by connection info needs one: unadvertised, on an ephemeral port.
@@ -249,7 +265,9 @@ fn create_with_nixl_listener(settings: &AgentSettings) -> Result<(NixlHandle, St
         let port = if settings.listen_port != 0 { settings.listen_port } else { free_port(ip)? };
         match NixlHandle::create(&settings.name, &options(Some(port))) {
             Ok(handle) => return Ok((handle, net::format_connection_info(&std::net::SocketAddr::new(ip, port)))),
-            Err(e) if e.status == kvx_status::KVX_ERR_TRANSPORT => last = Some(e.context(&format!("listening on port {port}"))),
+            Err(e) if e.status == kvx_status::KVX_ERR_TRANSPORT => {
+                last = Some(e.context(&format!("listening on port {port}")))
+            }
             Err(e) => return Err(e),
         }
     }
@@ -263,7 +281,8 @@ impl NixlAgent {
         if name == self.core.handle.name {
             return Ok(()); // NIXL serves loop-back transfers without loading itself.
         }
-        let known = self.core.remotes.lock().get(name).map(|r| r.failed.is_none() && r.metadata.as_deref() == Some(descriptor));
+        let known =
+            self.core.remotes.lock().get(name).map(|r| r.failed.is_none() && r.metadata.as_deref() == Some(descriptor));
         match known {
             Some(true) => return Ok(()),
             Some(false) => {
@@ -284,7 +303,9 @@ impl NixlAgent {
         if let Some(listener) = opened.listener.and_then(|l| net::parse_connection_info(l).ok()) {
             if control::listener_gone(listener) {
                 self.core.unreachable.lock().record(fingerprint);
-                return Err(Error::peer(format!("agent {name:?} has exited: its listener {listener} refuses connections")));
+                return Err(Error::peer(format!(
+                    "agent {name:?} has exited: its listener {listener} refuses connections"
+                )));
             }
         }
         let loaded = self.core.handle.load_metadata(metadata).inspect_err(|e| {
@@ -306,7 +327,13 @@ impl NixlAgent {
     }
 
     /// Both lists lie in registered memory of the request's types, or the error says which rule broke.
-    fn validate(&self, req: &TransferRequest<'_>, local: &[kvx_memory_desc], remote: &[kvx_memory_desc], is_self: bool) -> Result<()> {
+    fn validate(
+        &self,
+        req: &TransferRequest<'_>,
+        local: &[kvx_memory_desc],
+        remote: &[kvx_memory_desc],
+        is_self: bool,
+    ) -> Result<()> {
         {
             let regions = self.core.local.lock();
             check_registered(&regions, "local", req.local_type, local)?;
@@ -326,7 +353,9 @@ impl NixlAgent {
                 break;
             }
         }
-        let what = first_bad.map_or("a remote range".to_owned(), |(i, d)| format!("descriptor {i}: remote range {:#x}+{}", d.addr, d.len));
+        let what = first_bad.map_or("a remote range".to_owned(), |(i, d)| {
+            format!("descriptor {i}: remote range {:#x}+{}", d.addr, d.len)
+        });
         Err(Error::new(
             kvx_status::KVX_ERR_NOT_REGISTERED,
             format!("{what} is outside the memory {:?} registered (or of another memory type)", req.remote_name),
@@ -342,7 +371,8 @@ impl TransferAgent for NixlAgent {
             let (handle, connection_info) = create_with_nixl_listener(settings)?;
             (handle, Some(connection_info))
         } else {
-            let options = NixlOptions::resolve(settings.progress_thread, settings.num_workers, &settings.backend_params, None);
+            let options =
+                NixlOptions::resolve(settings.progress_thread, settings.num_workers, &settings.backend_params, None);
             (NixlHandle::create(&settings.name, &options)?, None)
         };
         let core = Arc::new(AgentCore {
@@ -366,7 +396,12 @@ impl TransferAgent for NixlAgent {
             }
         };
         core.connection_info.set(connection_info).expect("set once, here");
-        Ok(NixlAgent { _metadata_server: metadata_server, nixl_listener: nixl_listener.is_some(), poller: Some(poller), core })
+        Ok(NixlAgent {
+            _metadata_server: metadata_server,
+            nixl_listener: nixl_listener.is_some(),
+            poller: Some(poller),
+            core,
+        })
     }
 
     fn timeout_ms(&self) -> u64 {
@@ -387,7 +422,8 @@ impl TransferAgent for NixlAgent {
         self.core.local.lock().deregister(descs, |d, region| released.push((region.mem_type, d)))?;
         let mut failures = Vec::new();
         for mem_type in [kvx_memory_type::KVX_MEMORY_DRAM, kvx_memory_type::KVX_MEMORY_VRAM] {
-            let batch: Vec<kvx_memory_desc> = released.iter().filter(|(t, _)| *t == mem_type).map(|(_, d)| *d).collect();
+            let batch: Vec<kvx_memory_desc> =
+                released.iter().filter(|(t, _)| *t == mem_type).map(|(_, d)| *d).collect();
             if !batch.is_empty() {
                 if let Err(e) = self.core.handle.register(mem_type, &batch, false) {
                     failures.push(e);
@@ -409,7 +445,12 @@ impl TransferAgent for NixlAgent {
         self.load_descriptor(name, descriptor, false)
     }
 
-    fn load_remote_by_connection_info(&self, name: &str, connection_info: &str, deadline: Option<Instant>) -> Result<()> {
+    fn load_remote_by_connection_info(
+        &self,
+        name: &str,
+        connection_info: &str,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         let addr = net::parse_connection_info(connection_info)?;
         let known = self.core.remotes.lock().get(name).map(|r| r.failed.is_none());
         // Already loaded and healthy; a restarted peer is picked up after `invalidate_remote`.
@@ -418,7 +459,8 @@ impl TransferAgent for NixlAgent {
         }
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.core.timeout);
         if !self.nixl_listener {
-            let descriptor = descriptor_service::fetch(name, connection_info, deadline.saturating_duration_since(Instant::now()))?;
+            let descriptor =
+                descriptor_service::fetch(name, connection_info, deadline.saturating_duration_since(Instant::now()))?;
             return self.load_descriptor(name, &descriptor, true);
         }
         if known == Some(false) {
@@ -432,7 +474,9 @@ impl TransferAgent for NixlAgent {
                 break;
             }
             if Instant::now() >= deadline {
-                return Err(Error::timeout(format!("agent {name:?} did not answer at {connection_info} in time (is that its name and listener?)")));
+                return Err(Error::timeout(format!(
+                    "agent {name:?} did not answer at {connection_info} in time (is that its name and listener?)"
+                )));
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -465,7 +509,9 @@ impl TransferAgent for NixlAgent {
         // Merge runs contiguous on both sides (one NIXL descriptor each); a merged run
         // that crosses two registrations on either side falls back to the request as given.
         let (merged_local, merged_remote) = coalesce(req.local, req.remote);
-        let (local, remote) = if matches!(merged_local, Cow::Owned(_)) && self.validate(req, &merged_local, &merged_remote, is_self).is_ok() {
+        let (local, remote) = if matches!(merged_local, Cow::Owned(_))
+            && self.validate(req, &merged_local, &merged_remote, is_self).is_ok()
+        {
             (merged_local, merged_remote)
         } else {
             self.validate(req, req.local, req.remote, is_self)?;
@@ -475,7 +521,13 @@ impl TransferAgent for NixlAgent {
             kvx_transfer_op::KVX_OP_READ => NIXL_CAPI_XFER_OP_READ,
             kvx_transfer_op::KVX_OP_WRITE => NIXL_CAPI_XFER_OP_WRITE,
         };
-        let (request, posted) = core.handle.post(op, (req.local_type, &local), (req.remote_type, &remote), req.remote_name, req.sync_message)?;
+        let (request, posted) = core.handle.post(
+            op,
+            (req.local_type, &local),
+            (req.remote_type, &remote),
+            req.remote_name,
+            req.sync_message,
+        )?;
         let shared = Arc::new(TransferShared {
             request: Mutex::new(Some(request)),
             outcome: Mutex::new(None),

@@ -126,7 +126,8 @@ fn tick(core: &CmCore) -> bool {
     if got {
         core.arrived.notify_all();
     }
-    let since_send = (core.epoch.elapsed().as_millis() as u64).saturating_sub(core.last_send_ms.load(Ordering::Relaxed));
+    let since_send =
+        (core.epoch.elapsed().as_millis() as u64).saturating_sub(core.last_send_ms.load(Ordering::Relaxed));
     got || since_send < SEND_GRACE.as_millis() as u64
 }
 
@@ -138,7 +139,13 @@ impl CmCore {
         Ok(())
     }
 
-    fn new_connection(self: &Arc<Self>, local_id: u32, peer_id: u32, peer_metadata: &[u8], peer_address: String) -> Result<Arc<NixlConnection>> {
+    fn new_connection(
+        self: &Arc<Self>,
+        local_id: u32,
+        peer_id: u32,
+        peer_metadata: &[u8],
+        peer_address: String,
+    ) -> Result<Arc<NixlConnection>> {
         let peer_name = self.handle.load_metadata(peer_metadata)?;
         let conn = Arc::new(NixlConnection {
             local_id,
@@ -159,7 +166,12 @@ impl CmCore {
 
     /// Take the first message `accept` wants, waiting until `deadline` while `alive` holds
     /// (checked only while waiting: a message already here is taken at once).
-    fn take(&self, deadline: Option<Instant>, alive: impl Fn() -> Result<()>, mut accept: impl FnMut(&Message) -> bool) -> Result<Message> {
+    fn take(
+        &self,
+        deadline: Option<Instant>,
+        alive: impl Fn() -> Result<()>,
+        mut accept: impl FnMut(&Message) -> bool,
+    ) -> Result<Message> {
         loop {
             let mut mailbox = self.mailbox.lock();
             let mut found = None;
@@ -224,7 +236,8 @@ impl NixlConnectionManager {
             endpoint: core.handle.local_metadata()?,
             client_address: core.address.lock().clone(),
         };
-        let reply = control::request(addr, &request, timeout).map_err(|e| e.context(&format!("connecting to {address}")))?;
+        let reply =
+            control::request(addr, &request, timeout).map_err(|e| e.context(&format!("connecting to {address}")))?;
         let ControlMessage::Accept { server_conn_id, endpoint } = reply else {
             return Err(Error::malformed(format!("unexpected reply from {address}")));
         };
@@ -254,7 +267,8 @@ impl ConnectionManager for NixlConnectionManager {
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
         let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_NIXL_INTERFACE")?;
-        let server = ControlServer::start(ip, settings.listen_port, Arc::new(Listener(Arc::downgrade(&core))), "kvx-cm-listen")?;
+        let server =
+            ControlServer::start(ip, settings.listen_port, Arc::new(Listener(Arc::downgrade(&core))), "kvx-cm-listen")?;
         *core.address.lock() = net::format_connection_info(&server.local_addr());
         Ok(NixlConnectionManager { listener: Mutex::new(Some(server)), poller: Some(poller), core })
     }
@@ -276,19 +290,29 @@ impl ConnectionManager for NixlConnectionManager {
         let core = &self.core;
         core.check_running()?;
         let mut from = None;
-        let message = core.take(deadline, || core.check_running(), |m| {
-            if m.tag != tag {
-                return false;
-            }
-            match core.by_id.read().get(&m.conn_id) {
-                Some(c) if c.peer_name == m.sender => {
-                    from = Some(Arc::as_ptr(c));
-                    true
+        let message = core.take(
+            deadline,
+            || core.check_running(),
+            |m| {
+                if m.tag != tag {
+                    return false;
                 }
-                _ => false,
+                match core.by_id.read().get(&m.conn_id) {
+                    Some(c) if c.peer_name == m.sender => {
+                        from = Some(Arc::as_ptr(c));
+                        true
+                    }
+                    _ => false,
+                }
+            },
+        );
+        let message = message.map_err(|e| {
+            if e.status == kvx_status::KVX_ERR_TIMEOUT {
+                Error::timeout(format!("no message with tag {tag} arrived in time"))
+            } else {
+                e
             }
-        });
-        let message = message.map_err(|e| if e.status == kvx_status::KVX_ERR_TIMEOUT { Error::timeout(format!("no message with tag {tag} arrived in time")) } else { e })?;
+        })?;
         copy_exact(&message.data, data)?;
         from.ok_or_else(|| Error::new(kvx_status::KVX_ERR_INTERNAL, "matched a message without its connection"))
     }
@@ -316,7 +340,10 @@ impl Drop for NixlConnectionManager {
 
 fn copy_exact(message: &[u8], into: &mut [u8]) -> Result<()> {
     if message.len() != into.len() {
-        return Err(Error::new(kvx_status::KVX_ERR_SIZE_MISMATCH, format!("received {} bytes, expected {}", message.len(), into.len())));
+        return Err(Error::new(
+            kvx_status::KVX_ERR_SIZE_MISMATCH,
+            format!("received {} bytes, expected {}", message.len(), into.len()),
+        ));
     }
     // Device buffers are written with a CUDA copy (messages travel as NIXL notifications, in host memory).
     crate::cuda::write_bytes(into.as_mut_ptr() as u64, message)
@@ -345,7 +372,9 @@ impl NixlConnection {
             *last = Instant::now();
         }
         if control::listener_gone(listener) {
-            self.failure.lock().get_or_insert_with(|| format!("its manager's listener {listener} refuses connections (the peer is gone)"));
+            self.failure.lock().get_or_insert_with(|| {
+                format!("its manager's listener {listener} refuses connections (the peer is gone)")
+            });
             return self.check_alive();
         }
         Ok(())
@@ -360,12 +389,17 @@ impl Connection for NixlConnection {
     fn send(&self, tag: u32, data: &[u8], _deadline: Option<Instant>) -> Result<()> {
         self.check_alive()?;
         if data.len() > MAX_MESSAGE {
-            return Err(Error::invalid(format!("message of {} bytes exceeds the NIXL connection limit of {MAX_MESSAGE}", data.len())));
+            return Err(Error::invalid(format!(
+                "message of {} bytes exceeds the NIXL connection limit of {MAX_MESSAGE}",
+                data.len()
+            )));
         }
         let core = self.core()?;
         // Notifications carry host bytes: a device buffer is staged through the host first.
         let staged;
-        let data = if crate::cuda::pointer_location(data.as_ptr() as u64).0 == crate::core::memory::kvx_memory_type::KVX_MEMORY_VRAM {
+        let data = if crate::cuda::pointer_location(data.as_ptr() as u64).0
+            == crate::core::memory::kvx_memory_type::KVX_MEMORY_VRAM
+        {
             staged = crate::cuda::read_bytes(data.as_ptr() as u64, data.len())?;
             &staged[..]
         } else {
@@ -385,7 +419,8 @@ impl Connection for NixlConnection {
         self.check_alive()?;
         let core = self.core()?;
         let alive = || self.check_alive().and_then(|()| self.probe_peer());
-        let message = core.take(deadline, alive, |m| m.conn_id == self.local_id && m.tag == tag && m.sender == self.peer_name);
+        let message =
+            core.take(deadline, alive, |m| m.conn_id == self.local_id && m.tag == tag && m.sender == self.peer_name);
         let message = message.map_err(|e| {
             if e.status == kvx_status::KVX_ERR_TIMEOUT {
                 Error::timeout(format!("recv from {} (tag {tag}) timed out", self.peer_address))

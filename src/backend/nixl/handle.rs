@@ -24,7 +24,12 @@ pub struct NixlOptions {
 const PLUGINS: [&str; 2] = ["UCX", "LIBFABRIC"];
 
 impl NixlOptions {
-    pub fn resolve(progress_thread: Option<bool>, num_workers: u32, caller_params: &[(String, String)], listen_port: Option<u16>) -> NixlOptions {
+    pub fn resolve(
+        progress_thread: Option<bool>,
+        num_workers: u32,
+        caller_params: &[(String, String)],
+        listen_port: Option<u16>,
+    ) -> NixlOptions {
         let plugin = plugin_from(std::env::var("TRTLLM_NIXL_KVCACHE_BACKEND").ok().as_deref());
         // NIXL's progress thread spins; on a small host it takes the core the
         // transfer needs (half the bandwidth on 2 cores), so kvxfer's own
@@ -67,7 +72,8 @@ fn plugin_from(value: Option<&str>) -> String {
 fn shared_memory_only(tls: Option<&str>) -> bool {
     let Some(tls) = tls else { return false };
     let tls = tls.trim_start_matches('^');
-    !tls.split(',').any(|t| ["all", "tcp", "rc", "rc_x", "rc_v", "dc", "dc_x", "ud", "ud_x", "ud_v", "ib"].contains(&t.trim()))
+    !tls.split(',')
+        .any(|t| ["all", "tcp", "rc", "rc_x", "rc_v", "dc", "dc_x", "ud", "ud_x", "ud_v", "ib"].contains(&t.trim()))
 }
 
 fn check(status: nixl_capi_status_t, what: &str) -> Result<()> {
@@ -155,7 +161,10 @@ impl NixlHandle {
         };
         let mut agent = std::ptr::null_mut();
         // SAFETY: valid name and config; `agent` is an out-parameter.
-        check(unsafe { (api.nixl_capi_create_configured_agent)(cname.as_ptr(), &config, &mut agent) }, "creating a NIXL agent")?;
+        check(
+            unsafe { (api.nixl_capi_create_configured_agent)(cname.as_ptr(), &config, &mut agent) },
+            "creating a NIXL agent",
+        )?;
         let mut handle = NixlHandle {
             nixl,
             agent,
@@ -184,14 +193,23 @@ impl NixlHandle {
         for (k, v) in &params {
             let (k, v) = (c_string(k, "parameter name")?, c_string(v, "parameter value")?);
             // SAFETY: valid strings; NIXL copies them.
-            check(unsafe { (api.nixl_capi_params_add)(owned.ptr, k.as_ptr(), v.as_ptr()) }, "adding a plugin parameter")?;
+            check(
+                unsafe { (api.nixl_capi_params_add)(owned.ptr, k.as_ptr(), v.as_ptr()) },
+                "adding a plugin parameter",
+            )?;
         }
         let mut backend = std::ptr::null_mut();
         // SAFETY: valid agent, plugin name and parameters.
         let status = unsafe { (api.nixl_capi_create_backend)(self.agent, plugin.as_ptr(), owned.ptr, &mut backend) };
         check(status, &format!("creating NIXL's {} backend with {params:?}", options.plugin))
             .map_err(|e| Error::new(kvx_status::KVX_ERR_BACKEND_UNAVAILABLE, e.message))?;
-        crate::log_at!(Debug, "NIXL agent {:?}: {} plugin, parameters {params:?}, progress thread {}", self.name, options.plugin, options.progress_thread);
+        crate::log_at!(
+            Debug,
+            "NIXL agent {:?}: {} plugin, parameters {params:?}, progress thread {}",
+            self.name,
+            options.plugin,
+            options.progress_thread
+        );
         Ok(backend)
     }
 
@@ -204,7 +222,13 @@ impl NixlHandle {
         let _mems = Owned { ptr: mems, destroy: api.nixl_capi_destroy_mem_list };
         let params = Owned { ptr: params, destroy: api.nixl_capi_destroy_params };
         check(status, &format!("reading NIXL plugin {plugin:?}'s parameters")).map_err(|e| {
-            Error::new(kvx_status::KVX_ERR_BACKEND_UNAVAILABLE, format!("{} (NIXL could not load the plugin: its own libraries may be missing on this host)", e.message))
+            Error::new(
+                kvx_status::KVX_ERR_BACKEND_UNAVAILABLE,
+                format!(
+                    "{} (NIXL could not load the plugin: its own libraries may be missing on this host)",
+                    e.message
+                ),
+            )
         })?;
         let mut out = BTreeMap::new();
         let mut empty = true;
@@ -220,10 +244,18 @@ impl NixlHandle {
         loop {
             let (mut k, mut v, mut more) = (std::ptr::null(), std::ptr::null(), false);
             // SAFETY: valid iterator; the strings live as long as `params`.
-            check(unsafe { (api.nixl_capi_params_iterator_next)(iter.ptr, &mut k, &mut v, &mut more) }, "reading plugin parameters")?;
+            check(
+                unsafe { (api.nixl_capi_params_iterator_next)(iter.ptr, &mut k, &mut v, &mut more) },
+                "reading plugin parameters",
+            )?;
             if !k.is_null() && !v.is_null() {
                 // SAFETY: NUL-terminated strings owned by `params`.
-                unsafe { out.insert(CStr::from_ptr(k).to_string_lossy().into_owned(), CStr::from_ptr(v).to_string_lossy().into_owned()) };
+                unsafe {
+                    out.insert(
+                        CStr::from_ptr(k).to_string_lossy().into_owned(),
+                        CStr::from_ptr(v).to_string_lossy().into_owned(),
+                    )
+                };
             }
             if !more {
                 return Ok(out);
@@ -246,11 +278,19 @@ impl NixlHandle {
         let api = &self.nixl.api;
         let mut raw = std::ptr::null_mut();
         // SAFETY: out-parameter.
-        check(unsafe { (api.nixl_capi_create_xfer_dlist)(nixl_mem_type(mem_type), &mut raw) }, "creating a descriptor list")?;
+        check(
+            unsafe { (api.nixl_capi_create_xfer_dlist)(nixl_mem_type(mem_type), &mut raw) },
+            "creating a descriptor list",
+        )?;
         let list = Owned { ptr: raw, destroy: api.nixl_capi_destroy_xfer_dlist };
         for d in descs {
             // SAFETY: valid list; plain values.
-            check(unsafe { (api.nixl_capi_xfer_dlist_add_desc)(list.ptr, d.addr as usize, d.len as usize, d.device_id as u64) }, "adding a descriptor")?;
+            check(
+                unsafe {
+                    (api.nixl_capi_xfer_dlist_add_desc)(list.ptr, d.addr as usize, d.len as usize, d.device_id as u64)
+                },
+                "adding a descriptor",
+            )?;
         }
         Ok(list)
     }
@@ -259,11 +299,26 @@ impl NixlHandle {
         let api = &self.nixl.api;
         let mut raw = std::ptr::null_mut();
         // SAFETY: out-parameter.
-        check(unsafe { (api.nixl_capi_create_reg_dlist)(nixl_mem_type(mem_type), &mut raw) }, "creating a registration list")?;
+        check(
+            unsafe { (api.nixl_capi_create_reg_dlist)(nixl_mem_type(mem_type), &mut raw) },
+            "creating a registration list",
+        )?;
         let list = Owned { ptr: raw, destroy: api.nixl_capi_destroy_reg_dlist };
         for d in descs {
             // SAFETY: valid list; no per-descriptor metadata.
-            check(unsafe { (api.nixl_capi_reg_dlist_add_desc)(list.ptr, d.addr as usize, d.len as usize, d.device_id as u64, std::ptr::null(), 0) }, "adding a registration")?;
+            check(
+                unsafe {
+                    (api.nixl_capi_reg_dlist_add_desc)(
+                        list.ptr,
+                        d.addr as usize,
+                        d.len as usize,
+                        d.device_id as u64,
+                        std::ptr::null(),
+                        0,
+                    )
+                },
+                "adding a registration",
+            )?;
         }
         let args = self.opt_args()?;
         // SAFETY: valid agent, list and arguments; NIXL keeps its own copy of the list.
@@ -280,7 +335,10 @@ impl NixlHandle {
     pub fn local_metadata(&self) -> Result<Vec<u8>> {
         let (mut data, mut len) = (std::ptr::null_mut(), 0usize);
         // SAFETY: out-parameters; NIXL mallocs the blob and we free it.
-        check(unsafe { (self.nixl.api.nixl_capi_get_local_md)(self.agent, &mut data, &mut len) }, "reading local NIXL metadata")?;
+        check(
+            unsafe { (self.nixl.api.nixl_capi_get_local_md)(self.agent, &mut data, &mut len) },
+            "reading local NIXL metadata",
+        )?;
         if data.is_null() {
             return Err(Error::new(kvx_status::KVX_ERR_TRANSPORT, "NIXL returned no metadata"));
         }
@@ -294,7 +352,14 @@ impl NixlHandle {
     pub fn load_metadata(&self, metadata: &[u8]) -> Result<String> {
         let mut name = std::ptr::null_mut();
         // SAFETY: valid bytes; NIXL mallocs the returned name and we free it.
-        let status = unsafe { (self.nixl.api.nixl_capi_load_remote_md)(self.agent, metadata.as_ptr() as *const c_void, metadata.len(), &mut name) };
+        let status = unsafe {
+            (self.nixl.api.nixl_capi_load_remote_md)(
+                self.agent,
+                metadata.as_ptr() as *const c_void,
+                metadata.len(),
+                &mut name,
+            )
+        };
         // NIXL rejects bad bytes as invalid parameters; its transport failing to reach
         // the peer the metadata names is a backend error.
         check(status, "loading remote NIXL metadata").map_err(|e| match status {
@@ -313,7 +378,10 @@ impl NixlHandle {
     pub fn invalidate(&self, name: &str) -> Result<()> {
         let cname = c_string(name, "agent name")?;
         // SAFETY: valid agent and name.
-        check(unsafe { (self.nixl.api.nixl_capi_invalidate_remote_md)(self.agent, cname.as_ptr()) }, &format!("forgetting agent {name:?}"))
+        check(
+            unsafe { (self.nixl.api.nixl_capi_invalidate_remote_md)(self.agent, cname.as_ptr()) },
+            &format!("forgetting agent {name:?}"),
+        )
     }
 
     /// True when `name` is loaded and `descs` lie in memory it registered.
@@ -336,7 +404,10 @@ impl NixlHandle {
         // SAFETY: valid arguments object and strings (copied by NIXL).
         check(unsafe { (api.nixl_capi_opt_args_set_ip_addr)(args.ptr, cip.as_ptr()) }, "setting the peer address")?;
         check(unsafe { (api.nixl_capi_opt_args_set_port)(args.ptr, port) }, "setting the peer port")?;
-        check(unsafe { (api.nixl_capi_fetch_remote_md)(self.agent, cname.as_ptr(), args.ptr) }, &format!("fetching agent {name:?}'s metadata from {ip}:{port}"))
+        check(
+            unsafe { (api.nixl_capi_fetch_remote_md)(self.agent, cname.as_ptr(), args.ptr) },
+            &format!("fetching agent {name:?}'s metadata from {ip}:{port}"),
+        )
     }
 
     /// Open the transport connection to a loaded peer now rather than on first use.
@@ -344,15 +415,32 @@ impl NixlHandle {
         let cname = c_string(name, "agent name")?;
         let args = self.opt_args()?;
         // SAFETY: valid agent, name and arguments.
-        check(unsafe { (self.nixl.api.nixl_capi_agent_make_connection)(self.agent, cname.as_ptr(), args.ptr) }, &format!("connecting to agent {name:?}"))
+        check(
+            unsafe { (self.nixl.api.nixl_capi_agent_make_connection)(self.agent, cname.as_ptr(), args.ptr) },
+            &format!("connecting to agent {name:?}"),
+        )
     }
 
     pub fn send_notification(&self, name: &str, message: &[u8]) -> Result<()> {
         let cname = c_string(name, "agent name")?;
         let args = self.opt_args()?;
         // SAFETY: valid agent, name, bytes and arguments; NIXL copies the message.
-        let status = unsafe { (self.nixl.api.nixl_capi_gen_notif)(self.agent, cname.as_ptr(), message.as_ptr() as *const c_void, message.len(), args.ptr) };
-        check(status, &format!("notifying agent {name:?}")).map_err(|e| if e.status == kvx_status::KVX_ERR_NOT_FOUND { e } else { Error::peer(e.message) })
+        let status = unsafe {
+            (self.nixl.api.nixl_capi_gen_notif)(
+                self.agent,
+                cname.as_ptr(),
+                message.as_ptr() as *const c_void,
+                message.len(),
+                args.ptr,
+            )
+        };
+        check(status, &format!("notifying agent {name:?}")).map_err(|e| {
+            if e.status == kvx_status::KVX_ERR_NOT_FOUND {
+                e
+            } else {
+                Error::peer(e.message)
+            }
+        })
     }
 
     /// Collect what NIXL received since the last call, calling `each(sender, message)`
@@ -361,7 +449,10 @@ impl NixlHandle {
         let api = &self.nixl.api;
         let map = self.notif_map.lock();
         // SAFETY: valid agent and map (serialised by the lock).
-        check(unsafe { (api.nixl_capi_get_notifs)(self.agent, map.ptr, std::ptr::null_mut()) }, "reading notifications")?;
+        check(
+            unsafe { (api.nixl_capi_get_notifs)(self.agent, map.ptr, std::ptr::null_mut()) },
+            "reading notifications",
+        )?;
         let mut agents = 0usize;
         // SAFETY: valid map; the strings and bytes stay valid until the map is cleared.
         unsafe {
@@ -374,8 +465,15 @@ impl NixlHandle {
                 let sender_name = CStr::from_ptr(sender).to_string_lossy();
                 for j in 0..count {
                     let (mut data, mut len) = (std::ptr::null(), 0usize);
-                    check((api.nixl_capi_notif_map_get_notif)(map.ptr, sender, j, &mut data, &mut len), "reading notifications")?;
-                    let bytes = if len == 0 || data.is_null() { &[][..] } else { std::slice::from_raw_parts(data as *const u8, len) };
+                    check(
+                        (api.nixl_capi_notif_map_get_notif)(map.ptr, sender, j, &mut data, &mut len),
+                        "reading notifications",
+                    )?;
+                    let bytes = if len == 0 || data.is_null() {
+                        &[][..]
+                    } else {
+                        std::slice::from_raw_parts(data as *const u8, len)
+                    };
                     each(&sender_name, bytes);
                 }
             }
@@ -401,13 +499,26 @@ impl NixlHandle {
         if let Some(m) = message {
             // SAFETY: valid arguments object; NIXL copies the message.
             unsafe {
-                check((api.nixl_capi_opt_args_set_notif_msg)(args.ptr, m.as_ptr() as *const c_void, m.len()), "attaching the sync message")?;
+                check(
+                    (api.nixl_capi_opt_args_set_notif_msg)(args.ptr, m.as_ptr() as *const c_void, m.len()),
+                    "attaching the sync message",
+                )?;
                 check((api.nixl_capi_opt_args_set_has_notif)(args.ptr, true), "attaching the sync message")?;
             }
         }
         let mut req = std::ptr::null_mut();
         // SAFETY: valid agent, lists, name and arguments.
-        let status = unsafe { (api.nixl_capi_create_xfer_req)(self.agent, op, local_list.ptr, remote_list.ptr, cname.as_ptr(), &mut req, args.ptr) };
+        let status = unsafe {
+            (api.nixl_capi_create_xfer_req)(
+                self.agent,
+                op,
+                local_list.ptr,
+                remote_list.ptr,
+                cname.as_ptr(),
+                &mut req,
+                args.ptr,
+            )
+        };
         check(status, &format!("preparing a transfer with agent {remote_name:?}")).map_err(peer_if_backend)?;
         // SAFETY: `req` was just created on this agent.
         let posted = unsafe { (api.nixl_capi_post_xfer_req)(self.agent, req, args.ptr) };
@@ -437,7 +548,10 @@ impl NixlHandle {
 impl Drop for NixlHandle {
     fn drop(&mut self) {
         let api = &self.nixl.api;
-        drop(std::mem::replace(&mut *self.notif_map.lock(), Owned { ptr: std::ptr::null_mut(), destroy: api.nixl_capi_destroy_notif_map }));
+        drop(std::mem::replace(
+            &mut *self.notif_map.lock(),
+            Owned { ptr: std::ptr::null_mut(), destroy: api.nixl_capi_destroy_notif_map },
+        ));
         // SAFETY: nothing uses the agent after this; NIXL tears down its backends with it.
         unsafe {
             if !self.backend.is_null() {

@@ -27,7 +27,13 @@ pub fn load() -> Result<&'static LoadedNixl> {
     LOADED
         .get_or_init(|| {
             let loaded = locate::with_ucx_copy("NIXL", load_first_candidate)?;
-            crate::log_at!(Info, "NIXL backend: {} (NIXL {}, plugins in {})", loaded.path, loaded.version, loaded.plugin_dir.display());
+            crate::log_at!(
+                Info,
+                "NIXL backend: {} (NIXL {}, plugins in {})",
+                loaded.path,
+                loaded.version,
+                loaded.plugin_dir.display()
+            );
             Ok(loaded)
         })
         .as_ref()
@@ -70,7 +76,8 @@ fn load_first_candidate() -> std::result::Result<LoadedNixl, String> {
             }
         };
         // SAFETY: the symbols are NIXL's C API, with the signatures declared in sys.rs.
-        let api = unsafe { NixlApi::resolve(lib) }.map_err(|e| format!("{}: {e} (NIXL 1.5 or newer is needed)", path.display()))?;
+        let api = unsafe { NixlApi::resolve(lib) }
+            .map_err(|e| format!("{}: {e} (NIXL 1.5 or newer is needed)", path.display()))?;
         let mapped = locate::mapped_file(api.nixl_capi_create_configured_agent as *const libc::c_void, &path);
         let dir = Path::new(&mapped).parent().map(Path::to_path_buf).unwrap_or_default();
         let plugin_dir = std::env::var("NIXL_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|_| dir.join("plugins"));
@@ -87,7 +94,12 @@ fn wheel_version(lib_dir: &Path) -> String {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .find_map(|n| n.strip_prefix("nixl_cu").and_then(|r| r.strip_suffix(".dist-info")).and_then(|r| r.split_once('-')).map(|(_, v)| v.to_owned()))
+        .find_map(|n| {
+            n.strip_prefix("nixl_cu")
+                .and_then(|r| r.strip_suffix(".dist-info"))
+                .and_then(|r| r.split_once('-'))
+                .map(|(_, v)| v.to_owned())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -102,7 +114,11 @@ pub fn check_plugin(nixl: &LoadedNixl, plugin: &str) -> Result<()> {
         format!(
             "NIXL plugin {plugin} not found: {} does not exist (NIXL_PLUGIN_DIR {}); {INSTALL_HINT}",
             file.display(),
-            if std::env::var_os("NIXL_PLUGIN_DIR").is_some() { "is set and replaces the wheel's plugin folder" } else { "is unset" }
+            if std::env::var_os("NIXL_PLUGIN_DIR").is_some() {
+                "is set and replaces the wheel's plugin folder"
+            } else {
+                "is unset"
+            }
         ),
     ))
 }

@@ -34,7 +34,11 @@ pub struct Poller {
 
 impl Poller {
     /// Run `tick` (returns whether there is work in flight) until stopped or the owner is gone.
-    pub fn spawn<T: Send + Sync + 'static>(owner: Weak<T>, waker: Arc<Waker>, tick: fn(&T) -> bool) -> crate::Result<Poller> {
+    pub fn spawn<T: Send + Sync + 'static>(
+        owner: Weak<T>,
+        waker: Arc<Waker>,
+        tick: fn(&T) -> bool,
+    ) -> crate::Result<Poller> {
         let w = waker.clone();
         let thread = std::thread::Builder::new()
             .name("kvx-nixl-poll".into())

@@ -6,11 +6,11 @@
 use super::ops::Op;
 use super::sys::*;
 use super::worker::{ucx_error, Endpoint, Worker, WorkerOwner};
+use crate::core::coalesce;
 use crate::core::completion::Completion;
 use crate::core::control::ControlServer;
 use crate::core::descriptor_service::{self, DescribedAgent};
 use crate::core::error::{kvx_status, Error, Result};
-use crate::core::coalesce;
 use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionLookup, RegionMap, Registrations};
 use crate::core::notify::NotificationQueue;
 use crate::core::select::kvx_backend;
@@ -104,7 +104,8 @@ unsafe extern "C" fn notification_arrived(
     let header = std::slice::from_raw_parts(header as *const u8, header_length);
     match wire::decode_notification_header(header) {
         Ok(sender) if length <= wire::MAX_NOTIFICATION => {
-            let message = if length == 0 { Vec::new() } else { std::slice::from_raw_parts(data as *const u8, length).to_vec() };
+            let message =
+                if length == 0 { Vec::new() } else { std::slice::from_raw_parts(data as *const u8, length).to_vec() };
             queue.push(sender, message);
         }
         Ok(sender) => crate::log_at!(Error, "notification from {sender:?} dropped: {length} bytes is too large"),
@@ -166,7 +167,9 @@ impl AgentCore {
             return Err(Error::invalid(format!("descriptor belongs to agent {:?}, not {name:?}", desc.name)));
         }
         if let Some(existing) = self.remotes.read().get(name) {
-            if existing.descriptor == bytes && !existing.endpoint.state.failed.load(std::sync::atomic::Ordering::Acquire) {
+            if existing.descriptor == bytes
+                && !existing.endpoint.state.failed.load(std::sync::atomic::Ordering::Acquire)
+            {
                 return Ok(());
             }
         }
@@ -177,13 +180,24 @@ impl AgentCore {
             for r in &desc.regions {
                 let mut rkey: ucp_rkey_h = std::ptr::null_mut();
                 // SAFETY: the packed key bytes are only parsed by UCX, which validates them.
-                let st = unsafe { (self.worker.api().ucp_ep_rkey_unpack)(endpoint.handle_locked(name)?, r.key.as_ptr() as *const c_void, &mut rkey) };
+                let st = unsafe {
+                    (self.worker.api().ucp_ep_rkey_unpack)(
+                        endpoint.handle_locked(name)?,
+                        r.key.as_ptr() as *const c_void,
+                        &mut rkey,
+                    )
+                };
                 if st != UCS_OK {
                     for (_, k) in regions.drain() {
                         // SAFETY: keys unpacked above on this endpoint.
                         unsafe { (self.worker.api().ucp_rkey_destroy)(k.rkey) };
                     }
-                    return Err(Error::malformed(format!("remote key of region {:#x}+{} is invalid: {}", r.addr, r.len, ucx_error(self.worker.ucx, "rkey", st).message)));
+                    return Err(Error::malformed(format!(
+                        "remote key of region {:#x}+{} is invalid: {}",
+                        r.addr,
+                        r.len,
+                        ucx_error(self.worker.ucx, "rkey", st).message
+                    )));
                 }
                 regions.insert(r.addr, r.len, RemoteKey { rkey, mem_type: r.mem_type });
             }
@@ -207,7 +221,8 @@ impl AgentCore {
                     remote.endpoint.close(true);
                     let reason = remote.endpoint.state.check(&remote.name).err();
                     for shared in remote.pending.lock().drain(..).filter_map(|w| w.upgrade()) {
-                        let why = reason.clone().unwrap_or_else(|| Error::peer(format!("peer {}: failed", remote.name)));
+                        let why =
+                            reason.clone().unwrap_or_else(|| Error::peer(format!("peer {}: failed", remote.name)));
                         shared.done.complete(Err(why));
                     }
                 }
@@ -256,16 +271,31 @@ impl UcxAgent {
         let mut remotes = RegionLookup::new(&remote.regions);
         let mut resolve = |i: usize, l: &kvx_memory_desc, r: &kvx_memory_desc, ops: &mut Vec<RmaOp>| -> Result<()> {
             let region = locals.find(l.addr, l.len).ok_or_else(|| {
-                Error::new(kvx_status::KVX_ERR_NOT_REGISTERED, format!("descriptor {i}: local range {:#x}+{} is not registered with this agent", l.addr, l.len))
+                Error::new(
+                    kvx_status::KVX_ERR_NOT_REGISTERED,
+                    format!("descriptor {i}: local range {:#x}+{} is not registered with this agent", l.addr, l.len),
+                )
             })?;
             if region.mem_type != req.local_type {
-                return Err(Error::invalid(format!("descriptor {i}: local range is registered as {:?}, request says {:?}", region.mem_type, req.local_type)));
+                return Err(Error::invalid(format!(
+                    "descriptor {i}: local range is registered as {:?}, request says {:?}",
+                    region.mem_type, req.local_type
+                )));
             }
             let key = remotes.find(r.addr, r.len).ok_or_else(|| {
-                Error::new(kvx_status::KVX_ERR_NOT_REGISTERED, format!("descriptor {i}: remote range {:#x}+{} is outside the memory {:?} registered", r.addr, r.len, remote.name))
+                Error::new(
+                    kvx_status::KVX_ERR_NOT_REGISTERED,
+                    format!(
+                        "descriptor {i}: remote range {:#x}+{} is outside the memory {:?} registered",
+                        r.addr, r.len, remote.name
+                    ),
+                )
             })?;
             if key.mem_type != req.remote_type {
-                return Err(Error::invalid(format!("descriptor {i}: remote range is registered as {:?}, request says {:?}", key.mem_type, req.remote_type)));
+                return Err(Error::invalid(format!(
+                    "descriptor {i}: remote range is registered as {:?}, request says {:?}",
+                    key.mem_type, req.remote_type
+                )));
             }
             if l.len > 0 {
                 ops.push(RmaOp { local: l.addr, len: l.len, remote: r.addr, rkey: key.rkey, memh: region.native.memh });
@@ -300,8 +330,12 @@ impl UcxAgent {
             // SAFETY: ranges were checked against registrations; requests complete before the flush does.
             let ret = unsafe {
                 match req.op {
-                    kvx_transfer_op::KVX_OP_WRITE => (api.ucp_put_nbx)(ep, op.local as *const c_void, op.len as usize, op.remote, op.rkey, &param),
-                    kvx_transfer_op::KVX_OP_READ => (api.ucp_get_nbx)(ep, op.local as *mut c_void, op.len as usize, op.remote, op.rkey, &param),
+                    kvx_transfer_op::KVX_OP_WRITE => {
+                        (api.ucp_put_nbx)(ep, op.local as *const c_void, op.len as usize, op.remote, op.rkey, &param)
+                    }
+                    kvx_transfer_op::KVX_OP_READ => {
+                        (api.ucp_get_nbx)(ep, op.local as *mut c_void, op.len as usize, op.remote, op.rkey, &param)
+                    }
                 }
             };
             match classify(ret) {
@@ -372,7 +406,9 @@ fn post_notification(worker: &Worker, remote: &RemoteAgent, sender: &str, messag
     let (hp, hl, mp, ml) = (header.as_ptr(), header.len(), message.as_ptr(), message.len());
     op.keep(Box::new((header, message)));
     // SAFETY: buffers are kept alive by the op until completion; caller holds the lock.
-    let ret = unsafe { (worker.api().ucp_am_send_nbx)(ep, AM_NOTIFY, hp as *const c_void, hl, mp as *const c_void, ml, &param) };
+    let ret = unsafe {
+        (worker.api().ucp_am_send_nbx)(ep, AM_NOTIFY, hp as *const c_void, hl, mp as *const c_void, ml, &param)
+    };
     op.posted(&param, ret);
 }
 
@@ -384,7 +420,10 @@ impl TransferAgent for UcxAgent {
         let notifications = Arc::new(NotificationQueue::default());
         {
             let mut p: ucp_am_handler_param_t = zeroed();
-            p.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+            p.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID
+                | UCP_AM_HANDLER_PARAM_FIELD_CB
+                | UCP_AM_HANDLER_PARAM_FIELD_ARG
+                | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
             p.id = AM_NOTIFY;
             p.flags = UCP_AM_FLAG_WHOLE_MSG;
             p.cb = Some(notification_arrived);
@@ -453,7 +492,12 @@ impl TransferAgent for UcxAgent {
         self.core.load(name, descriptor)
     }
 
-    fn load_remote_by_connection_info(&self, name: &str, connection_info: &str, deadline: Option<Instant>) -> Result<()> {
+    fn load_remote_by_connection_info(
+        &self,
+        name: &str,
+        connection_info: &str,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         let timeout = deadline.map_or(self.core.timeout, |d| d.saturating_duration_since(Instant::now()));
         self.core.load(name, &descriptor_service::fetch(name, connection_info, timeout)?)
     }
@@ -475,7 +519,9 @@ impl TransferAgent for UcxAgent {
             Err(e) if e.status == kvx_status::KVX_ERR_NOT_FOUND => return Ok(false),
             Err(e) => return Err(e),
         };
-        Ok(descs.iter().all(|d| remote.regions.find_containing(d.addr, d.len).is_some_and(|(_, k)| k.mem_type == mem_type)))
+        Ok(descs
+            .iter()
+            .all(|d| remote.regions.find_containing(d.addr, d.len).is_some_and(|(_, k)| k.mem_type == mem_type)))
     }
 
     fn submit(&self, req: &TransferRequest<'_>) -> Result<UcxTransfer> {
@@ -520,7 +566,9 @@ impl TransferAgent for UcxAgent {
         worker.wake();
         // A peer that failed or was invalidated meanwhile cancels the message:
         // report why, as its transfers do, rather than UCX's bare cancel.
-        op.wait(Some(Instant::now() + self.core.timeout)).map(|_| ()).map_err(|e| remote.endpoint.state.check(name).err().unwrap_or(e))
+        op.wait(Some(Instant::now() + self.core.timeout))
+            .map(|_| ())
+            .map_err(|e| remote.endpoint.state.check(name).err().unwrap_or(e))
     }
 
     fn take_notifications(&self) -> Result<Vec<(String, Vec<u8>)>> {
@@ -533,10 +581,12 @@ impl TransferAgent for UcxAgent {
 /// Map one region with UCX and pack its remote key (and CUDA IPC handle, for device memory).
 fn map_region(worker: &Worker, mem_type: kvx_memory_type, d: &kvx_memory_desc) -> Result<LocalRegion> {
     let mut params: ucp_mem_map_params_t = zeroed();
-    params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+    params.field_mask =
+        UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
     params.address = d.addr as *mut c_void;
     params.length = d.len as usize;
-    params.memory_type = if mem_type == kvx_memory_type::KVX_MEMORY_VRAM { UCS_MEMORY_TYPE_CUDA } else { UCS_MEMORY_TYPE_HOST };
+    params.memory_type =
+        if mem_type == kvx_memory_type::KVX_MEMORY_VRAM { UCS_MEMORY_TYPE_CUDA } else { UCS_MEMORY_TYPE_HOST };
     let mut memh: ucp_mem_h = std::ptr::null_mut();
     let _g = worker.lock();
     // SAFETY: the caller promises the range is valid memory of this type.
@@ -609,7 +659,8 @@ impl UcxTransfer {
     /// marked failed so nothing more from it is trusted.
     fn expire_if_late(&self) {
         if Instant::now() >= self.shared.deadline && !self.shared.done.is_done() {
-            let won = self.shared.done.complete(Err(Error::timeout("transfer did not complete within the agent's timeout")));
+            let won =
+                self.shared.done.complete(Err(Error::timeout("transfer did not complete within the agent's timeout")));
             if won {
                 if let Some(remote) = self.shared.remote.lock().as_ref() {
                     remote.endpoint.state.fail("a transfer to this peer timed out".into());

@@ -64,7 +64,13 @@ impl CmCore {
         Ok(())
     }
 
-    fn new_connection(&self, local_id: u32, peer_id: u32, peer_address: String, endpoint: &[u8]) -> Result<Arc<UcxConnection>> {
+    fn new_connection(
+        &self,
+        local_id: u32,
+        peer_id: u32,
+        peer_address: String,
+        endpoint: &[u8],
+    ) -> Result<Arc<UcxConnection>> {
         let endpoint = Endpoint::connect(&self.worker, endpoint)?;
         let conn = Arc::new(UcxConnection {
             local_id,
@@ -124,7 +130,8 @@ impl UcxConnectionManager {
             endpoint: core.worker.address().to_vec(),
             client_address: own_address,
         };
-        let reply = control::request(addr, &request, timeout).map_err(|e| e.context(&format!("connecting to {address}")))?;
+        let reply =
+            control::request(addr, &request, timeout).map_err(|e| e.context(&format!("connecting to {address}")))?;
         let ControlMessage::Accept { server_conn_id, endpoint } = reply else {
             return Err(Error::malformed(format!("unexpected reply from {address}")));
         };
@@ -138,7 +145,9 @@ fn post_recv(worker: &Arc<Worker>, data: &mut [u8], tag: u64, mask: u64, what: &
     let param = op.param(true);
     let _g = worker.lock();
     // SAFETY: `data` outlives the op: every caller waits for completion or cancellation.
-    let ret = unsafe { (worker.api().ucp_tag_recv_nbx)(worker.handle, data.as_mut_ptr() as *mut c_void, data.len(), tag, mask, &param) };
+    let ret = unsafe {
+        (worker.api().ucp_tag_recv_nbx)(worker.handle, data.as_mut_ptr() as *mut c_void, data.len(), tag, mask, &param)
+    };
     op.posted(&param, ret);
     drop(_g);
     worker.wake();
@@ -147,7 +156,10 @@ fn post_recv(worker: &Arc<Worker>, data: &mut [u8], tag: u64, mask: u64, what: &
 
 fn check_length(received: usize, expected: usize) -> Result<()> {
     if received != expected {
-        return Err(Error::new(kvx_status::KVX_ERR_SIZE_MISMATCH, format!("received {received} bytes, expected {expected}")));
+        return Err(Error::new(
+            kvx_status::KVX_ERR_SIZE_MISMATCH,
+            format!("received {received} bytes, expected {expected}"),
+        ));
     }
     Ok(())
 }
@@ -168,7 +180,8 @@ impl ConnectionManager for UcxConnectionManager {
             waiting: Mutex::new(Vec::new()),
         });
         let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_UCX_INTERFACE")?;
-        let server = ControlServer::start(ip, settings.listen_port, Arc::new(Listener(Arc::downgrade(&core))), "kvx-cm-listen")?;
+        let server =
+            ControlServer::start(ip, settings.listen_port, Arc::new(Listener(Arc::downgrade(&core))), "kvx-cm-listen")?;
         *core.address.lock() = net::format_connection_info(&server.local_addr());
         Ok(UcxConnectionManager { listener: Mutex::new(Some(server)), core })
     }
@@ -199,7 +212,11 @@ impl ConnectionManager for UcxConnectionManager {
             op.cancel_locked();
         }
         let (sender_tag, length) = op.wait(deadline).map_err(|e| {
-            if self.is_running() { e } else { Error::new(kvx_status::KVX_ERR_CANCELED, "connection manager was shut down") }
+            if self.is_running() {
+                e
+            } else {
+                Error::new(kvx_status::KVX_ERR_CANCELED, "connection manager was shut down")
+            }
         })?;
         check_length(length, data.len())?;
         let local_id = (sender_tag >> 32) as u32;
@@ -251,7 +268,15 @@ impl Connection for UcxConnection {
             match self.endpoint.handle_locked(&self.peer_address) {
                 Ok(ep) => {
                     // SAFETY: `data` outlives the op: we wait for completion, or close the endpoint first.
-                    let ret = unsafe { (worker.api().ucp_tag_send_nbx)(ep, data.as_ptr() as *const c_void, data.len(), wire_tag, &param) };
+                    let ret = unsafe {
+                        (worker.api().ucp_tag_send_nbx)(
+                            ep,
+                            data.as_ptr() as *const c_void,
+                            data.len(),
+                            wire_tag,
+                            &param,
+                        )
+                    };
                     op.posted(&param, ret);
                 }
                 Err(e) => {

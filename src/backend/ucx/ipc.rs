@@ -47,7 +47,9 @@ pub(super) fn export_section(local: &RegionMap<Registered<LocalRegion>>) -> Opti
     let regions: Vec<IpcRegion> = local
         .iter()
         .enumerate()
-        .filter_map(|(i, (_, r))| r.native.ipc.map(|e| IpcRegion { region: i as u32, handle: e.handle, offset: e.offset }))
+        .filter_map(|(i, (_, r))| {
+            r.native.ipc.map(|e| IpcRegion { region: i as u32, handle: e.handle, offset: e.offset })
+        })
         .collect();
     if regions.is_empty() {
         return None;
@@ -81,7 +83,17 @@ impl PeerIpc {
         for e in &ipc.regions {
             let r = &desc.regions[e.region as usize];
             if r.mem_type == VRAM {
-                regions.insert(r.addr, r.len, PeerRegion { len: r.len, end: r.addr + r.len, handle: e.handle, offset: e.offset, mapped: Mutex::new(Vec::new()) });
+                regions.insert(
+                    r.addr,
+                    r.len,
+                    PeerRegion {
+                        len: r.len,
+                        end: r.addr + r.len,
+                        handle: e.handle,
+                        offset: e.offset,
+                        mapped: Mutex::new(Vec::new()),
+                    },
+                );
             }
         }
         Some(PeerIpc { regions })
@@ -99,7 +111,10 @@ impl PeerRegion {
         // The descriptor is untrusted: a region that overruns the allocation the
         // handle maps would make the copy kernel fault; never use it.
         if self.offset.checked_add(self.len).map_or(true, |end| end > m.size) {
-            return Err(Error::malformed(format!("peer region of {} bytes at offset {} overruns its {}-byte allocation", self.len, self.offset, m.size)));
+            return Err(Error::malformed(format!(
+                "peer region of {} bytes at offset {} overruns its {}-byte allocation",
+                self.len, self.offset, m.size
+            )));
         }
         mapped.push((device, m.clone()));
         Ok(m)
@@ -121,7 +136,8 @@ impl Resolver<'_> {
     /// The local address and the peer address mapped here, or None when this
     /// pair cannot take the IPC path.
     fn resolve(&mut self, local: u64, remote: u64, len: u64) -> Option<(u64, u64)> {
-        let in_local = self.last_local.is_some_and(|(s, e)| local >= s && local.checked_add(len).is_some_and(|end| end <= e));
+        let in_local =
+            self.last_local.is_some_and(|(s, e)| local >= s && local.checked_add(len).is_some_and(|end| end <= e));
         if !in_local {
             let (start, region) = self.local.find_containing(local, len)?;
             if region.mem_type != VRAM || *self.device.get_or_insert(region.device_id) != region.device_id {
@@ -129,12 +145,16 @@ impl Resolver<'_> {
             }
             self.last_local = Some((start, region.native.end));
         }
-        let hit = self.last_remote.filter(|&(s, e, _)| remote >= s && remote.checked_add(len).is_some_and(|end| end <= e));
+        let hit =
+            self.last_remote.filter(|&(s, e, _)| remote >= s && remote.checked_add(len).is_some_and(|end| end <= e));
         let (start, _, base) = match hit {
             Some(h) => h,
             None => {
                 let (start, region) = self.peer.regions.find_containing(remote, len)?;
-                let mapping = region.mapping(self.device?).map_err(|e| crate::log_at!(Warn, "CUDA IPC path not taken: {e}")).ok()?;
+                let mapping = region
+                    .mapping(self.device?)
+                    .map_err(|e| crate::log_at!(Warn, "CUDA IPC path not taken: {e}"))
+                    .ok()?;
                 let base = mapping.base + region.offset;
                 if !self.mappings.iter().any(|m| Arc::ptr_eq(m, &mapping)) {
                     self.mappings.push(mapping);
@@ -168,7 +188,11 @@ fn on_threads<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
 
 /// Descriptor index ranges, one per thread.
 fn slices(count: usize) -> Vec<std::ops::Range<usize>> {
-    let threads = if count < PARALLEL_MIN { 1 } else { std::thread::available_parallelism().map_or(1, |p| p.get()).clamp(1, MAX_THREADS) };
+    let threads = if count < PARALLEL_MIN {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |p| p.get()).clamp(1, MAX_THREADS)
+    };
     let per = count.div_ceil(threads);
     (0..threads).map(|i| (i * per).min(count)..((i + 1) * per).min(count)).collect()
 }
@@ -204,7 +228,8 @@ fn single_region(resolver: &mut Resolver<'_>, spans: &[Span]) -> Option<(u32, u6
         return None;
     }
     let (start, region) = resolver.peer.regions.find_containing(rlo, rhi.checked_sub(rlo)?)?;
-    let mapping = region.mapping(local.device_id).map_err(|e| crate::log_at!(Warn, "CUDA IPC path not taken: {e}")).ok()?;
+    let mapping =
+        region.mapping(local.device_id).map_err(|e| crate::log_at!(Warn, "CUDA IPC path not taken: {e}")).ok()?;
     let shift = (mapping.base + region.offset).wrapping_sub(start);
     resolver.mappings.push(mapping);
     Some((local.device_id, shift))
@@ -266,15 +291,32 @@ fn complete(job: Job) {
 }
 
 /// The request as one batched copy, or None when it must take the transport path.
-pub(super) fn try_submit(agent: &UcxAgent, req: &TransferRequest<'_>, remote: &Arc<RemoteAgent>) -> Result<Option<UcxTransfer>> {
+pub(super) fn try_submit(
+    agent: &UcxAgent,
+    req: &TransferRequest<'_>,
+    remote: &Arc<RemoteAgent>,
+) -> Result<Option<UcxTransfer>> {
     let Some(peer) = remote.ipc.as_ref() else { return Ok(None) };
     if req.local_type != VRAM || req.remote_type != VRAM || req.local.is_empty() {
         return Ok(None);
     }
     let local = agent.core.local.lock();
-    let mut resolver = Resolver { local: local.regions(), peer, device: None, last_local: None, last_remote: None, mappings: Vec::new() };
+    let mut resolver = Resolver {
+        local: local.regions(),
+        peer,
+        device: None,
+        last_local: None,
+        last_remote: None,
+        mappings: Vec::new(),
+    };
     let write = req.op == kvx_transfer_op::KVX_OP_WRITE;
-    let copy = |l: u64, r: u64, len: u64| if write { batch::Copy { src: l, dst: r, len } } else { batch::Copy { src: r, dst: l, len } };
+    let copy = |l: u64, r: u64, len: u64| {
+        if write {
+            batch::Copy { src: l, dst: r, len }
+        } else {
+            batch::Copy { src: r, dst: l, len }
+        }
+    };
     let parts = slices(req.local.len());
     let spans = on_threads(parts.len(), |i| span(&req.local[parts[i].clone()], &req.remote[parts[i].clone()]));
     let pending = if let Some((device, shift)) = single_region(&mut resolver, &spans) {
@@ -301,7 +343,9 @@ pub(super) fn try_submit(agent: &UcxAgent, req: &TransferRequest<'_>, remote: &A
         }
         let Some(device) = resolver.device else { return Ok(None) };
         let copies = coalesce::runs(req.local, req.remote).map(|run| {
-            let (l, r) = resolver.resolve(run.local.addr, run.remote.addr, run.len()).ok_or_else(|| Error::invalid("registrations changed during submit"))?;
+            let (l, r) = resolver
+                .resolve(run.local.addr, run.remote.addr, run.len())
+                .ok_or_else(|| Error::invalid("registrations changed during submit"))?;
             Ok(copy(l, r, run.len()))
         });
         batch::submit(device, count, copies)?
@@ -318,7 +362,9 @@ pub(super) fn try_submit(agent: &UcxAgent, req: &TransferRequest<'_>, remote: &A
         sync: req.sync_message.map(|m| (agent.core.name.clone(), m.to_vec())),
         _mappings: mappings,
     };
-    COMPLETER.lock().send(job).map_err(|_| Error::new(crate::core::error::kvx_status::KVX_ERR_INTERNAL, "CUDA IPC completion thread is gone"))?;
+    COMPLETER.lock().send(job).map_err(|_| {
+        Error::new(crate::core::error::kvx_status::KVX_ERR_INTERNAL, "CUDA IPC completion thread is gone")
+    })?;
     Ok(Some(UcxTransfer { shared, worker }))
 }
 

@@ -29,13 +29,7 @@ pub fn load() -> Result<&'static LoadedUcx> {
     LOADED
         .get_or_init(|| {
             let loaded = try_load()?;
-            crate::log_at!(
-                Info,
-                "UCX backend: {} (UCX {}, found via {})",
-                loaded.path,
-                loaded.version,
-                loaded.source
-            );
+            crate::log_at!(Info, "UCX backend: {} (UCX {}, found via {})", loaded.path, loaded.version, loaded.source);
             Ok(loaded)
         })
         .as_ref()
@@ -94,4 +88,3 @@ fn load_first_candidate() -> std::result::Result<LoadedUcx, String> {
     }
     Err(format!("UCX library {SONAME} not found (tried: {}); {INSTALL_HINT}", tried.join("; ")))
 }
-

@@ -67,9 +67,14 @@ pub const UCP_AM_FLAG_WHOLE_MSG: u32 = 1;
 pub const UCP_AM_SEND_FLAG_EAGER: u32 = 2;
 pub const UCP_AM_RECV_ATTR_FLAG_RNDV: u64 = 1 << 17;
 
-pub type ucp_send_nbx_callback_t = unsafe extern "C" fn(request: *mut c_void, status: ucs_status_t, user_data: *mut c_void);
-pub type ucp_tag_recv_nbx_callback_t =
-    unsafe extern "C" fn(request: *mut c_void, status: ucs_status_t, info: *const ucp_tag_recv_info_t, user_data: *mut c_void);
+pub type ucp_send_nbx_callback_t =
+    unsafe extern "C" fn(request: *mut c_void, status: ucs_status_t, user_data: *mut c_void);
+pub type ucp_tag_recv_nbx_callback_t = unsafe extern "C" fn(
+    request: *mut c_void,
+    status: ucs_status_t,
+    info: *const ucp_tag_recv_info_t,
+    user_data: *mut c_void,
+);
 pub type ucp_err_handler_cb_t = unsafe extern "C" fn(arg: *mut c_void, ep: ucp_ep_h, status: ucs_status_t);
 pub type ucp_am_recv_callback_t = unsafe extern "C" fn(
     arg: *mut c_void,
@@ -181,7 +186,6 @@ pub struct ucp_am_recv_param_t {
     pub recv_attr: u64,
     pub reply_ep: ucp_ep_h,
 }
-
 
 crate::native_api! {
     /// Function pointers resolved from `libucp` (and its `libucs` dependency).

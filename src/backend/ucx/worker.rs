@@ -420,7 +420,10 @@ impl Endpoint {
             // The address passed its checksum, so a shared-memory segment that
             // cannot be attached belongs to a peer that has exited since.
             if st == UCS_ERR_SHMEM_SEGMENT {
-                return Err(Error::peer(format!("cannot create endpoint to peer: its shared memory is gone (peer exited?): UCX {}", status_text(worker.ucx, st))));
+                return Err(Error::peer(format!(
+                    "cannot create endpoint to peer: its shared memory is gone (peer exited?): UCX {}",
+                    status_text(worker.ucx, st)
+                )));
             }
             return Err(ucx_error(worker.ucx, "cannot create endpoint to peer (bad or foreign address?)", st));
         }
