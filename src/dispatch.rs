@@ -17,7 +17,7 @@ use std::ffi::{c_char, c_void};
 use std::time::Instant;
 
 /// Version of the table layout below; bump when appending entries.
-pub const TABLE_VERSION: u32 = 1;
+pub const TABLE_VERSION: u32 = 2;
 
 /// Transfer direction, as TensorRT-LLM's `TransferOp`.
 #[allow(non_camel_case_types)]
@@ -114,6 +114,11 @@ pub trait Transfer: Send + Sync + 'static {
     fn wait(&self, deadline: Option<Instant>) -> kvx_transfer_state;
     fn release(&self) -> bool;
     fn last_status(&self) -> String;
+    /// Release even while in flight (TensorRT-LLM's cancel path): a transfer
+    /// still running ends as failed (`KVX_ERR_CANCELED`), never as a success,
+    /// and true means the backend no longer touches the local memory. False
+    /// only when that cannot be assured; `last_status` says why.
+    fn cancel(&self) -> bool;
 }
 
 pub trait ConnectionManager: Send + Sync + Sized + 'static {
@@ -220,6 +225,9 @@ pub struct kvx_backend_table {
     pub conn_recv:
         unsafe extern "C" fn(conn: *const c_void, tag: u32, data: *mut u8, len: usize, timeout_ms: i64) -> kvx_status,
     pub conn_peer_address: unsafe extern "C" fn(conn: *const c_void, out: *mut kvx_bytes),
+
+    // Version 2.
+    pub xfer_cancel: unsafe extern "C" fn(xfer: *mut c_void) -> bool,
 }
 
 /// Turn a backend result into a status, recording the error for `kvx_last_error`.
@@ -382,6 +390,9 @@ macro_rules! backend_table {
         unsafe extern "C" fn xfer_release(x: *mut c_void) -> bool {
             (*(x as *const X)).release()
         }
+        unsafe extern "C" fn xfer_cancel(x: *mut c_void) -> bool {
+            (*(x as *const X)).cancel()
+        }
         unsafe extern "C" fn xfer_last_status(x: *mut c_void, out: *mut kvx_bytes) {
             *out = kvx_bytes::from_vec((*(x as *const X)).last_status().into_bytes())
         }
@@ -490,6 +501,7 @@ macro_rules! backend_table {
             conn_send,
             conn_recv,
             conn_peer_address,
+            xfer_cancel,
         }
     }};
 }

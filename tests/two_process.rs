@@ -153,3 +153,43 @@ fn killed_peer_fails_pending_and_later_transfers() {
     writeln!(again.stdin, "quit").unwrap();
     again.child.wait().unwrap();
 }
+
+/// TensorRT-LLM's cancel path against a peer in another process (TCP, so a
+/// 64 MiB write takes long enough to be caught running): `wait(1)` then
+/// `release()` is true, the transfer ends failed, and the same peer then
+/// receives a correct transfer, checked by the peer itself.
+#[test]
+fn release_mid_transfer_cancels_and_the_peer_takes_the_next_transfer() {
+    let mut target = start_target(Some("tcp"));
+    let agent = Agent::new("canceller");
+    ok(agent.load_by_info("kvxfer-demo-target", &target.info));
+    let junk = pattern(TARGET_SIZE, 99);
+    let lj = agent.register(&[&junk]);
+    let full = [kvx_memory_desc { addr: target.addr, len: TARGET_SIZE as u64, device_id: 0 }];
+    let mut caught = None;
+    for _ in 0..5 {
+        let x = agent.submit(WRITE, &lj, &full, "kvxfer-demo-target", None).unwrap();
+        if x.wait(1) != KVX_TRANSFER_IN_PROGRESS {
+            x.expect_success();
+            continue;
+        }
+        assert!(x.cancel(), "release() of a running transfer must succeed: {}", x.status_text());
+        assert_eq!(x.wait(0), KVX_TRANSFER_FAILURE, "a cancelled transfer never reports success");
+        let text = x.status_text();
+        assert!(text.contains("KVX_ERR_CANCELED"), "{text}");
+        caught = Some(text);
+        break;
+    }
+    let text = caught.expect("no 64 MiB write over TCP was still running after 1 ms");
+    assert!(text.contains("peer stays usable"), "{text}");
+    // Released means the memory is ours again: overwrite it and send it whole.
+    ok(agent.deregister(&lj));
+    drop(junk);
+    let data = pattern(TARGET_SIZE, 7);
+    let ld = agent.register(&[&data]);
+    agent.submit(WRITE, &ld, &full, "kvxfer-demo-target", Some(b"written 7")).unwrap().expect_success();
+    writeln!(target.stdin, "verify 7").unwrap();
+    assert_eq!(target.lines.next().unwrap().unwrap(), "VERIFIED ok", "after: {text}");
+    writeln!(target.stdin, "quit").unwrap();
+    target.child.wait().unwrap();
+}

@@ -534,6 +534,7 @@ impl TransferAgent for NixlAgent {
             deadline: Instant::now() + core.timeout,
             remote: req.remote_name.to_owned(),
             orphaned: AtomicBool::new(false),
+            cancel_note: Mutex::new(None),
         });
         if posted == NIXL_CAPI_SUCCESS {
             shared.settle(core, Ok(()));
@@ -589,6 +590,8 @@ struct TransferShared {
     remote: String,
     /// Its handle was destroyed: the poller releases it when it ends.
     orphaned: AtomicBool,
+    /// What a cancel did, shown after the transfer's outcome.
+    cancel_note: Mutex<Option<String>>,
 }
 
 // SAFETY: the request pointer is only used under its lock, through a thread-safe NIXL agent.
@@ -693,10 +696,68 @@ impl Transfer for NixlTransfer {
     }
 
     fn last_status(&self) -> String {
-        match &*self.shared.outcome.lock() {
+        let outcome = match &*self.shared.outcome.lock() {
             None => "in progress".into(),
             Some(Ok(())) => "success".into(),
             Some(Err(e)) => e.to_string(),
+        };
+        match self.shared.cancel_note.lock().as_ref() {
+            Some(note) => format!("{outcome}; {note}"),
+            None => outcome,
+        }
+    }
+
+    fn cancel(&self) -> bool {
+        let canceled = {
+            let mut outcome = self.shared.outcome.lock();
+            let first = outcome.is_none();
+            outcome.get_or_insert(Err(Error::new(
+                kvx_status::KVX_ERR_CANCELED,
+                "transfer canceled by release() while in flight",
+            )));
+            first
+        };
+        if !canceled {
+            return self.shared.finish_if_settled(&self.core);
+        }
+        let (released, note) = self.drain_and_release();
+        *self.shared.cancel_note.lock() = Some(note);
+        released
+    }
+}
+
+/// How long a cancel lets NIXL finish what it posted before it aborts the request.
+const CANCEL_DRAIN: Duration = Duration::from_secs(2);
+
+impl NixlTransfer {
+    /// Let NIXL finish the posted request for a short while (the peer stays
+    /// usable), else abort it by releasing it and mark the peer failed, as
+    /// an aborted request may leave the connection in an unknown state.
+    fn drain_and_release(&self) -> (bool, String) {
+        let drain_until = Instant::now() + CANCEL_DRAIN;
+        let mut request = self.shared.request.lock();
+        let Some(req) = *request else {
+            return (true, "the request was already released".into());
+        };
+        let mut status = self.core.handle.transfer_status(req);
+        while status == NIXL_CAPI_IN_PROG && Instant::now() < drain_until {
+            std::thread::sleep(Duration::from_micros(50));
+            status = self.core.handle.transfer_status(req);
+        }
+        request.take();
+        let released = self.core.handle.release(req);
+        drop(request);
+        if status != NIXL_CAPI_IN_PROG {
+            let how = if status == NIXL_CAPI_SUCCESS { "finished" } else { "ended" };
+            return (true, format!("what was already posted {how} in NIXL; the peer stays usable"));
+        }
+        let why = Error::peer("a transfer to this peer was canceled and NIXL had to abort it");
+        self.core.mark_failed(&self.shared.remote, &why);
+        if released == NIXL_CAPI_SUCCESS {
+            (true, "NIXL aborted the request; the peer is marked failed (invalidate and load it again)".into())
+        } else {
+            let name = status_name(released);
+            (false, format!("NIXL could not abort the request (status {released}, {name}); the peer is marked failed"))
         }
     }
 }
