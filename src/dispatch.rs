@@ -10,81 +10,19 @@
 
 use crate::core::buffer::{kvx_bytes, kvx_notification_list};
 use crate::core::config::{kvx_agent_config, kvx_cm_config, kvx_transfer_request};
-use crate::core::error::{kvx_status, Error, Result};
+use crate::core::error::{kvx_status, Result};
 use crate::core::memory::{kvx_memory_desc, kvx_memory_type};
 use crate::core::select::kvx_backend;
 use std::ffi::{c_char, c_void};
 use std::time::Instant;
 
+// The validated forms of the C arguments are core's; the contract speaks in them.
+pub use crate::core::request::{
+    kvx_transfer_op, kvx_transfer_state, slice, slice_mut, AgentSettings, ConnectionManagerSettings, TransferRequest,
+};
+
 /// Version of the table layout below; bump when appending entries.
 pub const TABLE_VERSION: u32 = 2;
-
-/// Transfer direction, as TensorRT-LLM's `TransferOp`.
-#[allow(non_camel_case_types)]
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum kvx_transfer_op {
-    /// Pull remote memory (`dst_descs`) into local memory (`src_descs`).
-    KVX_OP_READ = 0,
-    /// Push local memory (`src_descs`) into remote memory (`dst_descs`).
-    KVX_OP_WRITE = 1,
-}
-
-impl kvx_transfer_op {
-    pub fn from_raw(raw: u32) -> Result<Self> {
-        match raw {
-            0 => Ok(Self::KVX_OP_READ),
-            1 => Ok(Self::KVX_OP_WRITE),
-            other => Err(Error::invalid(format!("transfer op {other} is unknown (0 = READ, 1 = WRITE)"))),
-        }
-    }
-}
-
-/// State of a transfer, as TensorRT-LLM's `TransferState`.
-#[allow(non_camel_case_types)]
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum kvx_transfer_state {
-    KVX_TRANSFER_IN_PROGRESS = 0,
-    KVX_TRANSFER_SUCCESS = 1,
-    KVX_TRANSFER_FAILURE = 2,
-}
-
-/// Settings of a transfer agent after validation.
-#[derive(Debug, Clone)]
-pub struct AgentSettings {
-    pub name: String,
-    pub use_listener: bool,
-    pub listen_ip: Option<String>,
-    pub listen_port: u16,
-    /// Default bound for blocking calls and for transfers waited on without a timeout.
-    pub timeout_ms: u64,
-    /// NIXL only: None = automatic.
-    pub progress_thread: Option<bool>,
-    /// NIXL only: 0 = default.
-    pub num_workers: u32,
-    /// NIXL only: plugin parameter overrides.
-    pub backend_params: Vec<(String, String)>,
-}
-
-/// Settings of a connection manager after validation.
-#[derive(Debug, Clone)]
-pub struct ConnectionManagerSettings {
-    pub listen_ip: Option<String>,
-    pub listen_port: u16,
-    pub timeout_ms: u64,
-}
-
-/// A validated transfer request: equal counts, pairwise equal lengths, no overflow.
-pub struct TransferRequest<'a> {
-    pub op: kvx_transfer_op,
-    pub local_type: kvx_memory_type,
-    pub local: &'a [kvx_memory_desc],
-    pub remote_type: kvx_memory_type,
-    pub remote: &'a [kvx_memory_desc],
-    pub remote_name: &'a str,
-    pub sync_message: Option<&'a [u8]>,
-}
 
 pub trait TransferAgent: Send + Sync + Sized + 'static {
     type Transfer: Transfer;
@@ -237,31 +175,7 @@ pub fn report<T>(result: Result<T>, out: impl FnOnce(T)) -> kvx_status {
             out(v);
             kvx_status::KVX_OK
         }
-        Err(e) => crate::ffi::status::set_last_error(e),
-    }
-}
-
-/// Empty slice for a NULL pointer with zero length (the C ABI allows both).
-///
-/// # Safety
-/// `ptr` must point to `len` valid elements when `len > 0`.
-pub unsafe fn slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
-    if len == 0 || ptr.is_null() {
-        &[]
-    } else {
-        std::slice::from_raw_parts(ptr, len)
-    }
-}
-
-/// Mutable counterpart of `slice`.
-///
-/// # Safety
-/// `ptr` must point to `len` valid, writable elements when `len > 0`.
-pub unsafe fn slice_mut<'a, T>(ptr: *mut T, len: usize) -> &'a mut [T] {
-    if len == 0 || ptr.is_null() {
-        &mut []
-    } else {
-        std::slice::from_raw_parts_mut(ptr, len)
+        Err(e) => crate::core::error::set_last_error(e),
     }
 }
 
@@ -504,14 +418,4 @@ macro_rules! backend_table {
             xfer_cancel,
         }
     }};
-}
-
-/// The table for `backend` (resolved from the environment when AUTO), loading
-/// that backend's native library first; no other backend's library is loaded.
-pub fn table_for(backend: kvx_backend) -> Result<&'static kvx_backend_table> {
-    match crate::core::select::resolve(backend) {
-        kvx_backend::KVX_BACKEND_UCX => crate::backend::ucx::table(),
-        kvx_backend::KVX_BACKEND_NIXL => crate::backend::nixl::table(),
-        kvx_backend::KVX_BACKEND_AUTO => Err(Error::new(kvx_status::KVX_ERR_INTERNAL, "backend left unresolved")),
-    }
 }

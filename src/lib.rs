@@ -3,9 +3,12 @@
 //! transfer-agent and connection-manager contracts, over UCX or NIXL chosen
 //! at run time.
 //!
-//! Layers: `ffi` (C ABI: checks, panic boundary, handles) → `dispatch` (one
-//! `#[repr(C)]` table per backend) → `backend::{ucx, nixl}`; `core` holds
-//! what every backend shares (memory model, wire formats, control channel).
+//! Layers, each importing only the ones below it (`tests/layers.rs` checks):
+//! `ffi` (C ABI: checks, panic boundary, handles) → `backend` (the choice of
+//! a backend's table) → `backend::{ucx, nixl}` → `backend::locate` (finding
+//! and loading native libraries) → `dispatch` (the `#[repr(C)]` table and the
+//! traits a backend implements) → `cuda` → `core` (what every layer shares:
+//! errors, the memory model, validated requests, wire formats, control channel).
 
 pub mod backend;
 pub mod core;

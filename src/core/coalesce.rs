@@ -213,7 +213,7 @@ mod tests {
     #[test]
     fn random_requests_move_the_same_bytes() {
         // Pseudo-random paged requests: block tables with runs of contiguous blocks.
-        let mut rng = crate::harness::XorShift::new(7);
+        let mut rng = crate::core::rng::XorShift::new(7);
         let mut rnd = move |m: u64| rng.below(m);
         for _ in 0..200 {
             let n = 1 + rnd(64) as usize;

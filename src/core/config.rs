@@ -5,8 +5,8 @@
 use super::completion::deadline_from_ms;
 use super::error::{Error, Result};
 use super::memory::{kvx_memory_desc, kvx_memory_type};
+use super::request::{kvx_transfer_op, slice, AgentSettings, ConnectionManagerSettings, TransferRequest};
 use super::select::kvx_backend;
-use crate::dispatch::{AgentSettings, ConnectionManagerSettings, TransferRequest};
 use std::ffi::{c_char, CStr};
 use std::time::Instant;
 
@@ -210,8 +210,8 @@ pub unsafe fn transfer_request<'a>(req: &'a kvx_transfer_request) -> Result<Tran
     if req.count > 0 && (req.src_descs.is_null() || req.dst_descs.is_null()) {
         return Err(Error::invalid("descriptor list is NULL but count > 0"));
     }
-    let local = crate::dispatch::slice(req.src_descs, req.count);
-    let remote = crate::dispatch::slice(req.dst_descs, req.count);
+    let local = slice(req.src_descs, req.count);
+    let remote = slice(req.dst_descs, req.count);
     for (i, (l, r)) in local.iter().zip(remote).enumerate() {
         if l.len != r.len {
             return Err(Error::invalid(format!(
@@ -222,7 +222,7 @@ pub unsafe fn transfer_request<'a>(req: &'a kvx_transfer_request) -> Result<Tran
         l.end()?;
         r.end()?;
     }
-    let op = crate::dispatch::kvx_transfer_op::from_raw(req.op)?;
+    let op = kvx_transfer_op::from_raw(req.op)?;
     let local_type = kvx_memory_type::from_raw(req.src_type)?;
     let remote_type = kvx_memory_type::from_raw(req.dst_type)?;
     let sync_message = if req.has_sync_message {
@@ -232,7 +232,7 @@ pub unsafe fn transfer_request<'a>(req: &'a kvx_transfer_request) -> Result<Tran
         if req.sync_message_len > super::wire::MAX_NOTIFICATION {
             return Err(Error::invalid(format!("sync message exceeds {} bytes", super::wire::MAX_NOTIFICATION)));
         }
-        Some(crate::dispatch::slice(req.sync_message, req.sync_message_len))
+        Some(slice(req.sync_message, req.sync_message_len))
     } else {
         None
     };

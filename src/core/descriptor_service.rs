@@ -6,8 +6,8 @@
 use super::control::{self, ControlHandler, ControlServer};
 use super::error::{Error, Result};
 use super::net;
+use super::request::AgentSettings;
 use super::wire::ControlMessage;
-use crate::dispatch::AgentSettings;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;

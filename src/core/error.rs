@@ -155,6 +155,30 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+thread_local! {
+    static LAST_ERROR: std::cell::RefCell<std::ffi::CString> = std::cell::RefCell::new(std::ffi::CString::default());
+}
+
+/// Record `error` as this thread's last error (what `kvx_last_error` shows)
+/// and return its status. Kept here, not in the C ABI layer, because the
+/// dispatch table's entries record errors too.
+pub fn set_last_error(error: Error) -> kvx_status {
+    crate::log_at!(Debug, "{error}");
+    let text = std::ffi::CString::new(error.to_string().replace('\0', "\\0")).unwrap_or_default();
+    LAST_ERROR.with(|slot| *slot.borrow_mut() = text);
+    error.status
+}
+
+/// The message recorded by the last failed call on this thread.
+pub fn last_error_message() -> String {
+    LAST_ERROR.with(|slot| slot.borrow().to_string_lossy().into_owned())
+}
+
+/// Pointer to this thread's last message, valid until the next failure here.
+pub fn last_error_ptr() -> *const std::ffi::c_char {
+    LAST_ERROR.with(|slot| slot.borrow().as_ptr())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,15 +155,19 @@ pub struct Registered<T> {
 #[derive(Debug)]
 pub struct Registrations<T> {
     regions: RegionMap<Registered<T>>,
+    locate: PointerLocator,
 }
 
-impl<T> Default for Registrations<T> {
-    fn default() -> Self {
-        Registrations { regions: RegionMap::default() }
-    }
-}
+/// Memory type and device of a pointer as a driver reports it; `None` where
+/// no driver can tell, and every pointer is then taken as the caller says.
+/// A function given by the layer that owns the driver, so core needs none.
+pub type PointerLocator = fn(u64) -> Option<(kvx_memory_type, u32)>;
 
 impl<T> Registrations<T> {
+    pub fn new(locate: PointerLocator) -> Self {
+        Registrations { regions: RegionMap::default(), locate }
+    }
+
     /// Register `descs`; `map` gets the descriptors not registered yet (each
     /// once) and returns one native handle per descriptor, or fails as a whole.
     pub fn register(
@@ -192,15 +196,18 @@ impl<T> Registrations<T> {
             if !seen.insert((d.addr, d.len)) {
                 continue;
             }
-            let (found_type, device) = crate::cuda::pointer_location(d.addr);
-            let driver = crate::cuda::driver_available();
-            if found_type != mem_type && driver {
-                return Err(Error::invalid(format!(
-                    "region {:#x} is {found_type:?} memory, registered as {mem_type:?}",
-                    d.addr
-                )));
+            let mut device_id = d.device_id;
+            if let Some((found_type, device)) = (self.locate)(d.addr) {
+                if found_type != mem_type {
+                    return Err(Error::invalid(format!(
+                        "region {:#x} is {found_type:?} memory, registered as {mem_type:?}",
+                        d.addr
+                    )));
+                }
+                if mem_type == kvx_memory_type::KVX_MEMORY_VRAM {
+                    device_id = device;
+                }
             }
-            let device_id = if mem_type == kvx_memory_type::KVX_MEMORY_VRAM && driver { device } else { d.device_id };
             new.push(kvx_memory_desc { device_id, ..*d });
         }
         let natives = if new.is_empty() { Vec::new() } else { map(&new)? };
@@ -338,7 +345,7 @@ mod tests {
         let buf = vec![0u8; 64];
         let a = kvx_memory_desc { addr: buf.as_ptr() as u64, len: 32, device_id: 0 };
         let b = kvx_memory_desc { addr: buf.as_ptr() as u64 + 32, len: 32, device_id: 0 };
-        let mut regs: Registrations<u32> = Registrations::default();
+        let mut regs: Registrations<u32> = Registrations::new(|_| None);
         let mut mapped = 0;
         regs.register(dram, &[a, a, b], |new| {
             mapped += new.len();

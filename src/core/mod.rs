@@ -13,5 +13,7 @@ pub mod log;
 pub mod memory;
 pub mod net;
 pub mod notify;
+pub mod request;
+pub mod rng;
 pub mod select;
 pub mod wire;

@@ -111,6 +111,12 @@ impl Drop for ContextScope {
     }
 }
 
+/// `pointer_location` where a driver can tell, `None` without one (core's
+/// `PointerLocator`, given to the registrations of every backend).
+pub fn locate_pointer(addr: u64) -> Option<(kvx_memory_type, u32)> {
+    driver_available().then(|| pointer_location(addr))
+}
+
 /// Memory type and device ordinal of `addr`, from the CUDA driver; host
 /// memory when CUDA is absent or the pointer is unknown to it.
 pub fn pointer_location(addr: u64) -> (kvx_memory_type, u32) {

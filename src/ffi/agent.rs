@@ -58,7 +58,7 @@ pub unsafe extern "C" fn kvx_agent_create(
         non_null(config, "config")?;
         non_null(out_agent, "out_agent")?;
         let cfg = config::read_versioned(config, config::agent_config_defaults())?;
-        let table = crate::dispatch::table_for(kvx_backend::from_raw(cfg.backend)?)?;
+        let table = crate::backend::table_for(kvx_backend::from_raw(cfg.backend)?)?;
         let mut object = std::ptr::null_mut();
         from_table((table.agent_create)(&cfg, &mut object))?;
         *out_agent = Box::into_raw(Box::new(kvx_agent { table, object }));

@@ -2,7 +2,7 @@
 
 use super::status::{guard, non_null};
 use crate::core::buffer::kvx_bytes;
-use crate::core::error::{kvx_status, Result};
+use crate::core::error::kvx_status;
 use crate::core::select::{self, kvx_backend};
 use std::ffi::{c_char, CString};
 
@@ -59,20 +59,13 @@ pub unsafe extern "C" fn kvx_backend_info_get(requested: u32, out: *mut kvx_back
             return Err(crate::core::error::Error::invalid("out->struct_size is smaller than kvx_backend_info"));
         }
         let chosen = select::resolve(kvx_backend::from_raw(requested)?);
-        let (path, version) = backend_library(chosen)?;
+        let (path, version) = crate::backend::library(chosen)?;
         (*out).backend = chosen as u32;
         (*out).name = static_str(chosen.name());
         (*out).library_path = static_str(&path);
         (*out).library_version = static_str(&version);
         Ok(())
     })
-}
-
-fn backend_library(backend: kvx_backend) -> Result<(String, String)> {
-    match backend {
-        kvx_backend::KVX_BACKEND_UCX => crate::backend::ucx::library(),
-        _ => crate::backend::nixl::library(),
-    }
 }
 
 /// Intern a string for the life of the process (a handful of backend names and paths).

@@ -1,26 +1,8 @@
 //! The panic boundary, status names and the thread-local last error.
 
-use crate::core::error::{kvx_status, Error, Result};
-use std::cell::RefCell;
+use crate::core::error::{kvx_status, last_error_message, set_last_error, Error, Result};
 use std::ffi::{c_char, CString};
 use std::panic::AssertUnwindSafe;
-
-thread_local! {
-    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
-}
-
-/// Record `error` as this thread's last error and return its status.
-pub fn set_last_error(error: Error) -> kvx_status {
-    crate::log_at!(Debug, "{error}");
-    let text = CString::new(error.to_string().replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|slot| *slot.borrow_mut() = text);
-    error.status
-}
-
-/// The message recorded by the last failed call on this thread.
-pub fn last_error_message() -> String {
-    LAST_ERROR.with(|slot| slot.borrow().to_string_lossy().into_owned())
-}
 
 /// Run an entry point's body: panics become `KVX_ERR_PANIC`, errors are
 /// recorded for `kvx_last_error`. No unwinding ever crosses the C boundary.
@@ -91,5 +73,5 @@ pub extern "C" fn kvx_status_str(status: i32) -> *const c_char {
 /// Thread safety: per thread; each thread has its own last error.
 #[no_mangle]
 pub extern "C" fn kvx_last_error() -> *const c_char {
-    LAST_ERROR.with(|slot| slot.borrow().as_ptr())
+    crate::core::error::last_error_ptr()
 }

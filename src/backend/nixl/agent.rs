@@ -378,7 +378,7 @@ impl TransferAgent for NixlAgent {
         let core = Arc::new(AgentCore {
             handle,
             timeout: Duration::from_millis(settings.timeout_ms),
-            local: Mutex::new(Registrations::default()),
+            local: Mutex::new(Registrations::new(crate::cuda::locate_pointer)),
             remotes: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(UnreachableMetadata::default()),
             connection_info: OnceCell::new(),

@@ -38,7 +38,7 @@ impl Poller {
         owner: Weak<T>,
         waker: Arc<Waker>,
         tick: fn(&T) -> bool,
-    ) -> crate::Result<Poller> {
+    ) -> crate::core::error::Result<Poller> {
         let w = waker.clone();
         let thread = std::thread::Builder::new()
             .name("kvx-nixl-poll".into())
@@ -56,7 +56,7 @@ impl Poller {
                     *woken = false;
                 }
             })
-            .map_err(|e| crate::Error::system("starting the NIXL poller", e))?;
+            .map_err(|e| crate::core::error::Error::system("starting the NIXL poller", e))?;
         Ok(Poller { waker, thread: Some(thread) })
     }
 }

@@ -446,7 +446,7 @@ impl TransferAgent for UcxAgent {
             name: settings.name.clone(),
             worker,
             timeout: Duration::from_millis(settings.timeout_ms),
-            local: Mutex::new(Registrations::default()),
+            local: Mutex::new(Registrations::new(crate::cuda::locate_pointer)),
             remotes: RwLock::new(HashMap::new()),
             notifications,
         });
