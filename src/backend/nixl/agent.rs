@@ -50,6 +50,8 @@ struct AgentCore {
     /// handle was destroyed while they ran.
     inflight: Mutex<Vec<Arc<TransferShared>>>,
     waker: Arc<Waker>,
+    /// `TRTLLM_NIXL_DISABLE_COALESCE` / `TRTLLM_NIXL_ENABLE_COALESCE`, read at creation.
+    coalesce: bool,
 }
 
 pub struct NixlAgent {
@@ -385,6 +387,7 @@ impl TransferAgent for NixlAgent {
             notifications: NotificationQueue::default(),
             inflight: Mutex::new(Vec::new()),
             waker: Arc::new(Waker::default()),
+            coalesce: super::handle::coalescing_from_env(),
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
         let (metadata_server, connection_info) = match &nixl_listener {
@@ -508,7 +511,11 @@ impl TransferAgent for NixlAgent {
         let is_self = req.remote_name == core.handle.name;
         // Merge runs contiguous on both sides (one NIXL descriptor each); a merged run
         // that crosses two registrations on either side falls back to the request as given.
-        let (merged_local, merged_remote) = coalesce(req.local, req.remote);
+        let (merged_local, merged_remote) = if core.coalesce {
+            coalesce(req.local, req.remote)
+        } else {
+            (Cow::Borrowed(req.local), Cow::Borrowed(req.remote))
+        };
         let (local, remote) = if matches!(merged_local, Cow::Owned(_))
             && self.validate(req, &merged_local, &merged_remote, is_self).is_ok()
         {
