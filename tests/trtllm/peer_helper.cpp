@@ -6,6 +6,9 @@
 // 3 the factory threw (message on stderr).
 // With argument "die-after-id": prints its manager's "ip port" on stdout,
 // waits for one id message and exits at once, as a crashing peer would.
+// With arguments "agent-target BYTES SEED": a transfer agent with a BYTES-long
+// host buffer; prints "name connection-info address", waits for the sync
+// message "verify" and exits 0 if the buffer then holds bulkBytes(BYTES, SEED).
 #include "trtllm_test_util.hpp"
 
 #include <cstdio>
@@ -28,7 +31,8 @@ uint32_t seedFor(int from, int to)
 
 int fail(std::string const& what)
 {
-    std::cerr << "rank " << std::getenv("KVX_RANK") << ": " << what << std::endl;
+    char const* rank = std::getenv("KVX_RANK");
+    std::cerr << "rank " << (rank ? rank : "-") << ": " << what << std::endl;
     return 1;
 }
 
@@ -45,10 +49,38 @@ int dieAfterId()
     std::_Exit(0);
 }
 
+int agentTarget(size_t bytes, uint32_t seed)
+{
+    std::string name = uniqueName("target");
+    auto agent = makeTransferAgent(name);
+    std::vector<char> buffer(bytes, 0);
+    kvc::MemoryDescs descs{kvc::MemoryType::kDRAM, {kvc::MemoryDesc{buffer}}};
+    agent->registerMemory(descs);
+    std::printf("%s %s %llu\n", name.c_str(), agent->getLocalConnectionInfo().c_str(),
+        static_cast<unsigned long long>(reinterpret_cast<uintptr_t>(buffer.data())));
+    std::fflush(stdout);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline)
+    {
+        for (auto const& [sender, messages] : agent->getNotifiedSyncMessages())
+            for (auto const& m : messages)
+                if (m == "verify")
+                {
+                    bool same = buffer == bulkBytes(bytes, seed);
+                    agent->deregisterMemory(descs);
+                    return same ? 0 : fail("buffer differs after the transfer from " + sender);
+                }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return fail("no \"verify\" message within 60 s");
+}
+
 int main(int argc, char** argv)
 {
     if (argc > 1 && std::string(argv[1]) == "die-after-id")
         return dieAfterId();
+    if (argc > 3 && std::string(argv[1]) == "agent-target")
+        return agentTarget(std::strtoull(argv[2], nullptr, 10), static_cast<uint32_t>(std::atoi(argv[3])));
     int const rank = std::atoi(std::getenv("KVX_RANK") ? std::getenv("KVX_RANK") : "0");
     int const world = std::atoi(std::getenv("KVX_WORLD_SIZE") ? std::getenv("KVX_WORLD_SIZE") : "1");
     std::unique_ptr<kvc::ConnectionManager> manager;

@@ -1,5 +1,6 @@
 #include "shim_common.hpp"
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +18,23 @@ void check(kvx_status status, char const* what)
     std::string message =
         std::string("kvxfer: ") + what + " failed: " + (detail && *detail ? detail : kvx_status_str(status));
     throw KvxError(status, message);
+}
+
+int64_t envNonNegative(char const* name, int64_t fallback)
+{
+    char const* value = std::getenv(name);
+    if (value == nullptr || *value == '\0')
+        return fallback;
+    char* end = nullptr;
+    errno = 0;
+    long long parsed = std::strtoll(value, &end, 10);
+    if (errno != 0 || *end != '\0' || parsed < 0)
+    {
+        std::fprintf(stderr, "kvxfer: %s=\"%s\" is not a non-negative integer; using %lld\n", name, value,
+            static_cast<long long>(fallback));
+        return fallback;
+    }
+    return parsed;
 }
 
 char const* backendName(uint32_t backend) noexcept

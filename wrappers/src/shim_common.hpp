@@ -64,6 +64,10 @@ private:
     kvx_bytes mBytes{nullptr, 0};
 };
 
+// A non-negative integer from environment variable `name`; `fallback` when it
+// is unset or empty, and (with a warning on stderr) when it is not such a number.
+int64_t envNonNegative(char const* name, int64_t fallback);
+
 // Name of a kvx_backend value ("UCX", "NIXL").
 char const* backendName(uint32_t backend) noexcept;
 
