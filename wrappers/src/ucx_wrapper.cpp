@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -121,6 +122,15 @@ public:
     [[nodiscard]] bool isThreadSafe() const noexcept override
     {
         return true;
+    }
+
+    // Pre-assigned receive buffers belong to TensorRT-LLM's agent-based
+    // manager; a kvxfer connection receives into the caller's buffer.
+    void activateBuffer(uint8_t /*bufferKind*/) const override {}
+
+    [[nodiscard]] std::optional<size_t> getPreAssignedBufferId(uint8_t /*bufferKind*/) const override
+    {
+        return std::nullopt;
     }
 
 private:
