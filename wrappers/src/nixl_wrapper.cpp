@@ -375,6 +375,7 @@ extern "C" __attribute__((visibility("default"))) std::unique_ptr<kvc::BaseTrans
     kvc::BaseAgentConfig const* config)
 {
     using namespace kvxfer_trtllm;
+    requireMatchingRelease(kWrapperName);
     return std::make_unique<KvxTransferAgent>(requireConfig(config, "createNixlTransferAgent"));
 }
 
@@ -382,6 +383,7 @@ extern "C" __attribute__((visibility("default"))) std::shared_ptr<kvc::BaseLoopb
     kvc::BaseAgentConfig const* config)
 {
     using namespace kvxfer_trtllm;
+    requireMatchingRelease(kWrapperName);
     requireConfig(config, "createNixlLoopbackAgent");
     return std::make_shared<KvxLoopbackAgent>();
 }

@@ -68,6 +68,11 @@ private:
 // is unset or empty, and (with a warning on stderr) when it is not such a number.
 int64_t envNonNegative(char const* name, int64_t fallback);
 
+// Refuses (throws) when this process runs a TensorRT-LLM release whose plug-in
+// interfaces are not the ones this wrapper was built for; see shim_common.cpp.
+// KVX_TRTLLM_SKIP_VERSION_CHECK=1 turns the refusal into a warning on stderr.
+void requireMatchingRelease(char const* wrapperName);
+
 // Name of a kvx_backend value ("UCX", "NIXL").
 char const* backendName(uint32_t backend) noexcept;
 

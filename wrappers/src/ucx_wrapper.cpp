@@ -252,5 +252,6 @@ private:
 // setup; several ranks meet through KVX_RANK / KVX_WORLD_SIZE / KVX_RENDEZVOUS.
 extern "C" __attribute__((visibility("default"))) std::unique_ptr<kvc::ConnectionManager> makeUcxConnectionManager()
 {
+    kvxfer_trtllm::requireMatchingRelease(kvxfer_trtllm::kWrapperName);
     return std::make_unique<kvxfer_trtllm::KvxConnectionManager>();
 }
