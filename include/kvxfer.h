@@ -647,7 +647,8 @@ const char *kvx_version(void);
 // Resolve `requested` (a `kvx_backend` value) to the backend kvxfer will
 // use: an explicit choice wins; AUTO follows `TRTLLM_USE_UCX_KVCACHE` /
 // `TRTLLM_USE_NIXL_KVCACHE` (exactly "1"; UCX first; neither = UCX).
-// Loads nothing.
+// `KVX_ERR_UNSUPPORTED` when `TRTLLM_USE_MOONCAKE_KVCACHE=1` is what selects:
+// kvxfer does not serve Mooncake. Loads nothing.
 //
 // # Safety
 // `out_backend` is NULL (refused) or valid for writing one value.

@@ -748,13 +748,16 @@ impl NixlTransfer {
         let Some(req) = *request else {
             return (true, "the request was already released".into());
         };
-        let mut status = self.core.handle.transfer_status(req);
+        // SAFETY: the request is this transfer's and still in its slot, whose lock we hold.
+        let poll = || unsafe { self.core.handle.transfer_status(req) };
+        let mut status = poll();
         while status == NIXL_CAPI_IN_PROG && Instant::now() < drain_until {
             std::thread::sleep(Duration::from_micros(50));
-            status = self.core.handle.transfer_status(req);
+            status = poll();
         }
         request.take();
-        let released = self.core.handle.release(req);
+        // SAFETY: taken out of the slot under its lock: this is the request's last use.
+        let released = unsafe { self.core.handle.release(req) };
         drop(request);
         if status != NIXL_CAPI_IN_PROG {
             let how = if status == NIXL_CAPI_SUCCESS { "finished" } else { "ended" };
