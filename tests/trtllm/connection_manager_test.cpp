@@ -408,18 +408,12 @@ TEST(ConnectionManager, PayloadAndHostControlBoundsFollowTheirVariables)
 TEST(ConnectionManager, HandshakeBoundFollowsItsVariable)
 {
     ScopedEnv handshakeBound("TRTLLM_UCX_CONNECTION_HANDSHAKE_TIMEOUT_MS", "500");
-    int silent = ::socket(AF_INET, SOCK_STREAM, 0);
+    uint16_t port = 0;
+    int silent = loopbackSocket(port, 8);
     ASSERT_GE(silent, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(::bind(silent, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    ASSERT_EQ(::listen(silent, 8), 0);
-    socklen_t len = sizeof addr;
-    ASSERT_EQ(::getsockname(silent, reinterpret_cast<sockaddr*>(&addr), &len), 0);
     Manager m = makeManager();
     auto start = std::chrono::steady_clock::now();
-    kvc::CommState state{std::vector<kvc::SocketState>{{ntohs(addr.sin_port), "127.0.0.1"}}, 0};
+    kvc::CommState state{std::vector<kvc::SocketState>{{port, "127.0.0.1"}}, 0};
     EXPECT_THROW(m->getConnections(state), std::exception);
     auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
     ::close(silent);

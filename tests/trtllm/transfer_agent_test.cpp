@@ -653,16 +653,11 @@ TEST(TransferAgent, ListenPortFollowsTrtllmNixlPort)
     uint16_t base = 0;
     for (int attempt = 0; attempt < 20 && base == 0; ++attempt)
     {
-        int probe = ::socket(AF_INET, SOCK_STREAM, 0);
-        sockaddr_in addr{};
-        addr.sin_family = AF_INET;
-        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        socklen_t len = sizeof addr;
-        ::bind(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-        ::getsockname(probe, reinterpret_cast<sockaddr*>(&addr), &len);
-        ::close(probe);
-        uint16_t candidate = ntohs(addr.sin_port);
-        if (candidate < 65000)
+        uint16_t candidate = 0;
+        int probe = loopbackSocket(candidate, 0);
+        if (probe >= 0)
+            ::close(probe);
+        if (candidate != 0 && candidate < 65000)
             base = candidate;
     }
     ASSERT_NE(base, 0);

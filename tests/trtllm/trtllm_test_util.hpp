@@ -10,7 +10,10 @@
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
 #include <dlfcn.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -77,6 +80,27 @@ inline std::shared_ptr<kvc::BaseLoopbackAgent> makeLoopbackAgent(std::string con
 
 // Bound for every wait in the suite: a broken transport fails, never hangs.
 constexpr auto kWaitLimit = std::chrono::seconds(10);
+
+// A TCP socket bound to 127.0.0.1 on a free port (listening when `backlog` > 0);
+// returns the descriptor (-1 on failure) and sets `port`.
+inline int loopbackSocket(uint16_t& port, int backlog)
+{
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0
+        || (backlog > 0 && ::listen(fd, backlog) != 0)
+        || ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+    {
+        if (fd >= 0)
+            ::close(fd);
+        return -1;
+    }
+    port = ntohs(addr.sin_port);
+    return fd;
+}
 
 // Sets (or, with nullptr, unsets) an environment variable for one scope.
 class ScopedEnv

@@ -27,15 +27,24 @@ void check(kvx_status status, char const* what)
     throw KvxError(status, message);
 }
 
+bool parseDecimal(char const* text, long long& out) noexcept
+{
+    char* end = nullptr;
+    errno = 0;
+    long long value = std::strtoll(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0')
+        return false;
+    out = value;
+    return true;
+}
+
 int64_t envNonNegative(char const* name, int64_t fallback)
 {
     char const* value = std::getenv(name);
     if (value == nullptr || *value == '\0')
         return fallback;
-    char* end = nullptr;
-    errno = 0;
-    long long parsed = std::strtoll(value, &end, 10);
-    if (errno != 0 || *end != '\0' || parsed < 0)
+    long long parsed = 0;
+    if (!parseDecimal(value, parsed) || parsed < 0)
     {
         std::fprintf(stderr, "kvxfer: %s=\"%s\" is not a non-negative integer; using %lld\n", name, value,
             static_cast<long long>(fallback));

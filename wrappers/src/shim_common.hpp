@@ -64,6 +64,9 @@ private:
     kvx_bytes mBytes{nullptr, 0};
 };
 
+// Whole decimal integer `text` (no sign-less garbage, no overflow) into `out`.
+bool parseDecimal(char const* text, long long& out) noexcept;
+
 // A non-negative integer from environment variable `name`; `fallback` when it
 // is unset or empty, and (with a warning on stderr) when it is not such a number.
 int64_t envNonNegative(char const* name, int64_t fallback);
