@@ -558,13 +558,14 @@ struct Timed {
     outcome: Result<(), String>,
 }
 
-/// Run `once` after one warm-up (mapping, kernel load, UCX protocol selection)
-/// until both `min_iters` runs and half a second are reached; paths that take
-/// seconds per request get one timed run, so the whole bench stays bounded.
-fn timed(min_iters: usize, mut once: impl FnMut(&mut Timed) -> Result<(), String>) -> Timed {
+/// Run `once` (which returns the seconds its request or round took) after one
+/// warm-up (mapping, kernel load, UCX protocol selection) until both
+/// `min_iters` runs and half a second are reached; paths that take seconds per
+/// request get one timed run, so the whole bench stays bounded.
+fn timed(min_iters: usize, mut once: impl FnMut(&mut Timed) -> Result<f64, String>) -> Timed {
     let mut t = Timed { times: Vec::new(), submits: Vec::new(), latencies: Vec::new(), outcome: Ok(()) };
     let warm = Instant::now();
-    t.outcome = once(&mut t);
+    t.outcome = once(&mut t).map(|_| ());
     t.submits.clear();
     t.latencies.clear();
     let wanted = if warm.elapsed() > Duration::from_secs(2) { 1 } else { min_iters };
@@ -573,9 +574,10 @@ fn timed(min_iters: usize, mut once: impl FnMut(&mut Timed) -> Result<(), String
         && (t.times.len() < wanted || (wanted > 1 && started.elapsed() < Duration::from_millis(500)))
         && started.elapsed() < Duration::from_secs(20)
     {
-        let at = Instant::now();
-        t.outcome = once(&mut t);
-        t.times.push(at.elapsed().as_secs_f64());
+        match once(&mut t) {
+            Ok(seconds) => t.times.push(seconds),
+            Err(e) => t.outcome = Err(e),
+        }
     }
     t
 }
@@ -647,9 +649,10 @@ fn initiator(args: &[String]) {
             // One request at a time.
             prepare(&mut peer);
             let t = timed(min_iters, |t| {
+                let at = Instant::now();
                 let submit = run_once(&agent, op, &l, &r, None)?;
                 t.submits.push(submit);
-                Ok(())
+                Ok(at.elapsed().as_secs_f64())
             });
             let written =
                 t.outcome.is_ok() && (op == READ || run_once(&agent, op, &l, &r, Some(note.as_bytes())).is_ok());
@@ -660,9 +663,10 @@ fn initiator(args: &[String]) {
             if median < 0.5 {
                 prepare(&mut peer);
                 let (ls, rs) = (split(&l, CONCURRENT), split(&r, CONCURRENT));
+                // A round runs from the threads' common start to the last completion (thread start-up excluded).
                 let t = timed(min_iters, |t| {
                     let start = std::sync::Barrier::new(ls.len());
-                    let results: Vec<Result<(f64, f64), String>> = std::thread::scope(|scope| {
+                    let results: Vec<Result<(Instant, f64, f64), String>> = std::thread::scope(|scope| {
                         let handles: Vec<_> = ls
                             .iter()
                             .zip(&rs)
@@ -673,7 +677,7 @@ fn initiator(args: &[String]) {
                                     start.wait();
                                     let at = Instant::now();
                                     let submit = run_once(agent, op, lp, rp, None)?;
-                                    Ok((submit, at.elapsed().as_secs_f64()))
+                                    Ok((at, submit, at.elapsed().as_secs_f64()))
                                 })
                             })
                             .collect();
@@ -682,12 +686,15 @@ fn initiator(args: &[String]) {
                             .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
                             .collect()
                     });
+                    let mut span: Option<(Instant, Instant)> = None;
                     for r in results {
-                        let (submit, latency) = r?;
+                        let (at, submit, latency) = r?;
                         t.submits.push(submit);
                         t.latencies.push(latency);
+                        let end = at + Duration::from_secs_f64(latency);
+                        span = Some(span.map_or((at, end), |(s, e)| (s.min(at), e.max(end))));
                     }
-                    Ok(())
+                    Ok(span.map_or(0.0, |(s, e)| (e - s).as_secs_f64()))
                 });
                 // The data of the last round is verified; the notification follows every request's completion.
                 let written = t.outcome.is_ok()
@@ -721,8 +728,9 @@ fn initiator(args: &[String]) {
                 let t = {
                     let peer = &mut peer;
                     timed(min_iters, |t| {
-                        t.latencies.push(round(peer, None)?);
-                        Ok(())
+                        let seconds = round(peer, None)?;
+                        t.latencies.push(seconds);
+                        Ok(seconds)
                     })
                 };
                 let written = t.outcome.is_ok() && round(&mut peer, Some(note.as_bytes())).is_ok();

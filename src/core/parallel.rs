@@ -2,7 +2,8 @@
 //! listing 300k descriptors is memory-bound on one core, so requests this
 //! long are cut into contiguous slices, one per thread (the caller's included).
 
-use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Condvar, Mutex, OnceLock};
 
 /// Lists shorter than this stay on the calling thread (a thread costs more than it saves).
 pub const PARALLEL_MIN: usize = 32 * 1024;
@@ -88,13 +89,20 @@ struct Job {
     latch: &'static Latch,
 }
 
+/// One job queue per pool thread, so handing out jobs never waits on another
+/// thread's wake-up; callers start at different threads in turn.
 struct Pool {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    queues: Vec<Mutex<mpsc::Sender<Job>>>,
+    next: AtomicUsize,
 }
 
 impl Pool {
     fn send(&self, job: Job) {
-        let sent = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+        let queue = self.queues.get(self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len().max(1));
+        let sent = match queue {
+            Some(q) => q.lock().unwrap_or_else(|e| e.into_inner()).send(job),
+            None => Err(mpsc::SendError(job)),
+        };
         if let Err(mpsc::SendError(job)) = sent {
             // No pool thread is left: run it here rather than never.
             run_job(job);
@@ -111,23 +119,20 @@ fn run_job(job: Job) {
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
         let cores = std::thread::available_parallelism().map_or(1, |p| p.get());
+        let mut queues = Vec::new();
         for i in 0..cores.clamp(2, MAX_THREADS) - 1 {
-            let rx = rx.clone();
-            let started = std::thread::Builder::new().name(format!("kvx-list-{i}")).spawn(move || loop {
-                let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                match job {
-                    Ok(job) => run_job(job),
-                    Err(_) => return,
+            let (tx, rx) = mpsc::channel::<Job>();
+            let started = std::thread::Builder::new().name(format!("kvx-list-{i}")).spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    run_job(job);
                 }
             });
-            if started.is_err() {
-                break;
+            if started.is_ok() {
+                queues.push(Mutex::new(tx));
             }
         }
-        Pool { jobs: Mutex::new(tx) }
+        Pool { queues, next: AtomicUsize::new(0) }
     })
 }
 

@@ -22,10 +22,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const PTX: &str = concat!(include_str!("copy_kernel.ptx"), "\0");
-/// Entries issued in the first launch of a writer; later launches double up to `CHUNK`.
-const FIRST_CHUNK: usize = 1024;
+/// Entries issued in the first launch of a writer (16 MiB of 4 KiB blocks:
+/// the GPU starts at once); later launches double up to `CHUNK`, as each
+/// launch and list upload costs the host a few microseconds.
+const FIRST_CHUNK: usize = 4 * 1024;
 /// Entries issued per kernel launch at most while the rest of the list is built.
-const CHUNK: usize = 16 * 1024;
+const CHUNK: usize = 32 * 1024;
 /// Entries this large are copied by the copy engines (as cudaMemcpyPeer is).
 pub const COPY_ENGINE_MIN: u64 = 4 << 20;
 /// Entries up to this size are copied by one warp each (`kvx_copy_batch`);
