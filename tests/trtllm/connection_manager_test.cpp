@@ -348,10 +348,7 @@ TEST(ConnectionManager, DeadPeerIsAnError)
     ASSERT_EQ(::posix_spawn(&pid, TRTLLM_PEER_HELPER, &actions, nullptr, argv, environ), 0);
     posix_spawn_file_actions_destroy(&actions);
     ::close(out[1]);
-    std::string line;
-    char ch = 0;
-    while (::read(out[0], &ch, 1) == 1 && ch != '\n')
-        line += ch;
+    std::string line = readAnnouncement(out[0]);
     ::close(out[0]);
     char ip[256] = {};
     unsigned port = 0;

@@ -4,13 +4,14 @@
 // Checks the CommState the collective factory returns, then exchanges an id
 // and a payload with every other rank. Exit codes: 0 ok, 1 wrong result,
 // 3 the factory threw (message on stderr).
-// With argument "die-after-id": prints its manager's "ip port" on stdout,
+// With argument "die-after-id": prints its manager's "ip port" on stdout (after kAnnounce),
 // waits for one id message and exits at once, as a crashing peer would.
 // With arguments "agent-target BYTES SEED": a transfer agent with a BYTES-long
-// host buffer; prints "name connection-info address", waits for the sync
+// host buffer; prints "name connection-info address" (after kAnnounce), waits for the sync
 // message "verify" and exits 0 if the buffer then holds bulkBytes(BYTES, SEED).
 #include "trtllm_test_util.hpp"
 
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <set>
@@ -42,7 +43,7 @@ int dieAfterId()
 {
     auto manager = makeUcxConnectionManager();
     auto const& self = manager->getCommState().getSocketState().at(0);
-    std::printf("%s %u\n", self.mIp.c_str(), static_cast<unsigned>(self.mPort));
+    std::printf("%s%s %u\n", kAnnounce, self.mIp.c_str(), static_cast<unsigned>(self.mPort));
     std::fflush(stdout);
     uint64_t id = 0;
     manager->recvConnect(kvc::DataContext{kIdTag}, &id, sizeof id);
@@ -56,7 +57,7 @@ int agentTarget(size_t bytes, uint32_t seed)
     std::vector<char> buffer(bytes, 0);
     kvc::MemoryDescs descs{kvc::MemoryType::kDRAM, {kvc::MemoryDesc{buffer}}};
     agent->registerMemory(descs);
-    std::printf("%s %s %llu\n", name.c_str(), agent->getLocalConnectionInfo().c_str(),
+    std::printf("%s%s %s %llu\n", kAnnounce, name.c_str(), agent->getLocalConnectionInfo().c_str(),
         static_cast<unsigned long long>(reinterpret_cast<uintptr_t>(buffer.data())));
     std::fflush(stdout);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -77,6 +78,8 @@ int agentTarget(size_t bytes, uint32_t seed)
 
 int main(int argc, char** argv)
 {
+    // The test may stop reading stdout after the announcement; later transport logs must not kill us.
+    std::signal(SIGPIPE, SIG_IGN);
     if (argc > 1 && std::string(argv[1]) == "die-after-id")
         return dieAfterId();
     if (argc > 3 && std::string(argv[1]) == "agent-target")

@@ -531,10 +531,7 @@ public:
             ::close(out[0]);
             throw std::runtime_error(std::string("posix_spawn: ") + std::strerror(rc));
         }
-        std::string line;
-        char ch = 0;
-        while (::read(out[0], &ch, 1) == 1 && ch != '\n')
-            line += ch;
+        std::string line = readAnnouncement(out[0]);
         ::close(out[0]);
         char name[256] = {};
         char info[256] = {};

@@ -102,6 +102,29 @@ inline int loopbackSocket(uint16_t& port, int backlog)
     return fd;
 }
 
+// Marks the line a helper process announces itself with: transports may log to
+// the same stdout (UCX prints its warnings there).
+constexpr char const* kAnnounce = "KVX-HELPER ";
+
+// The text after kAnnounce on the first line of `fd` that starts with it ("" at end of input).
+inline std::string readAnnouncement(int fd)
+{
+    std::string line;
+    char ch = 0;
+    while (::read(fd, &ch, 1) == 1)
+    {
+        if (ch != '\n')
+        {
+            line += ch;
+            continue;
+        }
+        if (line.rfind(kAnnounce, 0) == 0)
+            return line.substr(std::strlen(kAnnounce));
+        line.clear();
+    }
+    return {};
+}
+
 // Sets (or, with nullptr, unsets) an environment variable for one scope.
 class ScopedEnv
 {
