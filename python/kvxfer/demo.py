@@ -21,7 +21,7 @@ def _wait_for(agent, sender, timeout_s):
             if who == sender:
                 return msg
         time.sleep(0.001)
-    raise kvxfer.TimeoutError(-5, "KVX_ERR_TIMEOUT", f"no message from {sender} within {timeout_s} s")
+    raise kvxfer.TimeoutExpiredError(-5, "KVX_ERR_TIMEOUT", f"no message from {sender} within {timeout_s} s")
 
 
 def target(size):
@@ -29,6 +29,8 @@ def target(size):
         buf = bytearray(size)
         region = agent.register(buf)
         print(f"READY {agent.connection_info()} {region.addr} {region.len}", flush=True)
+        # The initiator's descriptor, so the target can answer it.
+        agent.load_remote("demo-initiator", bytes.fromhex(sys.stdin.readline().strip()))
         _wait_for(agent, "demo-initiator", 60)  # sync message: the WRITE has landed
         ok = buf == _pattern(size, 7)
         agent.notify("demo-initiator", b"ok" if ok else b"bad")
@@ -39,7 +41,7 @@ def target(size):
 def initiator(size, iters):
     env = dict(os.environ)
     proc = subprocess.Popen([sys.executable, "-m", "kvxfer", "demo", "--role", "target", "--size", str(size)],
-                            stdout=subprocess.PIPE, text=True, env=env)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline().split()
         if not line or line[0] != "READY":
@@ -50,6 +52,8 @@ def initiator(size, iters):
             src = bytearray(_pattern(size, 7))
             local = agent.register(src)
             agent.load_remote_by_connection("demo-target", info)
+            proc.stdin.write(agent.local_desc().hex() + "\n")
+            proc.stdin.flush()
             remote = (raddr, rlen, 0)
             t0 = time.perf_counter()
             for i in range(iters):

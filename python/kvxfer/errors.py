@@ -6,9 +6,6 @@ Every exception raised for a failed kvxfer call is an :class:`Error` (itself a
 ``kvx_last_error`` text of the failing call).
 """
 
-import builtins
-
-
 class Error(RuntimeError):
     """A kvxfer call failed."""
 
@@ -40,7 +37,7 @@ class AlreadyExistsError(Error):
     """The same thing was created twice (KVX_ERR_ALREADY_EXISTS)."""
 
 
-class TimeoutError(Error, builtins.TimeoutError):  # noqa: A001 - kvxfer.errors.TimeoutError by design
+class TimeoutExpiredError(Error):
     """The call did not finish within its timeout (KVX_ERR_TIMEOUT)."""
 
 
@@ -76,7 +73,7 @@ class PanicError(Error):
     """kvxfer caught an internal panic; the handle may be unusable (KVX_ERR_PANIC)."""
 
 
-class SystemCallError(Error, OSError):
+class SystemCallError(Error):
     """An operating-system call failed: socket, thread, file (KVX_ERR_SYSTEM)."""
 
 
@@ -89,7 +86,7 @@ _BY_CODE = {
     -2: BackendUnavailableError,
     -3: NotFoundError,
     -4: AlreadyExistsError,
-    -5: TimeoutError,
+    -5: TimeoutExpiredError,
     -6: PeerError,
     -7: TransportError,
     -8: MalformedError,
@@ -105,10 +102,7 @@ _BY_CODE = {
 
 def _from_status(code, status, detail):
     """The exception for a failed call (used by the native module)."""
-    cls = _BY_CODE.get(code, Error)
-    exc = cls.__new__(cls)
-    Error.__init__(exc, code, status, detail)
-    return exc
+    return _BY_CODE.get(code, Error)(code, status, detail)
 
 
 __all__ = ["Error"] + [c.__name__ for c in _BY_CODE.values()]

@@ -97,7 +97,9 @@ pub fn parse_descs(obj: &Bound<'_, PyAny>) -> PyResult<(Vec<kvx_memory_desc>, Op
             item.get_type().name().map(|n| n.to_string()).unwrap_or_default()
         )))
     };
-    let is_single_tuple = obj.downcast::<PyTuple>().is_ok_and(|t| t.get_item(0).is_ok_and(|i| !i.is_instance_of::<PyTuple>() && !i.is_instance_of::<Region>()));
+    let is_single_tuple = obj
+        .downcast::<PyTuple>()
+        .is_ok_and(|t| t.get_item(0).is_ok_and(|i| !i.is_instance_of::<PyTuple>() && !i.is_instance_of::<Region>()));
     if obj.downcast::<Region>().is_ok() || is_single_tuple {
         let (d, t) = single(obj)?;
         return Ok((vec![d], t));
@@ -107,7 +109,11 @@ pub fn parse_descs(obj: &Bound<'_, PyAny>) -> PyResult<(Vec<kvx_memory_desc>, Op
     }
     let mut out = Vec::new();
     let mut first_type = None;
-    for (i, item) in obj.try_iter().map_err(|_| PyTypeError::new_err("descriptors must be a Region, a tuple or a list of them"))?.enumerate() {
+    for (i, item) in obj
+        .try_iter()
+        .map_err(|_| PyTypeError::new_err("descriptors must be a Region, a tuple or a list of them"))?
+        .enumerate()
+    {
         let (d, t) = single(&item?).map_err(|e| {
             Python::with_gil(|py| {
                 let msg = format!("descriptor {i}: {}", e.value(py));
@@ -208,7 +214,13 @@ impl Agent {
     /// device)` tuple (the caller keeps that memory alive). `mem_type` /
     /// `device` override what the object says.
     #[pyo3(signature = (obj, mem_type=None, device=None))]
-    fn register(&self, py: Python<'_>, obj: &Bound<'_, PyAny>, mem_type: Option<u32>, device: Option<u32>) -> PyResult<Region> {
+    fn register(
+        &self,
+        py: Python<'_>,
+        obj: &Bound<'_, PyAny>,
+        mem_type: Option<u32>,
+        device: Option<u32>,
+    ) -> PyResult<Region> {
         let found = find_memory(obj, mem_type, device)?;
         let mem_type = mem_type_arg(py, found.mem_type)?;
         let desc = found.desc;
@@ -265,7 +277,13 @@ impl Agent {
 
     /// Load peer `name` by contacting its listener at `connection_info` ("ip:port").
     #[pyo3(signature = (name, connection_info, timeout_ms=-1))]
-    fn load_remote_by_connection(&self, py: Python<'_>, name: String, connection_info: String, timeout_ms: i64) -> PyResult<()> {
+    fn load_remote_by_connection(
+        &self,
+        py: Python<'_>,
+        name: String,
+        connection_info: String,
+        timeout_ms: i64,
+    ) -> PyResult<()> {
         let h = self.handle.clone();
         py.allow_threads(|| h.load_remote_by_connection(&name, &connection_info, timeout_ms)).or_raise(py)
     }
@@ -278,7 +296,13 @@ impl Agent {
 
     /// Whether peer `name` is loaded and registered every descriptor's memory with type `mem_type`.
     #[pyo3(signature = (name, descs, mem_type=None))]
-    fn check_remote_descs(&self, py: Python<'_>, name: String, descs: &Bound<'_, PyAny>, mem_type: Option<u32>) -> PyResult<bool> {
+    fn check_remote_descs(
+        &self,
+        py: Python<'_>,
+        name: String,
+        descs: &Bound<'_, PyAny>,
+        mem_type: Option<u32>,
+    ) -> PyResult<bool> {
         let (descs, t) = parse_descs(descs)?;
         let mem_type = mem_type_arg(py, mem_type.or(t).unwrap_or(KVX_MEMORY_DRAM))?;
         let h = self.handle.clone();
@@ -328,7 +352,13 @@ impl Agent {
 
     /// `submit("read", ...)`.
     #[pyo3(signature = (local, remote, remote_name))]
-    fn read(&self, py: Python<'_>, local: &Bound<'_, PyAny>, remote: &Bound<'_, PyAny>, remote_name: String) -> PyResult<Transfer> {
+    fn read(
+        &self,
+        py: Python<'_>,
+        local: &Bound<'_, PyAny>,
+        remote: &Bound<'_, PyAny>,
+        remote_name: String,
+    ) -> PyResult<Transfer> {
         let op = KVX_OP_READ.into_pyobject(py)?.into_any();
         self.submit(py, &op, local, remote, remote_name, None, None, None)
     }
@@ -346,7 +376,9 @@ impl Agent {
         let list = py.allow_threads(|| h.notifications()).or_raise(py)?;
         let items = list
             .into_iter()
-            .map(|n| PyTuple::new(py, [n.sender.into_pyobject(py)?.into_any(), PyBytes::new(py, &n.message).into_any()]))
+            .map(|n| {
+                PyTuple::new(py, [n.sender.into_pyobject(py)?.into_any(), PyBytes::new(py, &n.message).into_any()])
+            })
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, items)
     }
@@ -464,9 +496,17 @@ pub struct ConnectionManager {
 impl ConnectionManager {
     #[new]
     #[pyo3(signature = (*, backend="auto", listen_ip=None, listen_port=0, timeout_ms=0))]
-    fn new(py: Python<'_>, backend: &str, listen_ip: Option<String>, listen_port: u16, timeout_ms: u64) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        backend: &str,
+        listen_ip: Option<String>,
+        listen_port: u16,
+        timeout_ms: u64,
+    ) -> PyResult<Self> {
         let backend = parse_backend(py, backend)?;
-        let h = py.allow_threads(|| CmHandle::create(backend, listen_ip.as_deref(), listen_port, timeout_ms)).or_raise(py)?;
+        let h = py
+            .allow_threads(|| CmHandle::create(backend, listen_ip.as_deref(), listen_port, timeout_ms))
+            .or_raise(py)?;
         Ok(ConnectionManager { handle: Arc::new(h) })
     }
 
@@ -493,7 +533,13 @@ impl ConnectionManager {
     /// (a bytes object of that size is returned) or a writable buffer filled in
     /// place (then None is returned). Returns `(Connection, data)`.
     #[pyo3(signature = (tag, buffer, timeout_ms=-1))]
-    fn recv_connect(&self, py: Python<'_>, tag: u32, buffer: &Bound<'_, PyAny>, timeout_ms: i64) -> PyResult<(Connection, PyObject)> {
+    fn recv_connect(
+        &self,
+        py: Python<'_>,
+        tag: u32,
+        buffer: &Bound<'_, PyAny>,
+        timeout_ms: i64,
+    ) -> PyResult<(Connection, PyObject)> {
         let h = self.handle.clone();
         let (id, data) = recv_into(py, buffer, |ptr, len| {
             // SAFETY: `ptr` is writable for `len` bytes for the whole call.
@@ -586,11 +632,12 @@ impl Connection {
             let len = usize::try_from(d.len).map_err(|_| invalid(py, "len too large"))?;
             let p = SendPtr(d.addr as *const u8);
             // SAFETY: the caller vouches for raw memory it names.
-            return py.allow_threads(move || {
-                let p = p;
-                unsafe { cm.send(id, tag, p.0, len, timeout_ms) }
-            })
-            .or_raise(py);
+            return py
+                .allow_threads(move || {
+                    let p = p;
+                    unsafe { cm.send(id, tag, p.0, len, timeout_ms) }
+                })
+                .or_raise(py);
         }
         let held = HeldBuffer::get(data, false)?;
         let (p, len) = (SendPtr(held.ptr()), held.len());

@@ -29,7 +29,9 @@ impl MemoryType {
         match self {
             MemoryType::DRAM => Ok(KVX_MEMORY_DRAM),
             MemoryType::VRAM => Ok(KVX_MEMORY_VRAM),
-            other => Err(invalid(py, format!("MemoryType.{other:?} memory cannot be registered or transferred by kvxfer"))),
+            other => {
+                Err(invalid(py, format!("MemoryType.{other:?} memory cannot be registered or transferred by kvxfer")))
+            }
         }
     }
 }
@@ -51,6 +53,27 @@ pub enum TransferState {
     FAILURE = 2,
 }
 
+/// `.name` and `.value`, as nanobind's enums have.
+macro_rules! enum_name_value {
+    ($ty:ident { $($v:ident),* }) => {
+        #[pymethods]
+        impl $ty {
+            #[getter]
+            fn name(&self) -> &'static str {
+                match self { $($ty::$v => stringify!($v),)* }
+            }
+            #[getter]
+            fn value(&self) -> u32 {
+                *self as u32
+            }
+        }
+    };
+}
+
+enum_name_value!(MemoryType { DRAM, VRAM, BLK, OBJ, FILE });
+enum_name_value!(TransferOp { READ, WRITE });
+enum_name_value!(TransferState { IN_PROGRESS, SUCCESS, FAILURE });
+
 #[pyclass(module = "tensorrt_llm_transfer_agent_binding", frozen)]
 #[derive(Clone)]
 pub struct MemoryDesc {
@@ -66,7 +89,11 @@ pub struct MemoryDesc {
 impl MemoryDesc {
     #[new]
     fn new(addr: &Bound<'_, PyAny>, len: &Bound<'_, PyAny>, device_id: &Bound<'_, PyAny>) -> PyResult<Self> {
-        Ok(MemoryDesc { addr: int_u64(addr, "addr")?, len: int_u64(len, "len")?, device_id: int_u32(device_id, "device_id")? })
+        Ok(MemoryDesc {
+            addr: int_u64(addr, "addr")?,
+            len: int_u64(len, "len")?,
+            device_id: int_u32(device_id, "device_id")?,
+        })
     }
 
     fn __repr__(&self) -> String {
@@ -121,7 +148,9 @@ impl MemoryDescs {
             } else if let Ok(t) = item.downcast::<PyTuple>() {
                 out.push(crate::memory::desc_from_tuple(t)?);
             } else {
-                return Err(PyTypeError::new_err(format!("descs[{i}] must be a MemoryDesc or an (addr, len, device_id) tuple")));
+                return Err(PyTypeError::new_err(format!(
+                    "descs[{i}] must be a MemoryDesc or an (addr, len, device_id) tuple"
+                )));
             }
         }
         Ok(MemoryDescs { mem_type, descs: out })
@@ -137,12 +166,20 @@ impl MemoryDescs {
     ) -> PyResult<Self> {
         let (a, s, d) = (int_array(addrs, "addrs")?, int_array(sizes, "sizes")?, int_array(device_ids, "device_ids")?);
         if a.len() != s.len() || a.len() != d.len() {
-            return Err(invalid(py, format!("addrs, sizes and device_ids have {}, {} and {} entries", a.len(), s.len(), d.len())));
+            return Err(invalid(
+                py,
+                format!("addrs, sizes and device_ids have {}, {} and {} entries", a.len(), s.len(), d.len()),
+            ));
         }
         let mut descs = Vec::with_capacity(a.len());
         for i in 0..a.len() {
-            let device_id = u32::try_from(d[i]).map_err(|_| invalid(py, format!("device_ids[{i}] is out of range ({})", d[i])))?;
-            descs.push(kvx_memory_desc { addr: non_negative(py, a[i], "addrs", i)?, len: non_negative(py, s[i], "sizes", i)?, device_id });
+            let device_id =
+                u32::try_from(d[i]).map_err(|_| invalid(py, format!("device_ids[{i}] is out of range ({})", d[i])))?;
+            descs.push(kvx_memory_desc {
+                addr: non_negative(py, a[i], "addrs", i)?,
+                len: non_negative(py, s[i], "sizes", i)?,
+                device_id,
+            });
         }
         Ok(MemoryDescs { mem_type, descs })
     }
@@ -161,7 +198,13 @@ impl MemoryDescs {
             return Err(invalid(py, format!("addrs and sizes have {} and {} entries", a.len(), s.len())));
         }
         let descs = (0..a.len())
-            .map(|i| Ok(kvx_memory_desc { addr: non_negative(py, a[i], "addrs", i)?, len: non_negative(py, s[i], "sizes", i)?, device_id }))
+            .map(|i| {
+                Ok(kvx_memory_desc {
+                    addr: non_negative(py, a[i], "addrs", i)?,
+                    len: non_negative(py, s[i], "sizes", i)?,
+                    device_id,
+                })
+            })
             .collect::<PyResult<Vec<_>>>()?;
         Ok(MemoryDescs { mem_type, descs })
     }
@@ -222,7 +265,13 @@ impl AgentDesc {
             return Err(invalid(py, "not a serialized kvxfer AgentDesc"));
         }
         if data[4] != AGENT_DESC_VERSION {
-            return Err(invalid(py, format!("AgentDesc format version {} is not supported (this build reads {AGENT_DESC_VERSION})", data[4])));
+            return Err(invalid(
+                py,
+                format!(
+                    "AgentDesc format version {} is not supported (this build reads {AGENT_DESC_VERSION})",
+                    data[4]
+                ),
+            ));
         }
         let len = u64::from_le_bytes(data[5..13].try_into().unwrap());
         if len != (data.len() - 13) as u64 {
@@ -250,7 +299,13 @@ pub struct TransferRequest {
 impl TransferRequest {
     #[new]
     #[pyo3(signature = (op, src_descs, dst_descs, remote_name, sync_message=None))]
-    fn new(op: TransferOp, src_descs: Py<MemoryDescs>, dst_descs: Py<MemoryDescs>, remote_name: String, sync_message: Option<PyObject>) -> Self {
+    fn new(
+        op: TransferOp,
+        src_descs: Py<MemoryDescs>,
+        dst_descs: Py<MemoryDescs>,
+        remote_name: String,
+        sync_message: Option<PyObject>,
+    ) -> Self {
         TransferRequest { op, src_descs, dst_descs, remote_name, sync_message }
     }
 }
@@ -348,15 +403,17 @@ fn backend_params(py: Python<'_>, params: &HashMap<String, String>) -> PyResult<
     let mut entries = Vec::new();
     for (k, v) in params {
         if k == "num_workers" {
-            workers = v
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=1024).contains(n))
-                .ok_or_else(|| invalid(py, format!("backend_params num_workers={v:?} is not a count of workers")))?;
+            workers =
+                v.parse::<u32>().ok().filter(|n| (1..=1024).contains(n)).ok_or_else(|| {
+                    invalid(py, format!("backend_params num_workers={v:?} is not a count of workers"))
+                })?;
             continue;
         }
         if k.is_empty() || k.contains([';', '=']) || v.contains(';') {
-            return Err(invalid(py, format!("backend_params entry {k:?}={v:?} cannot be passed on (';' and '=' separate entries)")));
+            return Err(invalid(
+                py,
+                format!("backend_params entry {k:?}={v:?} cannot be passed on (';' and '=' separate entries)"),
+            ));
         }
         entries.push(format!("{k}={v}"));
     }
@@ -441,7 +498,11 @@ impl BaseTransferAgent {
         }
     }
 
-    fn submit_transfer_requests(&self, py: Python<'_>, request: PyRef<'_, TransferRequest>) -> PyResult<Py<NixlTransferStatus>> {
+    fn submit_transfer_requests(
+        &self,
+        py: Python<'_>,
+        request: PyRef<'_, TransferRequest>,
+    ) -> PyResult<Py<NixlTransferStatus>> {
         let src = request.src_descs.bind(py).get();
         let dst = request.dst_descs.bind(py).get();
         let (st, dt) = (src.mem_type.kvx(py)?, dst.mem_type.kvx(py)?);
@@ -517,13 +578,19 @@ impl NixlTransferAgent {
 
 /// `make_transfer_agent("nixl", config)`; kvxfer has no Mooncake transport.
 #[pyfunction]
-fn make_transfer_agent(py: Python<'_>, backend: &str, config: PyRef<'_, BaseAgentConfig>) -> PyResult<Py<NixlTransferAgent>> {
+fn make_transfer_agent(
+    py: Python<'_>,
+    backend: &str,
+    config: PyRef<'_, BaseAgentConfig>,
+) -> PyResult<Py<NixlTransferAgent>> {
     match backend.to_ascii_lowercase().as_str() {
         "nixl" => {
             let base = BaseTransferAgent::create(py, &config)?;
             Py::new(py, PyClassInitializer::from(base).add_subclass(NixlTransferAgent))
         }
-        other => Err(invalid(py, format!("transfer agent backend {other:?} is not available (kvxfer serves \"nixl\")"))),
+        other => {
+            Err(invalid(py, format!("transfer agent backend {other:?} is not available (kvxfer serves \"nixl\")")))
+        }
     }
 }
 

@@ -321,7 +321,8 @@ impl AgentHandle {
                         kvx_notification_list_free(list);
                         return Err(e);
                     }
-                    let message = if msg.is_null() { Vec::new() } else { std::slice::from_raw_parts(msg, len).to_vec() };
+                    let message =
+                        if msg.is_null() { Vec::new() } else { std::slice::from_raw_parts(msg, len).to_vec() };
                     out.push(Notification { sender: cstr(sender), message });
                 }
                 kvx_notification_list_free(list);

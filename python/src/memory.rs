@@ -83,9 +83,7 @@ fn itemsize(typestr: &str) -> Option<u64> {
 fn cuda_device(obj: &Bound<'_, PyAny>) -> u32 {
     obj.getattr("device")
         .ok()
-        .and_then(|d| {
-            d.getattr("id").ok().or_else(|| d.getattr("index").ok()).and_then(|i| i.extract::<u32>().ok())
-        })
+        .and_then(|d| d.getattr("id").ok().or_else(|| d.getattr("index").ok()).and_then(|i| i.extract::<u32>().ok()))
         .unwrap_or(0)
 }
 
@@ -96,7 +94,8 @@ fn from_cuda_array_interface(obj: &Bound<'_, PyAny>, cai: &Bound<'_, PyAny>) -> 
     let data = get("data").ok_or_else(|| invalid(py, "__cuda_array_interface__ has no 'data'"))?;
     let data = data.downcast::<PyTuple>().map_err(|_| PyTypeError::new_err("'data' must be (ptr, read_only)"))?;
     let addr = int_u64(&data.get_item(0)?, "__cuda_array_interface__ data pointer")?;
-    let shape: Vec<u64> = get("shape").ok_or_else(|| invalid(py, "__cuda_array_interface__ has no 'shape'"))?.extract()?;
+    let shape: Vec<u64> =
+        get("shape").ok_or_else(|| invalid(py, "__cuda_array_interface__ has no 'shape'"))?.extract()?;
     let typestr: String = get("typestr").ok_or_else(|| invalid(py, "no 'typestr'"))?.extract()?;
     let size = itemsize(&typestr).ok_or_else(|| invalid(py, format!("unknown typestr {typestr:?}")))?;
     if let Some(strides) = get("strides").filter(|s| !s.is_none()) {
@@ -109,7 +108,8 @@ fn from_cuda_array_interface(obj: &Bound<'_, PyAny>, cai: &Bound<'_, PyAny>) -> 
             expect *= dim;
         }
     }
-    let len = shape.iter().try_fold(size, |acc, d| acc.checked_mul(*d)).ok_or_else(|| invalid(py, "array too large"))?;
+    let len =
+        shape.iter().try_fold(size, |acc, d| acc.checked_mul(*d)).ok_or_else(|| invalid(py, "array too large"))?;
     Ok(Found {
         mem_type: KVX_MEMORY_VRAM,
         desc: kvx_memory_desc { addr, len, device_id: cuda_device(obj) },
@@ -147,7 +147,8 @@ const DL_CUDA_MANAGED: i32 = 13;
 fn from_dlpack(obj: &Bound<'_, PyAny>) -> PyResult<Found> {
     let py = obj.py();
     let capsule = obj.call_method0("__dlpack__")?;
-    let capsule = capsule.downcast::<PyCapsule>().map_err(|_| PyTypeError::new_err("__dlpack__ did not return a capsule"))?;
+    let capsule =
+        capsule.downcast::<PyCapsule>().map_err(|_| PyTypeError::new_err("__dlpack__ did not return a capsule"))?;
     let name = capsule.name()?.map(|n| n.to_bytes().to_vec()).unwrap_or_default();
     if name != b"dltensor" {
         return Err(invalid(py, format!("unsupported DLPack capsule {:?}", String::from_utf8_lossy(&name))));
@@ -196,7 +197,8 @@ fn from_buffer(obj: &Bound<'_, PyAny>) -> PyResult<Found> {
     let py = obj.py();
     let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
     // SAFETY: `view` is writable storage for a Py_buffer; on success it is released by Pin's Drop.
-    let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_WRITABLE | ffi::PyBUF_ANY_CONTIGUOUS) };
+    let rc =
+        unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_WRITABLE | ffi::PyBUF_ANY_CONTIGUOUS) };
     if rc != 0 {
         let cause = PyErr::take(py);
         let msg = cause.map(|e| e.to_string()).unwrap_or_default();

@@ -157,10 +157,7 @@ extern "C" {
         message: *const u8,
         message_len: usize,
     ) -> kvx_status;
-    pub fn kvx_agent_get_notifications(
-        agent: *mut kvx_agent,
-        out_list: *mut *mut kvx_notification_list,
-    ) -> kvx_status;
+    pub fn kvx_agent_get_notifications(agent: *mut kvx_agent, out_list: *mut *mut kvx_notification_list) -> kvx_status;
     pub fn kvx_notification_list_len(list: *const kvx_notification_list) -> usize;
     pub fn kvx_notification_list_get(
         list: *const kvx_notification_list,
