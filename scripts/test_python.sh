@@ -10,6 +10,7 @@
 #   BACKENDS=ucx scripts/test_python.sh       # one
 #   PYTEST_ARGS="-k binding" scripts/test_python.sh
 #   WHEEL=dist/kvxfer-...whl scripts/test_python.sh   # test a wheel built elsewhere
+#   KVX_SKIP_SETUP=1 scripts/test_python.sh           # tools already installed (scripts/setup.sh)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +21,9 @@ VENV_ROOT="${VENV_ROOT:-$ROOT/build/pyvenv}"
 PYTEST_ARGS="${PYTEST_ARGS:-}"
 step() { printf '\n==== %s\n' "$*"; }
 
+# Build tools (apt), crates; the UCX / NIXL wheels it installs system-wide are not
+# what the suite uses (each venv installs its own).
+if [[ "${KVX_SKIP_SETUP:-0}" != 1 ]]; then "$ROOT/scripts/setup.sh"; fi
 if ! "$PYTHON" -m venv --help >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq python3-venv
 fi
@@ -40,7 +44,7 @@ for backend in $BACKENDS; do
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q "$WHEEL[$CUDA_FLAVOUR]" pytest numpy
   if [[ "$backend" == nixl ]]; then
-    "$venv/bin/python" -m pip install -q --no-deps "nixl-$CUDA_FLAVOUR"
+    "$venv/bin/python" -m pip install -q --no-deps "nixl-$CUDA_FLAVOUR>=1.5"
   fi
   step "pytest on $backend"
   # Nothing from the caller's environment decides where libraries come from, and the

@@ -62,11 +62,16 @@ def cmd_info(_args):
 
 
 def cmd_demo(args):
+    import kvxfer
     from kvxfer import demo
 
-    if args.role == "target":
-        return demo.target(args.size)
-    return demo.initiator(args.size, args.iters)
+    try:
+        if args.role == "target":
+            return demo.target(args.size)
+        return demo.initiator(args.size, args.iters)
+    except kvxfer.Error as e:
+        print(f"kvxfer demo ({args.role}): {e}", file=sys.stderr)
+        return 1
 
 
 def cmd_trtllm(args):

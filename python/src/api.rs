@@ -64,7 +64,7 @@ impl Region {
     #[pyo3(signature = (offset, len=None))]
     fn slice(&self, py: Python<'_>, offset: u64, len: Option<u64>) -> PyResult<Region> {
         let len = len.unwrap_or(self.len.saturating_sub(offset));
-        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+        if offset.checked_add(len).map_or(true, |end| end > self.len) {
             return Err(invalid(py, format!("slice [{offset}, +{len}) is outside a region of {} bytes", self.len)));
         }
         Ok(Region { addr: self.addr + offset, len, device: self.device, mem_type: self.mem_type })

@@ -46,7 +46,7 @@ pub enum TransferOp {
 
 #[pyclass(module = "tensorrt_llm_transfer_agent_binding", eq, eq_int, frozen, hash)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(non_camel_case_types)]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
 pub enum TransferState {
     IN_PROGRESS = 0,
     SUCCESS = 1,
