@@ -64,3 +64,30 @@ def test_python_and_the_wrappers_share_one_libkvxfer():
     maps = open("/proc/self/maps").read()
     paths = {line.split()[-1] for line in maps.splitlines() if "libkvxfer" in line}
     assert paths == {os.path.join(kvxfer.library_dir(), "libkvxfer.so.0")}, paths
+
+
+@pytest.mark.skipif(not shutil.which("cc"), reason="needs a C compiler")
+def test_preloading_the_nixl_wrapper_hides_the_shipped_one(tmp_path):
+    """What docs/python.md says about LD_PRELOAD: a module linking TensorRT-LLM's NIXL
+    wrapper by name (as its Python binding does) loses that wrapper's symbols when
+    kvxfer's NIXL wrapper is preloaded; preloading only the UCX wrapper leaves it intact."""
+    shipped = tmp_path / "libs"
+    shipped.mkdir()
+    (tmp_path / "w.c").write_text("int shipped_nixl_agent_symbol(void) { return 42; }\n")
+    (tmp_path / "m.c").write_text("int shipped_nixl_agent_symbol(void);\nint call(void) { return shipped_nixl_agent_symbol(); }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shipped / "libtensorrt_llm_nixl_wrapper.so"),
+                    "-Wl,-soname,libtensorrt_llm_nixl_wrapper.so", str(tmp_path / "w.c")], check=True)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(tmp_path / "binding.so"), str(tmp_path / "m.c"),
+                    f"-L{shipped}", "-ltensorrt_llm_nixl_wrapper", "-Wl,-rpath,$ORIGIN/libs"], check=True)
+    probe = f"import ctypes; print(ctypes.CDLL({str(tmp_path / 'binding.so')!r}).call())"
+
+    def load(preload):
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        if preload:
+            env["LD_PRELOAD"] = os.path.join(kvxfer.library_dir(), preload)
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env)
+
+    assert load(None).stdout.strip() == "42"
+    assert load("libtensorrt_llm_ucx_wrapper.so").stdout.strip() == "42"
+    broken = load("libtensorrt_llm_nixl_wrapper.so")
+    assert broken.returncode != 0 and "undefined symbol: shipped_nixl_agent_symbol" in broken.stderr
