@@ -30,5 +30,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 #[pymodule]
 fn tensorrt_llm_transfer_agent_binding(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Installed into TensorRT-LLM, the binding is imported without the kvxfer package; importing
+    // it (when present) points libkvxfer at this interpreter's UCX / NIXL wheels, as for
+    // `import kvxfer`. Without it libkvxfer searches on its own.
+    let _ = m.py().import("kvxfer");
     binding::init(m)
 }

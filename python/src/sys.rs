@@ -1,7 +1,8 @@
 //! The part of kvxfer's C ABI (include/kvxfer.h) these modules call, linked
 //! dynamically against `libkvxfer.so.0` so Python, the TensorRT-LLM wrappers
 //! and C callers in one process share one kvxfer. build.rs checks that every
-//! function named here is declared in the header.
+//! function named here is declared in the header and that every struct has
+//! the header's size, alignment and field offsets.
 
 #![allow(non_camel_case_types)]
 
@@ -105,7 +106,7 @@ pub struct kvx_backend_info {
     pub library_version: *const c_char,
 }
 
-#[link(name = "kvxfer", kind = "dylib")]
+// Linked as `-lkvxfer` by build.rs (which also compiles this file to check the struct layouts).
 extern "C" {
     pub fn kvx_agent_config_init(config: *mut kvx_agent_config) -> kvx_status;
     pub fn kvx_agent_create(config: *const kvx_agent_config, out_agent: *mut *mut kvx_agent) -> kvx_status;

@@ -82,6 +82,9 @@ def test_install_status_uninstall_round_trip(tmp_path):
         sys.path.insert(0, {str(tmp_path)!r})
         import tensorrt_llm.tensorrt_llm_transfer_agent_binding as b
         agent = b.NixlTransferAgent(b.BaseAgentConfig(name="installed"))
+        # The binding pointed libkvxfer at this interpreter's UCX wheel (through the kvxfer package).
+        import os
+        assert os.environ.get("KVX_UCX_LIB", "").startswith(sys.prefix), os.environ.get("KVX_UCX_LIB")
         assert agent.get_local_agent_desc().serialize()
         agent.shutdown()
         for w in ("ucx", "nixl"):
@@ -91,7 +94,7 @@ def test_install_status_uninstall_round_trip(tmp_path):
         assert len(paths) == 1 and paths.pop().startswith({str(pkg)!r}), paths
         print("ok")
     """)
-    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "KVX_UCX_LIB", "KVX_NIXL_LIB")}
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, cwd="/")
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
 
