@@ -10,6 +10,8 @@ class TransferState:
     IN_PROGRESS: "TransferState"
     SUCCESS: "TransferState"
     FAILURE: "TransferState"
+    name: str
+    value: int
     def __int__(self) -> int: ...
 
 class Region:

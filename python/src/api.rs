@@ -416,6 +416,8 @@ pub enum TransferState {
     FAILURE = 2,
 }
 
+enum_name_value!(TransferState { IN_PROGRESS, SUCCESS, FAILURE });
+
 pub fn state_from(v: u32) -> TransferState {
     match v {
         0 => TransferState::IN_PROGRESS,

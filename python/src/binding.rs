@@ -53,23 +53,6 @@ pub enum TransferState {
     FAILURE = 2,
 }
 
-/// `.name` and `.value`, as nanobind's enums have.
-macro_rules! enum_name_value {
-    ($ty:ident { $($v:ident),* }) => {
-        #[pymethods]
-        impl $ty {
-            #[getter]
-            fn name(&self) -> &'static str {
-                match self { $($ty::$v => stringify!($v),)* }
-            }
-            #[getter]
-            fn value(&self) -> u32 {
-                *self as u32
-            }
-        }
-    };
-}
-
 enum_name_value!(MemoryType { DRAM, VRAM, BLK, OBJ, FILE });
 enum_name_value!(TransferOp { READ, WRITE });
 enum_name_value!(TransferState { IN_PROGRESS, SUCCESS, FAILURE });

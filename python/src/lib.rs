@@ -4,6 +4,23 @@
 //! transfer-agent binding served by kvxfer). One binary exports both init
 //! functions; the wheel ships it under both names.
 
+/// `.name` and `.value` for a PyO3 enum, as Python's and nanobind's enums have.
+macro_rules! enum_name_value {
+    ($ty:ident { $($v:ident),* }) => {
+        #[pymethods]
+        impl $ty {
+            #[getter]
+            fn name(&self) -> &'static str {
+                match self { $($ty::$v => stringify!($v),)* }
+            }
+            #[getter]
+            fn value(&self) -> u32 {
+                *self as u32
+            }
+        }
+    };
+}
+
 mod api;
 mod binding;
 mod errors;

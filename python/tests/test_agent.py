@@ -33,6 +33,7 @@ def descs(base, size, count):
 
 def test_backend_is_the_one_the_environment_selects(expected_backend):
     assert kvxfer.resolve_backend() == expected_backend
+    assert (kvxfer.TransferState.SUCCESS.name, kvxfer.TransferState.SUCCESS.value) == ("SUCCESS", 1)
     info = kvxfer.backend_info()
     assert info["backend"] == expected_backend
     assert os.path.exists(info["library_path"])

@@ -173,3 +173,16 @@ def test_refuses_a_read_only_tree(tmp_path):
 def test_status_names_a_missing_package_clearly(tmp_path):
     r = kvxfer_cmd("trtllm", "status", "--site", str(tmp_path))
     assert r.returncode == 2 and "no tensorrt_llm package" in r.stderr
+
+
+def test_status_flags_a_file_changed_after_install_and_uninstall_still_restores(tmp_path):
+    pkg = make_tree(tmp_path)
+    before = snapshot(tmp_path)
+    assert kvxfer_cmd("trtllm", "install", "--site", str(tmp_path)).returncode == 0
+    (pkg / "libs" / "libtensorrt_llm_ucx_wrapper.so").write_bytes(b"overwritten by something else")
+    r = kvxfer_cmd("trtllm", "status", "--site", str(tmp_path))
+    assert r.returncode == 0
+    changed = [line for line in r.stdout.splitlines() if "CHANGED" in line]
+    assert len(changed) == 1 and "libtensorrt_llm_ucx_wrapper.so" in changed[0], r.stdout
+    assert kvxfer_cmd("trtllm", "uninstall", "--site", str(tmp_path)).returncode == 0
+    assert snapshot(tmp_path) == before
