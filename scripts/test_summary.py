@@ -8,7 +8,7 @@ Input: a TSV file of suite, exit status, seconds, log path. In each log it reads
             (ignored tests are entry points of child processes and stress
             scripts, not tests of this run, and are not counted)
   CTest     "N% tests passed, N tests failed out of N", "N - X (Skipped)", "N - X (Failed)"
-  scripts   "KVX-CHECK ok NAME" and "KVX-CHECK FAILED NAME" (one check each)
+  scripts   "KVX-CHECK ok NAME", "KVX-CHECK FAILED NAME", "KVX-CHECK SKIPPED NAME: WHY"
   markers   "KVX-SKIP TEST: WHY" and "KVX-KNOWN-GAP TEST: WHY" printed by tests
             that libtest reports as passed: counted as skipped, not passed
 A suite that exits non-zero without a counted failure counts one failure.
@@ -20,7 +20,7 @@ LIBTEST = re.compile(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) igno
 LIBTEST_FAILED = re.compile(r"^test (\S+) \.\.\. FAILED")
 CTEST = re.compile(r"\d+% tests passed, (\d+) tests? failed out of (\d+)")
 CTEST_LISTED = re.compile(r"^\s*\d+ - (\S+) \((.*)\)\s*$")
-CHECK = re.compile(r"KVX-CHECK (ok|FAILED) (.*)")
+CHECK = re.compile(r"KVX-CHECK (ok|FAILED|SKIPPED) (.*)")
 MARKER = re.compile(r"KVX-(SKIP|KNOWN-GAP) (\S+?): (.*)")
 
 
@@ -48,6 +48,9 @@ def read_suite(path):
         elif m := CHECK.search(line):
             if m[1] == "ok":
                 passed += 1
+            elif m[1] == "SKIPPED":
+                skipped += 1
+                skips.append(tuple(m[2].split(": ", 1) + [""])[:2])
             else:
                 failed += 1
                 failures.append(m[2])
