@@ -15,10 +15,11 @@ pub fn report_known_gap(why: &str) {
 }
 
 /// Written to the process's stderr directly: libtest captures only the print
-/// macros, so the line shows whether or not the test's output is shown.
+/// macros, so the line shows whether or not the test's output is shown. One
+/// write, so lines of tests running in parallel do not interleave with it.
 fn marker(kind: &str, why: &str) {
     use std::io::Write;
     let thread = std::thread::current();
-    let test = thread.name().unwrap_or("?");
-    let _ = writeln!(std::io::stderr(), "{kind} {test}: {why}");
+    let line = format!("{kind} {}: {why}\n", thread.name().unwrap_or("?"));
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
