@@ -18,11 +18,13 @@ use crate::backend::ucx::worker::Worker;
 use crate::core::coalesce;
 use crate::core::error::{Error, Result};
 use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionMap, Registered};
+use crate::core::stats::{kvx_xfer_path, TransferRecord};
 use crate::core::wire::{AgentDescriptor, IpcRegion, IpcSection};
 use crate::cuda::{batch, ipc as cuda_ipc};
 use crate::dispatch::{kvx_transfer_op, TransferRequest};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
+use std::ffi::CString;
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -319,9 +321,11 @@ pub(super) fn try_submit(
     };
     let parts = slices(req.local.len());
     let spans = on_threads(parts.len(), |i| span(&req.local[parts[i].clone()], &req.remote[parts[i].clone()]));
-    let pending = if let Some((device, shift)) = single_region(&mut resolver, &spans) {
+    // The copy-list entries reserved: one per coalesced run, more for runs the kernel splits.
+    let (pending, entries) = if let Some((device, shift)) = single_region(&mut resolver, &spans) {
         // Each thread lists its slice of the request into its own range of one batch.
-        let batch = batch::Batch::new(device, spans.iter().map(|s| s.entries).sum())?;
+        let entries = spans.iter().map(|s| s.entries).sum();
+        let batch = batch::Batch::new(device, entries)?;
         let starts: Vec<usize> = spans.iter().scan(0, |at, s| Some(std::mem::replace(at, *at + s.entries))).collect();
         let results = on_threads(parts.len(), |i| {
             let mut writer = batch.writer(starts[i], spans[i].entries)?;
@@ -331,7 +335,7 @@ pub(super) fn try_submit(
             }
             writer.finish()
         });
-        batch.finish(results.into_iter().collect())?
+        (batch.finish(results.into_iter().collect())?, entries)
     } else {
         // Several regions: check every descriptor before anything moves.
         let mut count = 0usize;
@@ -348,11 +352,21 @@ pub(super) fn try_submit(
                 .ok_or_else(|| Error::invalid("registrations changed during submit"))?;
             Ok(copy(l, r, run.len()))
         });
-        batch::submit(device, count, copies)?
+        (batch::submit(device, count, copies)?, count)
     };
     let mappings = std::mem::take(&mut resolver.mappings);
     drop(local);
-    let shared = TransferShared::tracked(remote, agent.core.timeout);
+    static ROUTE: Lazy<Arc<CString>> = Lazy::new(|| Arc::new(CString::new("cuda_ipc_batch").unwrap()));
+    let record = TransferRecord::start(
+        &remote.stats,
+        req.op,
+        req.local.iter().map(|d| d.len).sum(),
+        req.local.len(),
+        entries,
+        kvx_xfer_path::KVX_PATH_CUDA_IPC_BATCH,
+        ROUTE.clone(),
+    );
+    let shared = TransferShared::tracked(remote, agent.core.timeout, record);
     let worker = agent.core.worker.0.clone();
     let job = Job {
         pending,
