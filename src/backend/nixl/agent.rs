@@ -552,6 +552,14 @@ impl TransferAgent for NixlAgent {
             kvx_transfer_op::KVX_OP_READ => NIXL_CAPI_XFER_OP_READ,
             kvx_transfer_op::KVX_OP_WRITE => NIXL_CAPI_XFER_OP_WRITE,
         };
+        let (request, posted) = core.handle.post(
+            op,
+            (req.local_type, &local),
+            (req.remote_type, &remote),
+            req.remote_name,
+            req.sync_message,
+        )?;
+        // Posted: from here on it is a transfer (a refusal above is counted by the dispatch layer).
         let peer = core.remotes.lock().get(req.remote_name).map(|r| r.stats.clone());
         let peer = peer.unwrap_or_else(|| core.stats.peer(req.remote_name));
         let record = TransferRecord::start(
@@ -563,12 +571,6 @@ impl TransferAgent for NixlAgent {
             kvx_xfer_path::KVX_PATH_NIXL,
             core.transport.clone(),
         );
-        let (request, posted) = core
-            .handle
-            .post(op, (req.local_type, &local), (req.remote_type, &remote), req.remote_name, req.sync_message)
-            .inspect_err(|e| {
-                record.finish(&Err(e.clone()));
-            })?;
         let shared = Arc::new(TransferShared {
             request: Mutex::new(Some(request)),
             outcome: Mutex::new(None),
