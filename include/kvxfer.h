@@ -715,18 +715,32 @@ void kvx_bytes_free(kvx_bytes *bytes);
 // `out->struct_size = sizeof(kvx_xfer_info)` first. The strings in `*out`
 // stay valid until `kvx_xfer_destroy`.
 //
+// # Safety
+// `xfer` is NULL (refused) or a transfer from `kvx_agent_submit` not yet passed to `kvx_xfer_destroy`;
+// `out` is NULL (refused) or valid for reading `struct_size` and writing `struct_size` bytes.
+//
 // Thread safety: any thread, concurrently with waits on the same transfer.
-kvx_status kvx_xfer_info_get(const kvx_xfer *xfer, kvx_xfer_info *out);
+kvx_status kvx_xfer_info_get(const kvx_xfer *xfer,
+                             kvx_xfer_info *out);
 
 // The agent's counters as one JSON object (schema in docs/observability.md:
 // totals, failures by status, latency histograms by size class, and the
 // same counters per peer). Free `*out` with `kvx_bytes_free`.
 //
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`;
+// `out` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread, concurrently with every other call on the agent.
-kvx_status kvx_agent_stats(const kvx_agent *agent, kvx_bytes *out);
+kvx_status kvx_agent_stats(const kvx_agent *agent,
+                           kvx_bytes *out);
 
 // The connection manager's counters as one JSON object (as
 // `kvx_agent_stats`; peers are named by address). Free `*out` with `kvx_bytes_free`.
+//
+// # Safety
+// `cm` is NULL (refused) or a manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`;
+// `out` is NULL (refused) or valid for writing one value.
 //
 // Thread safety: any thread, concurrently with every other call on the manager.
 kvx_status kvx_cm_stats(const kvx_cm *cm, kvx_bytes *out);
@@ -735,6 +749,9 @@ kvx_status kvx_cm_stats(const kvx_cm *cm, kvx_bytes *out);
 // object (`{"schema", "pid", "version", "scopes": [...]}`), what
 // `kvxfer info --stats` prints. Free `*out` with `kvx_bytes_free`.
 //
+// # Safety
+// `out` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
 kvx_status kvx_stats_snapshot(kvx_bytes *out);
 
@@ -742,6 +759,9 @@ kvx_status kvx_stats_snapshot(kvx_bytes *out);
 // `KVX_METRICS_ADDR` is unset or could not be served. The endpoint starts
 // with the process's first agent or manager; this call starts it too.
 // Free `*out` with `kvx_bytes_free`.
+//
+// # Safety
+// `out` is NULL (refused) or valid for writing one value.
 //
 // Thread safety: any thread.
 kvx_status kvx_metrics_address(kvx_bytes *out);

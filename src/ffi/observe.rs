@@ -25,6 +25,10 @@ fn require(table: &kvx_backend_table, offset: usize, what: &str) -> Result<(), E
 /// `out->struct_size = sizeof(kvx_xfer_info)` first. The strings in `*out`
 /// stay valid until `kvx_xfer_destroy`.
 ///
+/// # Safety
+/// `xfer` is NULL (refused) or a transfer from `kvx_agent_submit` not yet passed to `kvx_xfer_destroy`;
+/// `out` is NULL (refused) or valid for reading `struct_size` and writing `struct_size` bytes.
+///
 /// Thread safety: any thread, concurrently with waits on the same transfer.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_xfer_info_get(xfer: *const kvx_xfer, out: *mut kvx_xfer_info) -> kvx_status {
@@ -43,6 +47,10 @@ pub unsafe extern "C" fn kvx_xfer_info_get(xfer: *const kvx_xfer, out: *mut kvx_
 /// totals, failures by status, latency histograms by size class, and the
 /// same counters per peer). Free `*out` with `kvx_bytes_free`.
 ///
+/// # Safety
+/// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`;
+/// `out` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread, concurrently with every other call on the agent.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_agent_stats(agent: *const kvx_agent, out: *mut kvx_bytes) -> kvx_status {
@@ -59,6 +67,10 @@ pub unsafe extern "C" fn kvx_agent_stats(agent: *const kvx_agent, out: *mut kvx_
 
 /// The connection manager's counters as one JSON object (as
 /// `kvx_agent_stats`; peers are named by address). Free `*out` with `kvx_bytes_free`.
+///
+/// # Safety
+/// `cm` is NULL (refused) or a manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`;
+/// `out` is NULL (refused) or valid for writing one value.
 ///
 /// Thread safety: any thread, concurrently with every other call on the manager.
 #[no_mangle]
@@ -78,6 +90,9 @@ pub unsafe extern "C" fn kvx_cm_stats(cm: *const kvx_cm, out: *mut kvx_bytes) ->
 /// object (`{"schema", "pid", "version", "scopes": [...]}`), what
 /// `kvxfer info --stats` prints. Free `*out` with `kvx_bytes_free`.
 ///
+/// # Safety
+/// `out` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_stats_snapshot(out: *mut kvx_bytes) -> kvx_status {
@@ -92,6 +107,9 @@ pub unsafe extern "C" fn kvx_stats_snapshot(out: *mut kvx_bytes) -> kvx_status {
 /// `KVX_METRICS_ADDR` is unset or could not be served. The endpoint starts
 /// with the process's first agent or manager; this call starts it too.
 /// Free `*out` with `kvx_bytes_free`.
+///
+/// # Safety
+/// `out` is NULL (refused) or valid for writing one value.
 ///
 /// Thread safety: any thread.
 #[no_mangle]
