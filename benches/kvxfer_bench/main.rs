@@ -25,7 +25,9 @@ const HELP: &str = "\
 kvxfer-bench [OPTIONS]            run the comparison (driver)
 
 Systems and memory:
-  --systems LIST     ucx_perftest,kvxfer-ucx,kvxfer-nixl,nixl,nixl-prep (default: all)
+  --systems LIST     ucx_perftest,kvxfer-ucx,kvxfer-ucx-nostats,kvxfer-nixl,kvxfer-nixl-nostats,
+                     nixl,nixl-prep (default: all)
+                     *-nostats: kvxfer with KVX_STATS=0 (no counters), for the cost of counting
                      nixl: a new request per transfer (createXferReq, as TensorRT-LLM);
                      nixl-prep: prepared lists + indices (makeXferReq, as vLLM)
   --backend ucx|nixl kvxfer backend(s) to include (default: both)
@@ -700,13 +702,14 @@ fn driver(o: &Opts) {
     }
     let tls = o.get("tls", "sm,self");
     std::env::set_var("UCX_TLS", &tls);
-    let mut systems = o.list("systems", "ucx_perftest,kvxfer-ucx,kvxfer-nixl,nixl,nixl-prep");
+    let mut systems =
+        o.list("systems", "ucx_perftest,kvxfer-ucx,kvxfer-ucx-nostats,kvxfer-nixl,kvxfer-nixl-nostats,nixl,nixl-prep");
     if let Some(b) = o.0.get("backend") {
         let keep = format!("kvxfer-{b}");
         if b != "ucx" && b != "nixl" {
             fail("--backend: ucx or nixl");
         }
-        systems.retain(|s| !s.starts_with("kvxfer-") || *s == keep);
+        systems.retain(|s| !s.starts_with("kvxfer-") || *s == keep || *s == format!("{keep}-nostats"));
     }
     let child_opts = o.without("json").without("csv").without("systems").without("backend");
     let all = cases(o);
@@ -726,7 +729,9 @@ fn driver(o: &Opts) {
             eprintln!("== {system}, round {round}/{rounds} ({:.0}s)", started.elapsed().as_secs_f64());
             let got = match system.as_str() {
                 "ucx_perftest" => report::perftest(o),
-                "kvxfer-ucx" | "kvxfer-nixl" | "nixl" | "nixl-prep" => run_initiator(&child_opts, system),
+                "kvxfer-ucx" | "kvxfer-ucx-nostats" | "kvxfer-nixl" | "kvxfer-nixl-nostats" | "nixl" | "nixl-prep" => {
+                    run_initiator(&child_opts, system)
+                }
                 other => fail(&format!("unknown system {other:?}")),
             };
             rows.extend(got.into_iter().map(|mut r| {
@@ -764,10 +769,13 @@ fn cores() -> usize {
 fn run_initiator(o: &Opts, system: &str) -> Vec<Row> {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.arg("initiator").args(o.args()).args(["--system", system]).stdout(Stdio::piped());
-    match system {
-        "kvxfer-nixl" => cmd.env("TRTLLM_USE_NIXL_KVCACHE", "1").env_remove("TRTLLM_USE_UCX_KVCACHE"),
-        _ => cmd.env("TRTLLM_USE_UCX_KVCACHE", "1"),
-    };
+    if system.starts_with("kvxfer-nixl") {
+        cmd.env("TRTLLM_USE_NIXL_KVCACHE", "1").env_remove("TRTLLM_USE_UCX_KVCACHE");
+    } else {
+        cmd.env("TRTLLM_USE_UCX_KVCACHE", "1");
+    }
+    // The initiator and the target it starts count nothing: the reference for the cost of counting.
+    cmd.env("KVX_STATS", if system.ends_with("-nostats") { "0" } else { "1" });
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -226,6 +226,9 @@ impl Collector for ScopesCollector {
                 .flat_map(|s| read(&s.counters).into_iter().map(|(extra, v)| (with(scope_labels(s), &extra), v)))
                 .collect();
             counters(&mut e, &format!("kvx_{name}"), help, &per_scope)?;
+            if name == "peer_events" {
+                continue; // already per peer by nature; the JSON snapshot has them per peer
+            }
             let per_peer: Vec<(Labels, u64)> = peers
                 .iter()
                 .flat_map(|(labels, list)| {
