@@ -99,8 +99,10 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe_ns(&self, ns: u64) {
-        let secs = ns as f64 * 1e-9;
-        let i = LATENCY_BOUNDS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BOUNDS.len());
+        // Integer bounds: no float work on the transfer path.
+        static BOUNDS_NS: Lazy<[u64; LATENCY_BOUNDS.len()]> =
+            Lazy::new(|| LATENCY_BOUNDS.map(|b| (b * 1e9).round() as u64));
+        let i = BOUNDS_NS.iter().position(|b| ns <= *b).unwrap_or(LATENCY_BOUNDS.len());
         self.buckets[i].fetch_add(1, Relaxed);
         self.sum_ns.fetch_add(ns, Relaxed);
     }
