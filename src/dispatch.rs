@@ -370,9 +370,12 @@ macro_rules! backend_table {
             out: *mut *const c_void,
         ) -> kvx_status {
             let cm = &*(m as *const M);
-            report(cm.recv_connect(tag, slice_mut(d, n), cfg::deadline(timeout_ms, cm.timeout_ms())), |c| {
-                *out = c as *const c_void
-            })
+            let result = cm.recv_connect(tag, slice_mut(d, n), cfg::deadline(timeout_ms, cm.timeout_ms()));
+            // Counted on the connection it arrived on; a wait that ends without a message names no peer.
+            if let Ok(c) = &result {
+                (**c).stats().message(false, n, &Ok(()));
+            }
+            report(result, |c| *out = c as *const c_void)
         }
         unsafe extern "C" fn cm_is_running(m: *mut c_void) -> bool {
             (*(m as *const M)).is_running()

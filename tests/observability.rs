@@ -133,6 +133,11 @@ fn connection_manager_counts_messages_per_peer() {
     assert_eq!(num(&peer["messages_sent"]), 10, "{s1}");
     assert_eq!(num(&peer["message_bytes_sent"]), 1000);
     assert_eq!(num(&peer["connection_setups"]), 1);
+    // Messages taken by recv_connect count on the connection they arrived on.
+    let s2 = m2.stats();
+    assert_eq!(num(&s2["peers"][m1.address()]["messages_received"]), 10, "{s2}");
+    assert_eq!(num(&s2["peers"][m1.address()]["message_bytes_received"]), 1000);
+    assert_eq!(num(&s2["counters"]["connection_setups"]), 1, "the accepted connection: {s2}");
     assert!(s1["connection_setup_seconds"]["sum_seconds"].as_f64().unwrap() > 0.0);
     // A receive that times out is a failure by status, on the peer it was waited for.
     let mut buf = [0u8; 4];
