@@ -284,3 +284,29 @@ impl Collector for ScopesCollector {
         histograms(&mut e, "kvx_connection_setup_duration_seconds", "Time to load a peer or make a connection.", &setup)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::stats::ScopeKind;
+
+    #[test]
+    fn hostile_names_stay_inside_their_label() {
+        // A manager's peers are named by the address they announce: any bytes.
+        let scope = Scope::new(ScopeKind::ConnectionManager, "UCX", "m\"1\nkvx_fake_total 9");
+        let peer = scope.peer("p\\\"}\n# TYPE x counter");
+        peer.message(true, 10, &Ok(()));
+        let text = prometheus_text();
+        assert!(!text.lines().any(|l| l.starts_with("kvx_fake_total") || l.starts_with("# TYPE x")), "{text}");
+        // Escaped as the text format wants (backslash, quote, newline), inside one line.
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("kvx_peer_messages_total{") && l.contains("direction=\"sent\"") && l.contains("m\\\"1")
+            })
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains(r#"name="m\"1\nkvx_fake_total 9""#), "{line}");
+        assert!(line.contains(r#"peer="p\\\"}\n# TYPE x counter""#), "{line}");
+        assert!(line.ends_with(" 1"), "{line}");
+    }
+}
