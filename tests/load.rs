@@ -103,10 +103,10 @@ impl Shared {
 
 /// Run the mix: `ops` per thread, or until `seconds` have passed when non-zero.
 fn run_load(ops: u64, seconds: u64) {
-    let a = Agent::try_new_on(UCX, "load-a", true, 0).unwrap();
-    let b = Agent::try_new_on(UCX, "load-b", true, 0).unwrap();
-    let churn = Agent::try_new_on(UCX, "load-churn", true, 0).unwrap();
-    let (cm_a, cm_b) = (Cm::try_new_on(UCX, 0).unwrap(), Cm::try_new_on(UCX, 0).unwrap());
+    let a = Agent::try_new_on(AUTO, "load-a", true, 0).unwrap();
+    let b = Agent::try_new_on(AUTO, "load-b", true, 0).unwrap();
+    let churn = Agent::try_new_on(AUTO, "load-churn", true, 0).unwrap();
+    let (cm_a, cm_b) = (Cm::try_new_on(AUTO, 0).unwrap(), Cm::try_new_on(AUTO, 0).unwrap());
     let (a_src, a_back, b_dst) =
         (Shared::new(THREADS * SLOT), Shared::new(THREADS * SLOT), Shared::new(THREADS * SLOT));
     a.register(&[a_src.bytes(), a_back.bytes()]);
@@ -333,6 +333,8 @@ fn run_load(ops: u64, seconds: u64) {
     // kvxfer's own counters agree with what the load did.
     let num = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"));
     let stats = a.stats();
+    // The backend the environment selects (TRTLLM_USE_NIXL_KVCACHE=1: NIXL), as the CI run on NIXL expects.
+    assert_eq!(stats["backend"], backend_under_test().name(), "{stats}");
     let to_b = &stats["peers"]["load-b"];
     let transfers = c(&counts.writes) + c(&counts.reads) + c(&counts.registrations);
     assert_eq!(num(&to_b["transfers_started"]), transfers, "{to_b}");
