@@ -133,6 +133,24 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// A failure a loop may meet on every round (a poller's): logged when it
+/// first happens or changes, not once per round.
+#[derive(Default)]
+pub struct OnChange(parking_lot::Mutex<Option<String>>);
+
+impl OnChange {
+    /// Log `failure` unless it is the one logged last; `None` (a round that went well) clears it.
+    pub fn report(&self, level: Level, failure: Option<String>) {
+        let mut last = self.0.lock();
+        if *last != failure {
+            if let Some(text) = &failure {
+                write(level, format_args!("{text}"));
+            }
+            *last = failure;
+        }
+    }
+}
+
 #[macro_export]
 macro_rules! log_at {
     ($level:ident, $($arg:tt)*) => {
@@ -143,6 +161,15 @@ macro_rules! log_at {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_failures_are_remembered_until_they_change() {
+        let seen = OnChange::default();
+        seen.report(Level::Debug, Some("a".into()));
+        assert_eq!(seen.0.lock().as_deref(), Some("a"));
+        seen.report(Level::Debug, None);
+        assert_eq!(*seen.0.lock(), None);
+    }
 
     #[test]
     fn dates_are_civil() {

@@ -53,6 +53,8 @@ struct AgentCore {
     /// handle was destroyed while they ran.
     inflight: Mutex<Vec<Arc<TransferShared>>>,
     waker: Arc<Waker>,
+    /// The poller's last failure, so one that repeats every round is logged once.
+    poll_failure: crate::core::log::OnChange,
     stats: Arc<Scope>,
     /// NIXL's plugin, the transport of every transfer.
     transport: Arc<CString>,
@@ -184,10 +186,10 @@ impl AgentCore {
 
 /// One poller round: collect notifications (driving NIXL's progress too) and reap orphans.
 fn tick(core: &AgentCore) -> bool {
-    let got = core.drain_notifications().unwrap_or_else(|e| {
-        crate::log_at!(Warn, "NIXL agent {:?}: {e}", core.handle.name);
-        false
-    });
+    let drained = core.drain_notifications();
+    let failure = drained.as_ref().err().map(|e| format!("NIXL agent {:?}: {e}", core.handle.name));
+    core.poll_failure.report(crate::core::log::Level::Warn, failure);
+    let got = drained.unwrap_or(false);
     core.drive_transfers();
     // Brisk while transfers run: what is left in flight after this round.
     got || !core.inflight.lock().is_empty()
@@ -411,6 +413,7 @@ impl TransferAgent for NixlAgent {
             notifications: NotificationQueue::default(),
             inflight: Mutex::new(Vec::new()),
             waker: Arc::new(Waker::default()),
+            poll_failure: Default::default(),
             stats: Scope::new(ScopeKind::Agent, "NIXL", &settings.name),
             transport,
         });

@@ -98,6 +98,8 @@ struct CmCore {
     last_send_ms: AtomicU64,
     epoch: Instant,
     waker: Arc<Waker>,
+    /// The poller's last failure, so one that repeats every round is logged once.
+    poll_failure: crate::core::log::OnChange,
     stats: Arc<Scope>,
 }
 
@@ -123,9 +125,8 @@ fn tick(core: &CmCore) -> bool {
         }
         Err(e) => crate::log_at!(Error, "malformed message from {sender:?} dropped: {e}"),
     });
-    if let Err(e) = result {
-        crate::log_at!(Warn, "NIXL connection manager: {e}");
-    }
+    let failure = result.err().map(|e| format!("NIXL connection manager: {e}"));
+    core.poll_failure.report(crate::core::log::Level::Warn, failure);
     if got {
         core.arrived.notify_all();
     }
@@ -281,6 +282,7 @@ impl ConnectionManager for NixlConnectionManager {
             last_send_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             waker: Arc::new(Waker::default()),
+            poll_failure: Default::default(),
             stats: Scope::new(ScopeKind::ConnectionManager, "NIXL", ""),
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
