@@ -14,6 +14,7 @@ pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod notify;
+pub mod parallel;
 pub mod request;
 pub mod rng;
 pub mod select;
