@@ -300,6 +300,15 @@ fn prometheus_endpoint_serves_counters_during_transfers() {
     let a_scope = v["scopes"].as_array().unwrap().iter().find(|s| s["name"] == "prom-a").unwrap().clone();
     assert_eq!(num(&a_scope["counters"]["transfers_completed"]), n);
     assert!(scrape(&addr, "/nothing").0.starts_with("HTTP/1.1 404"));
+    // `kvxfer-demo info --stats IP:PORT` reads the same from outside the process.
+    let out = Command::new(env!("CARGO_BIN_EXE_kvxfer-demo")).args(["info", "--stats", &addr]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let (first, json) = text.split_once('\n').unwrap();
+    assert!(first.starts_with("kvxfer "), "{first}");
+    let v: Value = serde_json::from_str(json).unwrap();
+    let a_scope = v["scopes"].as_array().unwrap().iter().find(|s| s["name"] == "prom-a").unwrap().clone();
+    assert_eq!(num(&a_scope["counters"]["transfers_completed"]), n);
 }
 
 #[test]
