@@ -30,7 +30,7 @@ template <typename T>
 __device__ __forceinline__ void copy_words(
     const T* __restrict__ s, T* __restrict__ d, unsigned long long n, unsigned int rank, unsigned int width)
 {
-    const unsigned long long step = (unsigned long long) width * UNROLL;
+    const unsigned long long step = (unsigned long long)width * UNROLL;
     unsigned long long base = 0;
     for (; base + step <= n; base += step)
     {

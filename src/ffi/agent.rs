@@ -14,15 +14,15 @@ use std::ffi::{c_char, c_void};
 /// A transfer agent. Create with `kvx_agent_create`, free with `kvx_agent_destroy`.
 #[allow(non_camel_case_types)]
 pub struct kvx_agent {
-    table: &'static kvx_backend_table,
-    object: *mut c_void,
+    pub(super) table: &'static kvx_backend_table,
+    pub(super) object: *mut c_void,
 }
 
 /// One submitted transfer (TensorRT-LLM's `TransferStatus`). Free with `kvx_xfer_destroy`.
 #[allow(non_camel_case_types)]
 pub struct kvx_xfer {
-    table: &'static kvx_backend_table,
-    object: *mut c_void,
+    pub(super) table: &'static kvx_backend_table,
+    pub(super) object: *mut c_void,
 }
 
 // SAFETY: backend objects are Send + Sync (required by the dispatch traits).
@@ -516,8 +516,7 @@ pub unsafe extern "C" fn kvx_xfer_cancel(xfer: *mut kvx_xfer, out_released: *mut
         let x = xfer_ref(xfer)?;
         non_null(out_released, "out_released")?;
         // Tables only grow: an older one has no cancel entry.
-        let needed = std::mem::offset_of!(kvx_backend_table, xfer_cancel) + std::mem::size_of::<usize>();
-        if x.table.size < needed {
+        if !x.table.has(std::mem::offset_of!(kvx_backend_table, xfer_cancel)) {
             return Err(Error::new(kvx_status::KVX_ERR_UNSUPPORTED, "this backend's table predates cancel"));
         }
         *out_released = (x.table.xfer_cancel)(x.object);

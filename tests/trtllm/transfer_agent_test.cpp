@@ -30,7 +30,7 @@ using kvc::TransferOp;
 using kvc::TransferRequest;
 using kvc::TransferState;
 
-// Registers in the constructor, deregisters in the destructor (TensorRT-LLM's test helper does the same).
+// Registers in the constructor, deregisters in the destructor (as TensorRT-LLM's own test does).
 class Registered
 {
 public:
@@ -481,7 +481,11 @@ TEST(TransferAgent, DeadPeerIsAnError)
             failed = status->wait(5000) == TransferState::kFAILURE;
             if (failed)
             {
-                EXPECT_FALSE(status->getLastStatusStr().empty());
+                // The failure names the peer and its status, with the transfer's facts.
+                std::string text = status->getLastStatusStr();
+                EXPECT_NE(text.find("peer " + pair.name1), std::string::npos) << text;
+                EXPECT_NE(text.find("KVX_ERR_"), std::string::npos) << text;
+                EXPECT_NE(text.find("4096 bytes"), std::string::npos) << text;
             }
         }
         catch (std::exception const&)
@@ -496,7 +500,7 @@ TEST(TransferAgent, DeadPeerIsAnError)
 namespace
 {
 
-// A transfer agent in another process (trtllm_peer_helper agent-target) that
+// A transfer agent in another process (trtllm_peer agent-target) that
 // reaches us over TCP only, so a 64 MiB write takes long enough to catch running.
 class TargetProcess
 {
@@ -522,8 +526,8 @@ public:
         std::string size = std::to_string(bytes);
         std::string seedText = std::to_string(seed);
         char mode[] = "agent-target";
-        char* argv[] = {const_cast<char*>(TRTLLM_PEER_HELPER), mode, size.data(), seedText.data(), nullptr};
-        int rc = ::posix_spawn(&mPid, TRTLLM_PEER_HELPER, &actions, nullptr, argv, envp.data());
+        char* argv[] = {const_cast<char*>(TRTLLM_PEER_PROGRAM), mode, size.data(), seedText.data(), nullptr};
+        int rc = ::posix_spawn(&mPid, TRTLLM_PEER_PROGRAM, &actions, nullptr, argv, envp.data());
         posix_spawn_file_actions_destroy(&actions);
         ::close(out[1]);
         if (rc != 0)

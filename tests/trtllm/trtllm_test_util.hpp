@@ -1,6 +1,6 @@
 // Loading TensorRT-LLM's transport plug-ins the way TensorRT-LLM does
 // (dlopen by bare file name with RTLD_LAZY, dlsym of the C factory), plus
-// small helpers for host and device buffers. The suite never links kvxfer:
+// small utilities for host and device buffers. The suite never links kvxfer:
 // it sees only the wrapper libraries, through TensorRT-LLM's interfaces.
 #pragma once
 
@@ -102,9 +102,9 @@ inline int loopbackSocket(uint16_t& port, int backlog)
     return fd;
 }
 
-// Marks the line a helper process announces itself with: transports may log to
+// Marks the line a peer process announces itself with: transports may log to
 // the same stdout (UCX prints its warnings there).
-constexpr char const* kAnnounce = "KVX-HELPER ";
+constexpr char const* kAnnounce = "KVX-PEER ";
 
 // The text after kAnnounce on the first line of `fd` that starts with it ("" at end of input).
 inline std::string readAnnouncement(int fd)
