@@ -298,6 +298,12 @@ impl Xfer {
         unsafe { ok(kvx_xfer_release(self.raw, &mut out)) };
         out
     }
+    /// TensorRT-LLM's `release()`: cancels a transfer still in flight.
+    pub fn cancel(&self) -> bool {
+        let mut out = false;
+        unsafe { ok(kvx_xfer_cancel(self.raw, &mut out)) };
+        out
+    }
     pub fn is_completed(&self) -> bool {
         let mut out = false;
         unsafe { ok(kvx_xfer_is_completed(self.raw, &mut out)) };

@@ -58,6 +58,8 @@ struct AgentCore {
     stats: Arc<Scope>,
     /// NIXL's plugin, the transport of every transfer.
     transport: Arc<CString>,
+    /// `TRTLLM_NIXL_DISABLE_COALESCE` / `TRTLLM_NIXL_ENABLE_COALESCE`, read at creation.
+    coalesce: bool,
 }
 
 pub struct NixlAgent {
@@ -416,6 +418,7 @@ impl TransferAgent for NixlAgent {
             poll_failure: Default::default(),
             stats: Scope::new(ScopeKind::Agent, "NIXL", &settings.name),
             transport,
+            coalesce: super::handle::coalescing_from_env(),
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
         let (metadata_server, connection_info) = match &nixl_listener {
@@ -542,7 +545,11 @@ impl TransferAgent for NixlAgent {
         let is_self = req.remote_name == core.handle.name;
         // Merge runs contiguous on both sides (one NIXL descriptor each); a merged run
         // that crosses two registrations on either side falls back to the request as given.
-        let (merged_local, merged_remote) = coalesce(req.local, req.remote);
+        let (merged_local, merged_remote) = if core.coalesce {
+            coalesce(req.local, req.remote)
+        } else {
+            (Cow::Borrowed(req.local), Cow::Borrowed(req.remote))
+        };
         let (local, remote) = if matches!(merged_local, Cow::Owned(_))
             && self.validate(req, &merged_local, &merged_remote, is_self).is_ok()
         {
@@ -581,6 +588,7 @@ impl TransferAgent for NixlAgent {
             remote: req.remote_name.to_owned(),
             orphaned: AtomicBool::new(false),
             record,
+            cancel_note: Mutex::new(None),
         });
         if posted == NIXL_CAPI_SUCCESS {
             shared.settle(core, Ok(()));
@@ -645,6 +653,8 @@ struct TransferShared {
     /// Its handle was destroyed: the poller releases it when it ends.
     orphaned: AtomicBool,
     record: TransferRecord,
+    /// What a cancel did, shown after the transfer's outcome.
+    cancel_note: Mutex<Option<String>>,
 }
 
 // SAFETY: the request pointer is only used under its lock, through a thread-safe NIXL agent.
@@ -755,15 +765,78 @@ impl Transfer for NixlTransfer {
     }
 
     fn last_status(&self) -> String {
-        match &*self.shared.outcome.lock() {
+        let outcome = match &*self.shared.outcome.lock() {
             None => "in progress".into(),
             Some(Ok(())) => "success".into(),
             Some(Err(e)) => e.to_string(),
+        };
+        match self.shared.cancel_note.lock().as_ref() {
+            Some(note) => format!("{outcome}; {note}"),
+            None => outcome,
         }
     }
 
     fn record(&self) -> &TransferRecord {
         &self.shared.record
+    }
+
+    fn cancel(&self) -> bool {
+        let canceled = {
+            let mut outcome = self.shared.outcome.lock();
+            let first = outcome.is_none();
+            if first {
+                let why =
+                    Err(Error::new(kvx_status::KVX_ERR_CANCELED, "transfer canceled by release() while in flight"));
+                self.shared.record.finish(&why);
+                *outcome = Some(why);
+            }
+            first
+        };
+        if !canceled {
+            return self.shared.finish_if_settled(&self.core);
+        }
+        let (released, note) = self.drain_and_release();
+        *self.shared.cancel_note.lock() = Some(note);
+        released
+    }
+}
+
+/// How long a cancel lets NIXL finish what it posted before it aborts the request.
+const CANCEL_DRAIN: Duration = Duration::from_secs(2);
+
+impl NixlTransfer {
+    /// Let NIXL finish the posted request for a short while (the peer stays
+    /// usable), else abort it by releasing it and mark the peer failed, as
+    /// an aborted request may leave the connection in an unknown state.
+    fn drain_and_release(&self) -> (bool, String) {
+        let drain_until = Instant::now() + CANCEL_DRAIN;
+        let mut request = self.shared.request.lock();
+        let Some(req) = *request else {
+            return (true, "the request was already released".into());
+        };
+        // SAFETY: the request is this transfer's and still in its slot, whose lock we hold.
+        let poll = || unsafe { self.core.handle.transfer_status(req) };
+        let mut status = poll();
+        while status == NIXL_CAPI_IN_PROG && Instant::now() < drain_until {
+            std::thread::sleep(Duration::from_micros(50));
+            status = poll();
+        }
+        request.take();
+        // SAFETY: taken out of the slot under its lock: this is the request's last use.
+        let released = unsafe { self.core.handle.release(req) };
+        drop(request);
+        if status != NIXL_CAPI_IN_PROG {
+            let how = if status == NIXL_CAPI_SUCCESS { "finished" } else { "ended" };
+            return (true, format!("what was already posted {how} in NIXL; the peer stays usable"));
+        }
+        let why = Error::peer("a transfer to this peer was canceled and NIXL had to abort it");
+        self.core.mark_failed(&self.shared.remote, &why);
+        if released == NIXL_CAPI_SUCCESS {
+            (true, "NIXL aborted the request; the peer is marked failed (invalidate and load it again)".into())
+        } else {
+            let name = status_name(released);
+            (false, format!("NIXL could not abort the request (status {released}, {name}); the peer is marked failed"))
+        }
     }
 }
 
