@@ -98,8 +98,11 @@ impl AgentCore {
         Ok(any)
     }
 
-    fn drive_transfers(&self) {
+    /// Poll every transfer in flight; whether any of them ended.
+    fn drive_transfers(&self) -> bool {
         let running: Vec<_> = self.inflight.lock().clone();
+        let unsettled = |all: &[Arc<TransferShared>]| all.iter().filter(|t| t.outcome.lock().is_none()).count();
+        let before = unsettled(&running);
         for t in &running {
             t.poll(self);
             if t.orphaned.load(Ordering::Acquire) {
@@ -109,6 +112,7 @@ impl AgentCore {
         self.inflight.lock().retain(|t| {
             t.outcome.lock().is_none() || (t.orphaned.load(Ordering::Acquire) && t.request.lock().is_some())
         });
+        unsettled(&running) < before
     }
 
     fn wake_poller(&self) {
@@ -163,14 +167,14 @@ impl AgentCore {
 }
 
 /// One poller round: collect notifications (driving NIXL's progress too) and reap orphans.
+/// Whether anything happened: the poller stays brisk while things do.
 fn tick(core: &AgentCore) -> bool {
     let got = core.drain_notifications().unwrap_or_else(|e| {
         crate::log_at!(Warn, "NIXL agent {:?}: {e}", core.handle.name);
         false
     });
-    core.drive_transfers();
-    // Brisk while transfers run: what is left in flight after this round.
-    got || !core.inflight.lock().is_empty()
+    let ended = core.drive_transfers();
+    got || ended
 }
 
 /// Metadata whose agent could not be reached when it was loaded. NIXL 1.5.1
@@ -651,6 +655,10 @@ impl TransferShared {
     }
 }
 
+/// Bounds of the pause between looks of a transfer wait.
+const WAIT_PAUSE_LEAST: Duration = Duration::from_micros(20);
+const WAIT_PAUSE_MOST: Duration = Duration::from_millis(20);
+
 pub struct NixlTransfer {
     shared: Arc<TransferShared>,
     core: Arc<AgentCore>,
@@ -679,11 +687,15 @@ impl Transfer for NixlTransfer {
                 }
                 return state;
             }
-            // Polling drives NIXL's progress: spin briefly for small transfers, then back off gently.
-            if started.elapsed() < Duration::from_micros(200) {
+            // Polling drives NIXL's progress: spin briefly for small transfers, then pause for
+            // about 1% of the time waited so far, so a transfer stalled on a silent peer costs
+            // a few wake-ups a second.
+            let waited = started.elapsed();
+            if waited < Duration::from_micros(200) {
                 std::thread::yield_now();
             } else {
-                std::thread::sleep(Duration::from_micros(20));
+                let pause = super::poller::pause_after(waited, WAIT_PAUSE_LEAST, WAIT_PAUSE_MOST);
+                std::thread::sleep(pause.min(limit.saturating_duration_since(Instant::now())));
             }
         }
     }
