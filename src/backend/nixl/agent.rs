@@ -40,6 +40,15 @@ struct AgentCore {
     timeout: Duration,
     local: Mutex<Registrations<()>>,
     remotes: Mutex<HashMap<String, RemoteAgent>>,
+    /// Live peers invalidated here but kept loaded in NIXL, by name, with the
+    /// descriptor they were loaded from. NIXL 1.5.1's `invalidateRemoteMD`
+    /// keeps the peer's UCX endpoint and its TCP connections (one per
+    /// interface) until the process exits, so every invalidate + reload of a
+    /// live peer would add descriptors for good; reloading the same
+    /// descriptor reuses the connection instead. Different metadata (a
+    /// restarted peer), a peer found gone, or more than `MAX_DORMANT` of them
+    /// make kvxfer invalidate in NIXL after all.
+    dormant: Mutex<HashMap<String, Vec<u8>>>,
     unreachable: Mutex<UnreachableMetadata>,
     /// Where peers fetch this agent's metadata (empty: nowhere), sealed into
     /// the metadata too; set once the listener is up.
@@ -150,7 +159,57 @@ impl AgentCore {
     /// Forget a peer here and in NIXL; its transfers in flight fail.
     fn drop_peer(&self, name: &str, why: &str) -> Result<()> {
         self.forget(name, why);
+        self.dormant.lock().remove(name);
         self.handle.invalidate(name)
+    }
+
+    /// Forget a peer here; a healthy one loaded from a descriptor stays loaded in NIXL (see `dormant`).
+    fn put_to_sleep(&self, name: &str) -> Result<()> {
+        let removed = self.remotes.lock().get(name).map(|r| (r.failed.is_none(), r.metadata.clone()));
+        let Some((true, Some(descriptor))) = removed else {
+            return self.drop_peer(name, "was invalidated");
+        };
+        self.forget(name, "was invalidated");
+        let evicted = {
+            let mut dormant = self.dormant.lock();
+            let evicted = if dormant.len() >= MAX_DORMANT && !dormant.contains_key(name) {
+                dormant.keys().next().cloned().inspect(|k| {
+                    dormant.remove(k);
+                })
+            } else {
+                None
+            };
+            dormant.insert(name.to_owned(), descriptor);
+            evicted
+        };
+        if let Some(old) = evicted {
+            let _ = self.handle.invalidate(&old);
+        }
+        Ok(())
+    }
+
+    /// A dormant peer of another descriptor, or one that is gone, is invalidated in NIXL now.
+    fn wake_dormant(&self, name: &str, descriptor: &[u8]) -> bool {
+        let mut dormant = self.dormant.lock();
+        match dormant.get(name) {
+            Some(d) if d == descriptor => {
+                dormant.remove(name);
+                true
+            }
+            Some(_) => {
+                dormant.remove(name);
+                drop(dormant);
+                let _ = self.handle.invalidate(name);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn release_dormant(&self, name: &str) {
+        if self.dormant.lock().remove(name).is_some() {
+            let _ = self.handle.invalidate(name);
+        }
     }
 
     /// Connect now, so the first transfer does not pay for it (and a dead peer shows here).
@@ -187,6 +246,9 @@ fn tick(core: &AgentCore) -> bool {
 struct UnreachableMetadata {
     recent: VecDeque<(u64, Instant)>,
 }
+
+/// Invalidated live peers kept loaded in NIXL at most (see `AgentCore::dormant`).
+const MAX_DORMANT: usize = 4096;
 
 const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
 const MAX_UNREACHABLE_REMEMBERED: usize = 1024;
@@ -306,11 +368,17 @@ impl NixlAgent {
         // listener first (also right after a fetch, which the agent may not have outlived).
         if let Some(listener) = opened.listener.and_then(|l| net::parse_connection_info(l).ok()) {
             if control::listener_gone(listener) {
+                self.core.release_dormant(name);
                 self.core.unreachable.lock().record(fingerprint);
                 return Err(Error::peer(format!(
                     "agent {name:?} has exited: its listener {listener} refuses connections"
                 )));
             }
+        }
+        if self.core.wake_dormant(name, descriptor) {
+            // Still loaded in NIXL from the same descriptor: reuse its connection.
+            self.core.remember(name, Some(descriptor.to_vec()));
+            return Ok(());
         }
         let loaded = self.core.handle.load_metadata(metadata).inspect_err(|e| {
             // A half-loaded peer blocks later loads of the same name in NIXL: clear it.
@@ -384,6 +452,7 @@ impl TransferAgent for NixlAgent {
             timeout: Duration::from_millis(settings.timeout_ms),
             local: Mutex::new(Registrations::new(crate::cuda::locate_pointer)),
             remotes: Mutex::new(HashMap::new()),
+            dormant: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(UnreachableMetadata::default()),
             connection_info: OnceCell::new(),
             notifications: NotificationQueue::default(),
@@ -493,7 +562,7 @@ impl TransferAgent for NixlAgent {
         if !self.core.remotes.lock().contains_key(name) {
             return Err(Error::not_found(format!("remote agent {name:?} is not loaded")));
         }
-        self.core.drop_peer(name, "was invalidated")
+        self.core.put_to_sleep(name)
     }
 
     fn check_remote_descs(&self, name: &str, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<bool> {
