@@ -8,7 +8,7 @@ scripts/setup.sh
 cargo build --quiet --lib
 cargo test --no-fail-fast
 # The backend contract again on NIXL, chosen the way TensorRT-LLM chooses it.
-TRTLLM_USE_NIXL_KVCACHE=1 cargo test --no-fail-fast --test agent_basic --test connection_manager --test two_process --test c_abi --test coalesced_transfers --test load
+TRTLLM_USE_NIXL_KVCACHE=1 cargo test --no-fail-fast --test agent_basic --test connection_manager --test two_process --test c_abi --test coalesced_transfers --test load --test scale
 .ci/cmake_suite.sh
 # Reliability (README, "Failure model"): bounded fuzzing under libFuzzer + ASan,
 # the C++ suite under ASan and UBSan, the C programs under valgrind, the
