@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/lint.sh
 cargo build --quiet --lib
 cargo test --no-fail-fast
 # The backend contract again on NIXL, chosen the way TensorRT-LLM chooses it.

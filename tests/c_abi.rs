@@ -215,7 +215,7 @@ fn many_threads_share_agents_and_managers() {
                     }];
                     source.submit(WRITE, &ls, &r, "mt-target", None).unwrap().expect_success();
                     ok(source.notify("mt-target", format!("{t}:{round}").as_bytes()));
-                    let c = cm_send.connect(&[address.clone()]).pop().unwrap();
+                    let c = cm_send.connect(std::slice::from_ref(address)).pop().unwrap();
                     ok(c.send(1000 + t as u32, &src[..256]));
                     let p = cm_recv.connect(&[cm_send.address()]).pop().unwrap();
                     let mut got = vec![0u8; 256];

@@ -494,7 +494,7 @@ fn kill_during_setup(l: &Launcher) -> Report {
 fn kill_while_receiving(l: &Launcher) -> Report {
     let cm = Cm::try_new_on(l.backend, 0).unwrap();
     let mut peer = l.start("victim");
-    let conn = cm.connect(&[peer.cm_addr.clone()]).pop().unwrap();
+    let conn = cm.connect(std::slice::from_ref(&peer.cm_addr)).pop().unwrap();
     peer.command(&format!("connect {}", cm.address()));
     peer.expect("CONNECTED");
     peer.command("send 7 65536 3");
@@ -554,7 +554,7 @@ fn connected_survivor(l: &Launcher, peer: &Peer) -> Survivor {
     let back = vec![0u8; PEER_BUF];
     let back_d = agent.register(&[&back]);
     ok(agent.load_by_info(&peer.name, &peer.info));
-    let conn = cm.connect(&[peer.cm_addr.clone()]).pop().unwrap();
+    let conn = cm.connect(std::slice::from_ref(&peer.cm_addr)).pop().unwrap();
     Survivor { agent, _cm: cm, conn, src, local, back, back_d }
 }
 
@@ -565,7 +565,7 @@ fn stopped_peer(l: &Launcher) -> Report {
     let sv = connected_survivor(l, &peer);
     let (agent, local, back_d, conn, src, back) =
         (&sv.agent, &sv.local[..], &sv.back_d[..], &sv.conn, &sv.src, &sv.back);
-    agent.submit(WRITE, &local, &peer.remote(0, PEER_BUF), "sleeper", None).unwrap().expect_success();
+    agent.submit(WRITE, local, &peer.remote(0, PEER_BUF), "sleeper", None).unwrap().expect_success();
     peer.signal(libc::SIGSTOP);
     let limit = Duration::from_millis(SHORT_TIMEOUT_MS) + Duration::from_secs(3);
 
@@ -573,7 +573,7 @@ fn stopped_peer(l: &Launcher) -> Report {
     let t = Instant::now();
     let mut xfer_state = KVX_TRANSFER_SUCCESS;
     for _ in 0..8 {
-        let x = agent.submit(WRITE, &local, &peer.remote(0, PEER_BUF), "sleeper", None).unwrap();
+        let x = agent.submit(WRITE, local, &peer.remote(0, PEER_BUF), "sleeper", None).unwrap();
         xfer_state = x.wait(-1);
         assert_ne!(xfer_state, KVX_TRANSFER_IN_PROGRESS);
         if xfer_state == KVX_TRANSFER_FAILURE {
@@ -589,7 +589,7 @@ fn stopped_peer(l: &Launcher) -> Report {
     }
     let xfer_ms = t.elapsed().as_millis();
     let t = Instant::now();
-    let (load, msg) = load_status(&agent, "sleeper-again", &peer.info, SHORT_TIMEOUT_MS as i64);
+    let (load, msg) = load_status(agent, "sleeper-again", &peer.info, SHORT_TIMEOUT_MS as i64);
     assert_eq!(load, KVX_ERR_TIMEOUT, "{msg}");
     let load_ms = t.elapsed().as_millis();
     let fresh = Cm::try_new_on(l.backend, SHORT_TIMEOUT_MS).unwrap();
@@ -608,7 +608,7 @@ fn stopped_peer(l: &Launcher) -> Report {
     peer.signal(libc::SIGCONT);
     ok(agent.invalidate("sleeper"));
     ok(agent.load_by_info("sleeper", &peer.info));
-    agent.submit(READ, &back_d, &peer.remote(0, PEER_BUF), "sleeper", None).unwrap().expect_success();
+    agent.submit(READ, back_d, &peer.remote(0, PEER_BUF), "sleeper", None).unwrap().expect_success();
     assert!(back == src, "READ after the peer resumed");
     peer.quit();
     format!("xfer_fail_ms={xfer_ms} xfer_state={xfer_state:?} load_timeout_ms={load_ms} connect_timeout_ms={connect_ms} recv_timeout_ms={recv_ms}")
@@ -625,20 +625,20 @@ fn network_cut(l: &Launcher) -> Report {
     let sv = connected_survivor(l, &peer);
     let (agent, local, back_d, conn, src, back) =
         (&sv.agent, &sv.local[..], &sv.back_d[..], &sv.conn, &sv.src, &sv.back);
-    agent.submit(READ, &back_d, &peer.remote(0, PEER_BUF), "remote", None).unwrap().expect_success();
+    agent.submit(READ, back_d, &peer.remote(0, PEER_BUF), "remote", None).unwrap().expect_success();
     assert!(*back == pattern(PEER_BUF, 77));
     link("down");
     let t = Instant::now();
-    let x = agent.submit(WRITE, &local, &peer.remote(0, PEER_BUF), "remote", None).unwrap();
+    let x = agent.submit(WRITE, local, &peer.remote(0, PEER_BUF), "remote", None).unwrap();
     assert_eq!(x.wait(-1), KVX_TRANSFER_FAILURE, "a WRITE across a cut network did not fail");
     let xfer_ms = t.elapsed().as_millis();
-    later_calls_fail(&agent, "remote", &local, &peer.remote(0, PEER_BUF));
+    later_calls_fail(agent, "remote", local, &peer.remote(0, PEER_BUF));
     let t = Instant::now();
     let mut buf = vec![0u8; 1024];
     assert!(is_peer_or_timeout(conn.recv(1, &mut buf, -1)), "{}", last_error());
     let recv_ms = t.elapsed().as_millis();
     let t = Instant::now();
-    let (st, msg) = load_status(&agent, "remote-2", &peer.info, SHORT_TIMEOUT_MS as i64);
+    let (st, msg) = load_status(agent, "remote-2", &peer.info, SHORT_TIMEOUT_MS as i64);
     assert!(is_peer_or_timeout(st), "{st:?} {msg}");
     let load_ms = t.elapsed().as_millis();
     let limit = (SHORT_TIMEOUT_MS + 3_000) as u128;
@@ -647,7 +647,7 @@ fn network_cut(l: &Launcher) -> Report {
     }
     link("up");
     drop(peer);
-    reconnect_and_verify(&agent, l, "remote", &local, &src, &back, &back_d);
+    reconnect_and_verify(agent, l, "remote", local, src, back, back_d);
     format!("xfer_fail_ms={xfer_ms} recv_fail_ms={recv_ms} load_fail_ms={load_ms}")
 }
 
@@ -966,9 +966,6 @@ fn network_cut_between_namespaces_fails_then_recovers() {
         println!("{}", run_in_child("network_cut", &l, Some(&pair.a), Some(&ip_a), rounds()));
     }
 }
-
-/// Forged descriptors and out-of-range transfers: a peer can only touch
-/// memory registered with the agent, and only within the registered ranges.
 
 /// Forged descriptors and out-of-range transfers: a peer can only touch
 /// memory registered with the agent, and only within the registered ranges.

@@ -583,7 +583,8 @@ fn bench(args: &[String]) {
     let iters = num(args, "--iters", 5);
     let (fwd, back) = ceiling(total, 10);
     let mut rows: Vec<Row> = Vec::new();
-    let systems: [(&str, &str, &[(&str, &str)]); 3] = [
+    type Env = &'static [(&'static str, &'static str)];
+    let systems: [(&str, &str, Env); 3] = [
         ("ipc", "kvxfer-ucx (batched IPC)", &[("TRTLLM_USE_NIXL_KVCACHE", "0"), ("KVX_UCX_IPC", "1")]),
         ("transport", "kvxfer-ucx (transport)", &[("TRTLLM_USE_NIXL_KVCACHE", "0"), ("KVX_UCX_IPC", "0")]),
         ("nixl", "kvxfer-nixl", &[("TRTLLM_USE_NIXL_KVCACHE", "1"), ("TRTLLM_USE_UCX_KVCACHE", "0")]),

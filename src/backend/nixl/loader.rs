@@ -78,7 +78,7 @@ fn load_first_candidate() -> std::result::Result<LoadedNixl, String> {
         // SAFETY: the symbols are NIXL's C API, with the signatures declared in sys.rs.
         let api = unsafe { NixlApi::resolve(lib) }
             .map_err(|e| format!("{}: {e} (NIXL 1.5 or newer is needed)", path.display()))?;
-        let mapped = locate::mapped_file(api.nixl_capi_create_configured_agent as *const libc::c_void, &path);
+        let mapped = locate::mapped_file(api.nixl_capi_create_configured_agent as usize, &path);
         let dir = Path::new(&mapped).parent().map(Path::to_path_buf).unwrap_or_default();
         let plugin_dir = std::env::var("NIXL_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|_| dir.join("plugins"));
         return Ok(LoadedNixl { version: wheel_version(&dir), path: mapped, plugin_dir, api });
