@@ -292,7 +292,7 @@ mod tests {
     #[test]
     fn backlog_is_configurable_and_defaults_large() {
         assert_eq!(backlog_from(None), DEFAULT_BACKLOG);
-        assert!(DEFAULT_BACKLOG >= 512);
+        const { assert!(DEFAULT_BACKLOG >= 512) };
         assert_eq!(backlog_from(Some("2048")), 2048);
         assert_eq!(backlog_from(Some("0")), DEFAULT_BACKLOG);
         assert_eq!(backlog_from(Some("many")), DEFAULT_BACKLOG);
