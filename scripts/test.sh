@@ -11,6 +11,8 @@ cargo test --no-fail-fast
 # The backend contract again on NIXL, chosen the way TensorRT-LLM chooses it.
 TRTLLM_USE_NIXL_KVCACHE=1 cargo test --no-fail-fast --test agent_basic --test connection_manager --test two_process --test c_abi --test coalesced_transfers --test load --test scale
 .ci/cmake_suite.sh
+# The wheel, then the Python suite on both backends in fresh virtual environments.
+KVX_SKIP_SETUP=1 scripts/test_python.sh
 # Reliability (README, "Failure model"): bounded fuzzing under libFuzzer + ASan,
 # the C++ suite under ASan and UBSan, the C programs under valgrind, the
 # pure-Rust code under Miri.

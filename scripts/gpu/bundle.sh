@@ -43,6 +43,7 @@ cp "$test_exe" "$stage/bin/gpu_transfers"
 cp target/release/libkvxfer.so "$stage/lib/libkvxfer.so.0"
 cp src/cuda/copy_kernel.cu "$stage/"
 cp scripts/gpu/run.sh "$stage/run.sh"
+cp scripts/gpu/build_ptx.sh "$stage/build_ptx.sh"
 unzip -q "$wheels"/libucx_cu13-*.whl -d "$stage.wheels/ucx"
 unzip -q "$wheels"/nixl_cu13-*.whl -d "$stage.wheels/nixl"
 

@@ -6,7 +6,7 @@
 #   miri      the pure-Rust unit tests under Miri: parsers and framing
 #             (core::wire, core::net, core::config, NIXL message framing),
 #             registration bookkeeping and coalescing (core::memory,
-#             core::coalesce, the CUDA IPC batch slicing), backend selection
+#             core::coalesce, request slicing over threads), backend selection
 #             (pinned nightly, installed with rustup when missing)
 #   scripts/stress/sanitizers.sh                # all steps
 #   STEPS="asan valgrind" scripts/stress/sanitizers.sh
@@ -84,7 +84,7 @@ for step in $STEPS; do
       # getifaddrs is FFI, which Miri cannot run; everything else in these modules is pure Rust.
       CARGO_TARGET_DIR="$ROOT/target/miri" cargo "+$MIRI_TOOLCHAIN" miri test --lib -- \
         core::wire core::net core::memory core::config core::error core::coalesce core::select \
-        backend::nixl::conn::tests backend::ucx::agent::ipc::tests --skip loopback_interface_has_an_address
+        core::parallel backend::nixl::conn::tests --skip loopback_interface_has_an_address
       echo "miri: clean"
       ;;
     *) echo "unknown step $step" >&2; exit 2 ;;

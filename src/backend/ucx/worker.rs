@@ -66,8 +66,10 @@ pub fn ucx_error(ucx: &LoadedUcx, what: &str, status: ucs_status_t) -> Error {
 
 /// Options kvxfer sets unless the user's `UCX_*` environment sets them.
 /// Error handling on shared-memory transports and a short keepalive make a
-/// dead peer fail its operations in about a second instead of hanging.
-const DEFAULT_OPTIONS: [(&str, &str); 2] = [("KEEPALIVE_INTERVAL", "1s"), ("MM_ERROR_HANDLING", "y")];
+/// dead peer fail its operations in about a second instead of hanging;
+/// `cuda_ipc` GET keeps device-memory READs off the emulated path.
+const DEFAULT_OPTIONS: [(&str, &str); 3] =
+    [("KEEPALIVE_INTERVAL", "1s"), ("MM_ERROR_HANDLING", "y"), crate::backend::locate::UCX_CUDA_IPC_GET];
 
 impl Worker {
     pub fn new(name: &str) -> Result<Arc<Worker>> {
