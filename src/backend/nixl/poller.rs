@@ -2,7 +2,8 @@
 //! is off (and collects notifications either way). NIXL offers no event to
 //! sleep on, so the thread polls, with a pause that grows with the time since
 //! anything last happened (work posted, a notification arrived, a transfer
-//! ended): about 1% of that time, between 20 µs and 50 ms. Busy agents poll
+//! ended): about 1% of that time, between 20 µs and 50 ms
+//! (`KVX_NIXL_MAX_POLL_US` changes the upper bound). Busy agents poll
 //! briskly; an idle one, or one whose owner is blocked waiting on a silent
 //! peer, wakes about 20 times a second, and a message arriving after a long
 //! quiet spell waits at most 50 ms for the next look.
@@ -14,7 +15,28 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const BRISK: Duration = Duration::from_micros(20);
+/// The longest pause unless `KVX_NIXL_MAX_POLL_US` says otherwise.
 const IDLE: Duration = Duration::from_millis(50);
+
+/// The longest pause: `KVX_NIXL_MAX_POLL_US` (microseconds, at least `BRISK`),
+/// else `IDLE`. Shorter pauses cost CPU and help peers whose transfers need
+/// this side's progress (UCX over TCP emulates RMA with messages the target
+/// must progress, when nobody on the target polls).
+fn longest_pause() -> Duration {
+    static LONGEST: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *LONGEST.get_or_init(|| longest_pause_from(std::env::var("KVX_NIXL_MAX_POLL_US").ok().as_deref()))
+}
+
+fn longest_pause_from(value: Option<&str>) -> Duration {
+    match value.map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(us)) => Duration::from_micros(us).max(BRISK),
+        Some(Err(_)) => {
+            crate::log_at!(Warn, "KVX_NIXL_MAX_POLL_US={value:?} is not a number of microseconds; using {IDLE:?}");
+            IDLE
+        }
+        None => IDLE,
+    }
+}
 /// The pause is the time since the last activity divided by this.
 const BACKOFF_DIVISOR: u32 = 100;
 
@@ -55,13 +77,14 @@ impl Poller {
             .name("kvx-nixl-poll".into())
             .spawn(move || {
                 let mut last_activity = Instant::now();
+                let longest = longest_pause();
                 while !w.stop.load(Ordering::Acquire) {
                     let Some(owner) = owner.upgrade() else { return };
                     if tick(&owner) {
                         last_activity = Instant::now();
                     }
                     drop(owner);
-                    let pause = pause_after(last_activity.elapsed(), BRISK, IDLE);
+                    let pause = pause_after(last_activity.elapsed(), BRISK, longest);
                     let mut woken = w.woken.lock();
                     if !*woken {
                         w.cond.wait_for(&mut woken, pause);
@@ -95,5 +118,13 @@ mod tests {
         assert_eq!(pause_after(Duration::ZERO, BRISK, IDLE), BRISK);
         assert_eq!(pause_after(Duration::from_millis(100), BRISK, IDLE), Duration::from_millis(1));
         assert_eq!(pause_after(Duration::from_secs(60), BRISK, IDLE), IDLE);
+    }
+
+    #[test]
+    fn longest_pause_is_configurable() {
+        assert_eq!(longest_pause_from(None), IDLE);
+        assert_eq!(longest_pause_from(Some("1000")), Duration::from_millis(1));
+        assert_eq!(longest_pause_from(Some("0")), BRISK);
+        assert_eq!(longest_pause_from(Some("soon")), IDLE);
     }
 }
