@@ -13,11 +13,9 @@ use kvxfer::core::memory::{kvx_memory_desc, kvx_memory_type};
 use kvxfer::cuda::batch::{self, copy_and_wait, Copy};
 use kvxfer::cuda::memory::{Allocation, DeviceBuffer};
 
-fn gpu_present(test: &str) -> bool {
+fn gpu_present() -> bool {
     if kvxfer::cuda::device_count() == 0 {
-        eprintln!(
-            "SKIP {test}: no CUDA driver or GPU on this machine (GPU tests run on the GPU machine: scripts/gpu/run.sh)"
-        );
+        report_skip("no CUDA driver or GPU on this machine (GPU tests run on the GPU machine: scripts/gpu/run.sh)");
         return false;
     }
     true
@@ -25,7 +23,7 @@ fn gpu_present(test: &str) -> bool {
 
 #[test]
 fn batched_copy_kernel_moves_exactly_the_listed_bytes() {
-    if !gpu_present("batched_copy_kernel_moves_exactly_the_listed_bytes") {
+    if !gpu_present() {
         return;
     }
     let size = 16 << 20;
@@ -72,7 +70,7 @@ fn batched_copy_kernel_moves_exactly_the_listed_bytes() {
 
 #[test]
 fn batched_copies_from_many_threads_at_once_each_land_whole() {
-    if !gpu_present("batched_copies_from_many_threads_at_once_each_land_whole") {
+    if !gpu_present() {
         return;
     }
     let size = 8 << 20;
@@ -112,7 +110,7 @@ fn batched_copies_from_many_threads_at_once_each_land_whole() {
 
 #[test]
 fn plain_and_vmm_device_memory_register_with_type_and_device_from_the_pointer() {
-    if !gpu_present("plain_and_vmm_device_memory_register_with_type_and_device_from_the_pointer") {
+    if !gpu_present() {
         return;
     }
     let agent = Agent::new("gpu-register");
@@ -142,7 +140,7 @@ fn plain_and_vmm_device_memory_register_with_type_and_device_from_the_pointer() 
 
 #[test]
 fn two_processes_on_two_gpus_move_device_memory_correctly() {
-    if !gpu_present("two_processes_on_two_gpus_move_device_memory_correctly") {
+    if !gpu_present() {
         return;
     }
     let tool = std::env::var("KVX_GPU_TOOL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kvxfer-gpu").to_string());

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Run kvxfer's GPU tests and the GPU measurement on the GPU machine, in one
-# call of the device tool, from the bundle scripts/gpu/bundle.sh made:
+# Run kvxfer's GPU tests and the GPU measurement on a GPU machine (two GPUs
+# for the two-process checks), from the bundle scripts/gpu/bundle.sh made:
 #
-#   (here)   scripts/gpu/bundle.sh /work/main        # -> /work/main/.gpu_bundle/kvxfer-gpu.tar.xz
-#   (device) run: bash scripts/gpu/run.sh, kind nvidia-h200-x2, carry [".gpu_bundle"]
+#   (build machine) scripts/gpu/bundle.sh [DEST]     # -> DEST/.gpu_bundle/kvxfer-gpu.tar.xz
+#   (GPU machine)   bash scripts/gpu/run.sh          # with .gpu_bundle/ copied into the tree
 # The bundle carries this script too, so a tree without scripts/gpu runs it with
 #   mkdir -p /tmp/kvx-gpu && tar -C /tmp/kvx-gpu -xJf .gpu_bundle/kvxfer-gpu.tar.xz && bash /tmp/kvx-gpu/run.sh
 #

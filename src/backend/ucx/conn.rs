@@ -13,6 +13,7 @@ use crate::core::connections::{answer_connect, ConnectionCache};
 use crate::core::control::{self, ControlHandler, ControlServer};
 use crate::core::error::{kvx_status, Error, Result};
 use crate::core::net;
+use crate::core::stats::{PeerStats, Scope, ScopeKind};
 use crate::core::wire::ControlMessage;
 use crate::dispatch::{Connection, ConnectionManager, ConnectionManagerSettings};
 use parking_lot::{Mutex, RwLock};
@@ -34,6 +35,7 @@ pub struct UcxConnection {
     timeout: Duration,
     /// Receives in flight, cancelled when the peer fails.
     pending_recvs: Mutex<Vec<Weak<Op>>>,
+    stats: Arc<PeerStats>,
 }
 
 unsafe impl Send for UcxConnection {}
@@ -49,6 +51,7 @@ struct CmCore {
     running: AtomicBool,
     /// `recv_connect` calls in flight, cancelled by shutdown.
     waiting: Mutex<Vec<Weak<Op>>>,
+    stats: Arc<Scope>,
 }
 
 pub struct UcxConnectionManager {
@@ -70,8 +73,14 @@ impl CmCore {
         peer_id: u32,
         peer_address: String,
         endpoint: &[u8],
+        started: Instant,
     ) -> Result<Arc<UcxConnection>> {
-        let endpoint = Endpoint::connect(&self.worker, endpoint)?;
+        let stats = self.stats.peer(&peer_address);
+        let endpoint = Endpoint::connect(&self.worker, endpoint).inspect_err(|_| {
+            self.stats.connection_setup(&stats, started, false);
+        })?;
+        stats.set_transport(&endpoint.transports().unwrap_or_default());
+        self.stats.connection_setup(&stats, started, true);
         let conn = Arc::new(UcxConnection {
             local_id,
             peer_id,
@@ -79,6 +88,7 @@ impl CmCore {
             endpoint,
             timeout: self.timeout,
             pending_recvs: Mutex::new(Vec::new()),
+            stats,
         });
         // When the peer fails, cancel this connection's receives so they end now.
         let weak = Arc::downgrade(&conn);
@@ -87,6 +97,9 @@ impl CmCore {
             let weak = weak.clone();
             worker.defer(move |_| {
                 if let Some(c) = weak.upgrade() {
+                    if let Err(e) = c.endpoint.state.check(&c.peer_address) {
+                        c.stats.failed(&e.message);
+                    }
                     for op in c.pending_recvs.lock().drain(..).filter_map(|w| w.upgrade()) {
                         op.cancel_locked();
                     }
@@ -109,9 +122,10 @@ impl ControlHandler for Listener {
         let Some(core) = self.0.upgrade() else {
             return ControlMessage::Refused { reason: "connection manager is shutting down".into() };
         };
+        let started = Instant::now();
         answer_connect(request, core.check_running().is_ok(), |peer_id, endpoint, client_address| {
             let local_id = core.allocate_id();
-            let conn = core.new_connection(local_id, peer_id, client_address.clone(), endpoint)?;
+            let conn = core.new_connection(local_id, peer_id, client_address.clone(), endpoint, started)?;
             core.cache.insert_accepted(client_address, conn);
             Ok((local_id, core.worker.address().to_vec()))
         })
@@ -121,6 +135,7 @@ impl ControlHandler for Listener {
 impl UcxConnectionManager {
     fn connect(&self, address: &str, deadline: Option<Instant>) -> Result<Arc<UcxConnection>> {
         let core = &self.core;
+        let started = Instant::now();
         let addr = net::parse_connection_info(address)?;
         let local_id = core.allocate_id();
         let timeout = deadline.map_or(core.timeout, |d| d.saturating_duration_since(Instant::now()));
@@ -130,13 +145,18 @@ impl UcxConnectionManager {
             endpoint: core.worker.address().to_vec(),
             client_address: own_address,
         };
-        let reply =
-            control::request(addr, &request, timeout).map_err(|e| e.context(&format!("connecting to {address}")))?;
+        let reply = control::request(addr, &request, timeout).map_err(|e| {
+            let peer = core.stats.peer(address);
+            core.stats.connection_setup(&peer, started, false);
+            let e = e.context(&format!("connecting to {address}"));
+            peer.log_failure(crate::core::log::Level::Warn, "connect_failed", e.status, &e.message, Vec::new());
+            e
+        })?;
         let ControlMessage::Accept { server_conn_id, endpoint } = reply else {
             return Err(Error::malformed(format!("unexpected reply from {address}")));
         };
         let peer_id = u32::try_from(server_conn_id).map_err(|_| Error::malformed("peer connection id out of range"))?;
-        core.new_connection(local_id, peer_id, address.to_owned(), &endpoint)
+        core.new_connection(local_id, peer_id, address.to_owned(), &endpoint, started)
     }
 }
 
@@ -178,11 +198,13 @@ impl ConnectionManager for UcxConnectionManager {
             cache: ConnectionCache::default(),
             running: AtomicBool::new(true),
             waiting: Mutex::new(Vec::new()),
+            stats: Scope::new(ScopeKind::ConnectionManager, "UCX", ""),
         });
         let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_UCX_INTERFACE")?;
         let server =
             ControlServer::start(ip, settings.listen_port, Arc::new(Listener(Arc::downgrade(&core))), "kvx-cm-listen")?;
         *core.address.lock() = net::format_connection_info(&server.local_addr());
+        core.stats.set_name(&core.address.lock());
         Ok(UcxConnectionManager { listener: Mutex::new(Some(server)), core })
     }
 
@@ -240,6 +262,10 @@ impl ConnectionManager for UcxConnectionManager {
         for op in waiting {
             op.cancel_locked();
         }
+    }
+
+    fn stats(&self) -> &Arc<Scope> {
+        &self.core.stats
     }
 }
 
@@ -325,5 +351,9 @@ impl Connection for UcxConnection {
 
     fn peer_address(&self) -> String {
         self.peer_address.clone()
+    }
+
+    fn stats(&self) -> &Arc<PeerStats> {
+        &self.stats
     }
 }
