@@ -43,6 +43,15 @@ struct AgentCore {
     timeout: Duration,
     local: Mutex<Registrations<()>>,
     remotes: Mutex<HashMap<String, RemoteAgent>>,
+    /// Live peers invalidated here but kept loaded in NIXL, by name, with the
+    /// descriptor they were loaded from. NIXL 1.5.1's `invalidateRemoteMD`
+    /// keeps the peer's UCX endpoint and its TCP connections (one per
+    /// interface) until the process exits, so every invalidate + reload of a
+    /// live peer would add descriptors for good; reloading the same
+    /// descriptor reuses the connection instead. Different metadata (a
+    /// restarted peer), a peer found gone, or more than `MAX_DORMANT` of them
+    /// make kvxfer invalidate in NIXL after all.
+    dormant: Mutex<HashMap<String, Vec<u8>>>,
     unreachable: Mutex<UnreachableMetadata>,
     /// Where peers fetch this agent's metadata (empty: nowhere), sealed into
     /// the metadata too; set once the listener is up.
@@ -108,8 +117,11 @@ impl AgentCore {
         Ok(any)
     }
 
-    fn drive_transfers(&self) {
+    /// Poll every transfer in flight; whether any of them ended.
+    fn drive_transfers(&self) -> bool {
         let running: Vec<_> = self.inflight.lock().clone();
+        let unsettled = |all: &[Arc<TransferShared>]| all.iter().filter(|t| t.outcome.lock().is_none()).count();
+        let before = unsettled(&running);
         for t in &running {
             t.poll(self);
             if t.orphaned.load(Ordering::Acquire) {
@@ -119,6 +131,7 @@ impl AgentCore {
         self.inflight.lock().retain(|t| {
             t.outcome.lock().is_none() || (t.orphaned.load(Ordering::Acquire) && t.request.lock().is_some())
         });
+        unsettled(&running) < before
     }
 
     fn wake_poller(&self) {
@@ -159,7 +172,57 @@ impl AgentCore {
     /// Forget a peer here and in NIXL; its transfers in flight fail.
     fn drop_peer(&self, name: &str, why: &str) -> Result<()> {
         self.forget(name, why);
+        self.dormant.lock().remove(name);
         self.handle.invalidate(name)
+    }
+
+    /// Forget a peer here; a healthy one loaded from a descriptor stays loaded in NIXL (see `dormant`).
+    fn put_to_sleep(&self, name: &str) -> Result<()> {
+        let removed = self.remotes.lock().get(name).map(|r| (r.failed.is_none(), r.metadata.clone()));
+        let Some((true, Some(descriptor))) = removed else {
+            return self.drop_peer(name, "was invalidated");
+        };
+        self.forget(name, "was invalidated");
+        let evicted = {
+            let mut dormant = self.dormant.lock();
+            let evicted = if dormant.len() >= MAX_DORMANT && !dormant.contains_key(name) {
+                dormant.keys().next().cloned().inspect(|k| {
+                    dormant.remove(k);
+                })
+            } else {
+                None
+            };
+            dormant.insert(name.to_owned(), descriptor);
+            evicted
+        };
+        if let Some(old) = evicted {
+            let _ = self.handle.invalidate(&old);
+        }
+        Ok(())
+    }
+
+    /// A dormant peer of another descriptor, or one that is gone, is invalidated in NIXL now.
+    fn wake_dormant(&self, name: &str, descriptor: &[u8]) -> bool {
+        let mut dormant = self.dormant.lock();
+        match dormant.get(name) {
+            Some(d) if d == descriptor => {
+                dormant.remove(name);
+                true
+            }
+            Some(_) => {
+                dormant.remove(name);
+                drop(dormant);
+                let _ = self.handle.invalidate(name);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn release_dormant(&self, name: &str) {
+        if self.dormant.lock().remove(name).is_some() {
+            let _ = self.handle.invalidate(name);
+        }
     }
 
     /// Connect now, so the first transfer does not pay for it (and a dead peer shows here).
@@ -187,14 +250,14 @@ impl AgentCore {
 }
 
 /// One poller round: collect notifications (driving NIXL's progress too) and reap orphans.
+/// Whether anything happened: the poller stays brisk while things do.
 fn tick(core: &AgentCore) -> bool {
     let drained = core.drain_notifications();
     let failure = drained.as_ref().err().map(|e| format!("NIXL agent {:?}: {e}", core.handle.name));
     core.poll_failure.report(crate::core::log::Level::Warn, failure);
     let got = drained.unwrap_or(false);
-    core.drive_transfers();
-    // Brisk while transfers run: what is left in flight after this round.
-    got || !core.inflight.lock().is_empty()
+    let ended = core.drive_transfers();
+    got || ended
 }
 
 /// Metadata whose agent could not be reached when it was loaded. NIXL 1.5.1
@@ -207,6 +270,9 @@ fn tick(core: &AgentCore) -> bool {
 struct UnreachableMetadata {
     recent: VecDeque<(u64, Instant)>,
 }
+
+/// Invalidated live peers kept loaded in NIXL at most (see `AgentCore::dormant`).
+const MAX_DORMANT: usize = 4096;
 
 const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
 const MAX_UNREACHABLE_REMEMBERED: usize = 1024;
@@ -331,11 +397,17 @@ impl NixlAgent {
         // listener first (also right after a fetch, which the agent may not have outlived).
         if let Some(listener) = opened.listener.and_then(|l| net::parse_connection_info(l).ok()) {
             if control::listener_gone(listener) {
+                self.core.release_dormant(name);
                 self.core.unreachable.lock().record(fingerprint);
                 return Err(Error::peer(format!(
                     "agent {name:?} has exited: its listener {listener} refuses connections"
                 )));
             }
+        }
+        if self.core.wake_dormant(name, descriptor) {
+            // Still loaded in NIXL from the same descriptor: reuse its connection.
+            self.core.remember(name, Some(descriptor.to_vec()), started);
+            return Ok(());
         }
         let loaded = self.core.handle.load_metadata(metadata).inspect_err(|e| {
             // A half-loaded peer blocks later loads of the same name in NIXL: clear it.
@@ -410,6 +482,7 @@ impl TransferAgent for NixlAgent {
             timeout: Duration::from_millis(settings.timeout_ms),
             local: Mutex::new(Registrations::new(crate::cuda::locate_pointer)),
             remotes: Mutex::new(HashMap::new()),
+            dormant: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(UnreachableMetadata::default()),
             connection_info: OnceCell::new(),
             notifications: NotificationQueue::default(),
@@ -526,7 +599,7 @@ impl TransferAgent for NixlAgent {
             None => return Err(Error::not_found(format!("remote agent {name:?} is not loaded"))),
             Some(remote) => remote.stats.invalidated(),
         }
-        self.core.drop_peer(name, "was invalidated")
+        self.core.put_to_sleep(name)
     }
 
     fn check_remote_descs(&self, name: &str, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<bool> {
@@ -723,6 +796,10 @@ impl TransferShared {
     }
 }
 
+/// Bounds of the pause between looks of a transfer wait.
+const WAIT_PAUSE_LEAST: Duration = Duration::from_micros(20);
+const WAIT_PAUSE_MOST: Duration = Duration::from_millis(20);
+
 pub struct NixlTransfer {
     shared: Arc<TransferShared>,
     core: Arc<AgentCore>,
@@ -751,11 +828,15 @@ impl Transfer for NixlTransfer {
                 }
                 return state;
             }
-            // Polling drives NIXL's progress: spin briefly for small transfers, then back off gently.
-            if started.elapsed() < Duration::from_micros(200) {
+            // Polling drives NIXL's progress: spin briefly for small transfers, then pause for
+            // about 1% of the time waited so far, so a transfer stalled on a silent peer costs
+            // a few wake-ups a second.
+            let waited = started.elapsed();
+            if waited < Duration::from_micros(200) {
                 std::thread::yield_now();
             } else {
-                std::thread::sleep(Duration::from_micros(20));
+                let pause = super::poller::pause_after(waited, WAIT_PAUSE_LEAST, WAIT_PAUSE_MOST);
+                std::thread::sleep(pause.min(limit.saturating_duration_since(Instant::now())));
             }
         }
     }
