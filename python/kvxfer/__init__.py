@@ -11,7 +11,10 @@ callers in the same process):
   messaging;
 - :func:`backend_info` / :func:`resolve_backend`: which backend the
   environment selects (``TRTLLM_USE_UCX_KVCACHE`` / ``TRTLLM_USE_NIXL_KVCACHE``)
-  and which native library serves it.
+  and which native library serves it;
+- :func:`stats_snapshot`, ``Agent.stats()``, ``ConnectionManager.stats()``:
+  counters and latency histograms (docs/observability.md);
+  :func:`metrics_address` says where ``KVX_METRICS_ADDR`` serves them.
 
 Failures raise :mod:`kvxfer.errors` exceptions. Every method may be called
 from any thread; blocking calls release the GIL; ``close`` (or leaving a
@@ -36,7 +39,9 @@ from ._native import (  # noqa: E402
     backend_info,
     library_path,
     library_version,
+    metrics_address,
     resolve_backend,
+    stats_snapshot,
 )
 from .errors import *  # noqa: E402,F401,F403
 
@@ -83,6 +88,8 @@ __all__ = [
     "library_dir",
     "library_path",
     "library_version",
+    "metrics_address",
     "package_prefix",
     "resolve_backend",
+    "stats_snapshot",
 ] + errors.__all__

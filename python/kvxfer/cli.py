@@ -8,7 +8,8 @@ import sys
 
 VARIABLES = (
     "TRTLLM_USE_UCX_KVCACHE", "TRTLLM_USE_NIXL_KVCACHE", "KVX_UCX_LIB", "KVX_NIXL_LIB", "NIXL_PLUGIN_DIR",
-    "TRTLLM_NIXL_KVCACHE_BACKEND", "KVX_TIMEOUT_MS", "KVX_LISTEN_IP", "KVX_LOG", "UCX_TLS", "VIRTUAL_ENV",
+    "TRTLLM_NIXL_KVCACHE_BACKEND", "KVX_TIMEOUT_MS", "KVX_LISTEN_IP", "KVX_LOG", "KVX_LOG_FORMAT", "KVX_STATS",
+    "KVX_METRICS_ADDR", "UCX_TLS", "VIRTUAL_ENV",
 )
 
 
@@ -34,7 +35,31 @@ def _gpu():
         return "no (libcuda.so.1 not found)"
 
 
-def cmd_info(_args):
+def _print_stats(address):
+    """Counters of a running process that serves KVX_METRICS_ADDR, or of this one."""
+    import json
+    import urllib.request
+
+    import kvxfer
+
+    if address:
+        with urllib.request.urlopen(f"http://{address}/stats", timeout=5) as reply:
+            snapshot = json.load(reply)
+        print(f"counters of the process serving {address}:")
+    else:
+        snapshot = kvxfer.stats_snapshot()
+        print("counters of this process (give IP:PORT, a process's KVX_METRICS_ADDR, for another's):")
+    print(json.dumps(snapshot, indent=2, sort_keys=True))
+
+
+def cmd_info(args):
+    if args.stats is not None:
+        try:
+            _print_stats(args.stats or os.environ.get("KVX_METRICS_ADDR", ""))
+        except OSError as e:
+            print(f"kvxfer info --stats: {e}", file=sys.stderr)
+            return 1
+        return 0
     import kvxfer
     from kvxfer import _wheels
 
@@ -91,7 +116,10 @@ def main(argv=None):
                         help="print the prefix for CMAKE_PREFIX_PATH (kvxferConfig.cmake, kvxfer.pc)")
     parser.add_argument("--version", action="store_true", help="print kvxfer's version")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("info", help="backend the environment selects, libraries found, variables, GPU")
+    info = sub.add_parser("info", help="backend the environment selects, libraries found, variables, GPU")
+    info.add_argument("--stats", nargs="?", const="", metavar="IP:PORT",
+                      help="print counters: of the process serving IP:PORT (its KVX_METRICS_ADDR; default: "
+                      "this environment's KVX_METRICS_ADDR), else of this process")
     demo = sub.add_parser("demo", help="two-process host-memory WRITE/READ demo")
     demo.add_argument("--size", type=int, default=64 << 20, help="bytes per transfer (default 64 MiB)")
     demo.add_argument("--iters", type=int, default=4)

@@ -262,6 +262,14 @@ impl Agent {
         Ok(PyBytes::new(py, &d))
     }
 
+    /// This agent's counters and latency histograms, per agent and per peer, as a
+    /// dict (kvxfer's JSON snapshot; docs/observability.md lists the fields).
+    fn stats(&self, py: Python<'_>) -> PyResult<PyObject> {
+        let h = self.handle.clone();
+        let text = py.allow_threads(|| h.stats()).or_raise(py)?;
+        json_loads(py, &text)
+    }
+
     /// This agent's listener address "ip:port" ("" without a listener).
     fn connection_info(&self, py: Python<'_>) -> PyResult<String> {
         let h = self.handle.clone();
@@ -517,6 +525,13 @@ impl ConnectionManager {
         Ok(handles::backend_name(self.handle.backend().or_raise(py)?))
     }
 
+    /// This manager's counters, per manager and per peer address, as a dict.
+    fn stats(&self, py: Python<'_>) -> PyResult<PyObject> {
+        let h = self.handle.clone();
+        let text = py.allow_threads(|| h.stats()).or_raise(py)?;
+        json_loads(py, &text)
+    }
+
     /// This manager's "ip:port", what peers pass to `get_connections`.
     #[getter]
     fn address(&self, py: Python<'_>) -> PyResult<String> {
@@ -701,6 +716,24 @@ pub fn backend_info(py: Python<'_>, backend: &str) -> PyResult<HashMap<&'static 
         ("library_path", info.library_path),
         ("library_version", info.library_version),
     ]))
+}
+
+/// Every agent's and manager's counters in this process, as a dict.
+#[pyfunction]
+pub fn stats_snapshot(py: Python<'_>) -> PyResult<PyObject> {
+    let text = handles::stats_snapshot().or_raise(py)?;
+    json_loads(py, &text)
+}
+
+/// "ip:port" of this process's metrics endpoint (KVX_METRICS_ADDR), "" when off.
+#[pyfunction]
+pub fn metrics_address(py: Python<'_>) -> PyResult<String> {
+    handles::metrics_address().or_raise(py)
+}
+
+/// kvxfer's snapshots are JSON documents; the standard library parses them.
+fn json_loads(py: Python<'_>, text: &str) -> PyResult<PyObject> {
+    Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
 }
 
 /// kvxfer's version, as the loaded libkvxfer reports it.

@@ -102,6 +102,18 @@ pub struct BackendInfo {
     pub library_version: String,
 }
 
+/// Every agent's and manager's counters in this process, as JSON text.
+pub fn stats_snapshot() -> KvxResult<String> {
+    // SAFETY: plain out-struct.
+    bytes_call(|out| unsafe { kvx_stats_snapshot(out) }).map(text)
+}
+
+/// Where this process serves its metrics ("" when KVX_METRICS_ADDR is unset).
+pub fn metrics_address() -> KvxResult<String> {
+    // SAFETY: plain out-struct.
+    bytes_call(|out| unsafe { kvx_metrics_address(out) }).map(text)
+}
+
 pub fn backend_info(requested: u32) -> KvxResult<BackendInfo> {
     let mut info = kvx_backend_info {
         struct_size: std::mem::size_of::<kvx_backend_info>(),
@@ -224,6 +236,12 @@ impl AgentHandle {
     pub fn local_desc(&self) -> KvxResult<Vec<u8>> {
         // SAFETY: valid agent and out-struct.
         self.with(|a| bytes_call(|out| unsafe { kvx_agent_get_local_desc(a, out) }))
+    }
+
+    /// The agent's counters, as kvxfer's JSON snapshot text.
+    pub fn stats(&self) -> KvxResult<String> {
+        // SAFETY: valid agent and out-struct.
+        self.with(|a| bytes_call(|out| unsafe { kvx_agent_stats(a, out) }).map(text))
     }
 
     pub fn connection_info(&self) -> KvxResult<String> {
@@ -459,6 +477,12 @@ impl CmHandle {
             check(unsafe { kvx_cm_backend(cm, &mut b) })?;
             Ok(b)
         })
+    }
+
+    /// The manager's counters, as kvxfer's JSON snapshot text.
+    pub fn stats(&self) -> KvxResult<String> {
+        // SAFETY: valid manager and out-struct.
+        self.with(|cm| bytes_call(|out| unsafe { kvx_cm_stats(cm, out) }).map(text))
     }
 
     pub fn local_address(&self) -> KvxResult<String> {

@@ -40,6 +40,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<api::Connection>()?;
     m.add_function(wrap_pyfunction!(api::resolve_backend, m)?)?;
     m.add_function(wrap_pyfunction!(api::backend_info, m)?)?;
+    m.add_function(wrap_pyfunction!(api::stats_snapshot, m)?)?;
+    m.add_function(wrap_pyfunction!(api::metrics_address, m)?)?;
     m.add_function(wrap_pyfunction!(api::library_version, m)?)?;
     m.add_function(wrap_pyfunction!(api::library_path, m)?)?;
     Ok(())

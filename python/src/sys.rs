@@ -178,6 +178,10 @@ extern "C" {
     pub fn kvx_cm_destroy(cm: *mut kvx_cm);
     pub fn kvx_cm_backend(cm: *const kvx_cm, out_backend: *mut u32) -> kvx_status;
     pub fn kvx_cm_get_local_address(cm: *const kvx_cm, out: *mut kvx_bytes) -> kvx_status;
+    pub fn kvx_cm_stats(cm: *const kvx_cm, out: *mut kvx_bytes) -> kvx_status;
+    pub fn kvx_agent_stats(agent: *const kvx_agent, out: *mut kvx_bytes) -> kvx_status;
+    pub fn kvx_stats_snapshot(out: *mut kvx_bytes) -> kvx_status;
+    pub fn kvx_metrics_address(out: *mut kvx_bytes) -> kvx_status;
     pub fn kvx_cm_get_connections(
         cm: *mut kvx_cm,
         addresses: *const *const c_char,

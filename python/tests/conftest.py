@@ -23,9 +23,9 @@ def digest(buf):
 class Peer:
     """A peer.py process; `ask` sends one command and returns its JSON answer."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, env=None):
         self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "peer.py"), *map(str, args)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.hello = self._read()
 
     def _read(self):
