@@ -335,6 +335,14 @@ pub fn open_nixl_metadata(bytes: &[u8], accept_stock: bool) -> Result<OpenedNixl
     Ok(OpenedNixlMetadata { metadata: bytes, listener: None })
 }
 
+/// True for bytes that look like NIXL metadata from a stock NIXL agent
+/// (NIXL's framing, no kvxfer trailer): what `KVX_NIXL_STOCK_PEERS=1` admits
+/// without authentication.
+pub fn is_stock_nixl_metadata(bytes: &[u8]) -> bool {
+    let sealed = bytes.len() >= NIXL_TRAILER_LEN && bytes[bytes.len() - NIXL_TRAILER_LEN..][..4] == *NIXL_TRAILER_MAGIC;
+    !sealed && bytes.starts_with(NIXL_METADATA_HEADER) && bytes.last() == Some(&b'|')
+}
+
 /// Control-channel messages (TCP, one request and one reply per connection).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlMessage {

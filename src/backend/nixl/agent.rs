@@ -8,6 +8,7 @@
 use super::handle::{NixlHandle, NixlOptions};
 use super::poller::{Poller, Waker};
 use super::sys::*;
+use crate::core::auth::PeerAuth;
 use crate::core::coalesce::coalesce;
 use crate::core::control::{self, ControlServer};
 use crate::core::descriptor_service::{self, DescribedAgent};
@@ -50,6 +51,7 @@ struct AgentCore {
     /// handle was destroyed while they ran.
     inflight: Mutex<Vec<Arc<TransferShared>>>,
     waker: Arc<Waker>,
+    auth: PeerAuth,
 }
 
 pub struct NixlAgent {
@@ -77,10 +79,11 @@ impl DescribedAgent for AgentCore {
         &self.handle.name
     }
     fn describe(&self) -> Result<Vec<u8>> {
-        Ok(wire::seal_nixl_metadata(
+        let metadata = wire::seal_nixl_metadata(
             self.handle.local_metadata()?,
             self.connection_info.get().map_or("", String::as_str),
-        ))
+        );
+        Ok(descriptor_service::seal(&self.auth, metadata))
     }
 }
 
@@ -275,12 +278,29 @@ fn create_with_nixl_listener(settings: &AgentSettings) -> Result<(NixlHandle, St
 }
 
 impl NixlAgent {
+    /// A peer's metadata once its MAC is verified. Stock NIXL agents cannot
+    /// authenticate: with `KVX_NIXL_STOCK_PEERS=1` their (unsealed) metadata
+    /// passes, but kvxfer's own metadata without a valid MAC never does.
+    fn authenticated<'a>(&self, name: &str, bytes: &'a [u8]) -> Result<&'a [u8]> {
+        match descriptor_service::open(&self.core.auth, name, bytes) {
+            Err(e) if e.status == kvx_status::KVX_ERR_AUTH && stock_peers() && wire::is_stock_nixl_metadata(bytes) => {
+                crate::log_at!(
+                    Debug,
+                    "loading stock NIXL metadata of {name:?} unauthenticated (KVX_NIXL_STOCK_PEERS=1)"
+                );
+                Ok(bytes)
+            }
+            other => other,
+        }
+    }
+
     /// Load a peer's (sealed) metadata. `just_fetched`: it came from the peer's
     /// listener a moment ago, so the peer was alive and the metadata is current.
     fn load_descriptor(&self, name: &str, descriptor: &[u8], just_fetched: bool) -> Result<()> {
         if name == self.core.handle.name {
             return Ok(()); // NIXL serves loop-back transfers without loading itself.
         }
+        let descriptor = self.authenticated(name, descriptor)?;
         let known =
             self.core.remotes.lock().get(name).map(|r| r.failed.is_none() && r.metadata.as_deref() == Some(descriptor));
         match known {
@@ -367,6 +387,17 @@ impl TransferAgent for NixlAgent {
     type Transfer = NixlTransfer;
 
     fn create(settings: &AgentSettings) -> Result<Self> {
+        if stock_peers() {
+            crate::log_at!(
+                Warn,
+                "KVX_NIXL_STOCK_PEERS=1: agent {:?} accepts metadata from stock NIXL agents, which cannot be \
+                 authenticated{}, and serves and fetches metadata through NIXL's own listener, which kvxfer cannot \
+                 authenticate or restrict (KVX_ALLOWED_PEERS does not apply to it). Only kvxfer framing checks stand \
+                 between a peer's bytes and NIXL",
+                settings.name,
+                if settings.auth.is_enabled() { " even though KVX_AUTH_KEY is set" } else { "" }
+            );
+        }
         let (handle, nixl_listener) = if stock_peers() {
             let (handle, connection_info) = create_with_nixl_listener(settings)?;
             (handle, Some(connection_info))
@@ -385,6 +416,7 @@ impl TransferAgent for NixlAgent {
             notifications: NotificationQueue::default(),
             inflight: Mutex::new(Vec::new()),
             waker: Arc::new(Waker::default()),
+            auth: settings.auth.clone(),
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
         let (metadata_server, connection_info) = match &nixl_listener {
@@ -459,8 +491,12 @@ impl TransferAgent for NixlAgent {
         }
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.core.timeout);
         if !self.nixl_listener {
-            let descriptor =
-                descriptor_service::fetch(name, connection_info, deadline.saturating_duration_since(Instant::now()))?;
+            let descriptor = descriptor_service::fetch(
+                name,
+                connection_info,
+                &self.core.auth,
+                deadline.saturating_duration_since(Instant::now()),
+            )?;
             return self.load_descriptor(name, &descriptor, true);
         }
         if known == Some(false) {

@@ -10,6 +10,7 @@
 
 use super::handle::{NixlHandle, NixlOptions};
 use super::poller::{Poller, Waker};
+use crate::core::auth::PeerAuth;
 use crate::core::connections::{answer_connect, ConnectionCache};
 use crate::core::control::{self, ControlHandler, ControlServer};
 use crate::core::error::{kvx_status, Error, Result};
@@ -96,6 +97,7 @@ struct CmCore {
     last_send_ms: AtomicU64,
     epoch: Instant,
     waker: Arc<Waker>,
+    auth: PeerAuth,
 }
 
 pub struct NixlConnectionManager {
@@ -236,8 +238,8 @@ impl NixlConnectionManager {
             endpoint: core.handle.local_metadata()?,
             client_address: core.address.lock().clone(),
         };
-        let reply =
-            control::request(addr, &request, timeout).map_err(|e| e.context(&format!("connecting to {address}")))?;
+        let reply = control::request(addr, &request, &core.auth, timeout)
+            .map_err(|e| e.context(&format!("connecting to {address}")))?;
         let ControlMessage::Accept { server_conn_id, endpoint } = reply else {
             return Err(Error::malformed(format!("unexpected reply from {address}")));
         };
@@ -264,11 +266,17 @@ impl ConnectionManager for NixlConnectionManager {
             last_send_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             waker: Arc::new(Waker::default()),
+            auth: settings.auth.clone(),
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
         let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_NIXL_INTERFACE")?;
-        let server =
-            ControlServer::start(ip, settings.listen_port, Arc::new(Listener(Arc::downgrade(&core))), "kvx-cm-listen")?;
+        let server = ControlServer::start(
+            ip,
+            settings.listen_port,
+            Arc::new(Listener(Arc::downgrade(&core))),
+            settings.auth.clone(),
+            "kvx-cm-listen",
+        )?;
         *core.address.lock() = net::format_connection_info(&server.local_addr());
         Ok(NixlConnectionManager { listener: Mutex::new(Some(server)), poller: Some(poller), core })
     }

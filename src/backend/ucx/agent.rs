@@ -6,6 +6,7 @@
 use super::ops::Op;
 use super::sys::*;
 use super::worker::{ucx_error, Endpoint, Worker, WorkerOwner};
+use crate::core::auth::PeerAuth;
 use crate::core::coalesce;
 use crate::core::completion::Completion;
 use crate::core::control::ControlServer;
@@ -77,6 +78,7 @@ struct AgentCore {
     local: Mutex<Registrations<LocalRegion>>,
     remotes: RwLock<HashMap<String, Arc<RemoteAgent>>>,
     notifications: Arc<NotificationQueue>,
+    auth: PeerAuth,
 }
 
 unsafe impl Send for AgentCore {}
@@ -238,7 +240,7 @@ impl DescribedAgent for AgentCore {
         &self.name
     }
     fn describe(&self) -> Result<Vec<u8>> {
-        Ok(self.descriptor().encode())
+        Ok(descriptor_service::seal(&self.auth, self.descriptor().encode()))
     }
 }
 
@@ -442,6 +444,7 @@ impl TransferAgent for UcxAgent {
             local: Mutex::new(Registrations::new(crate::cuda::locate_pointer)),
             remotes: RwLock::new(HashMap::new()),
             notifications,
+            auth: settings.auth.clone(),
         });
         let listener = descriptor_service::serve(settings, &core)?;
         Ok(UcxAgent { listener, core })
@@ -481,7 +484,7 @@ impl TransferAgent for UcxAgent {
     }
 
     fn local_descriptor(&self) -> Result<Vec<u8>> {
-        Ok(self.core.descriptor().encode())
+        self.core.describe()
     }
 
     fn connection_info(&self) -> Result<String> {
@@ -489,7 +492,7 @@ impl TransferAgent for UcxAgent {
     }
 
     fn load_remote(&self, name: &str, descriptor: &[u8]) -> Result<()> {
-        self.core.load(name, descriptor)
+        self.core.load(name, descriptor_service::open(&self.core.auth, name, descriptor)?)
     }
 
     fn load_remote_by_connection_info(
@@ -499,7 +502,8 @@ impl TransferAgent for UcxAgent {
         deadline: Option<Instant>,
     ) -> Result<()> {
         let timeout = deadline.map_or(self.core.timeout, |d| d.saturating_duration_since(Instant::now()));
-        self.core.load(name, &descriptor_service::fetch(name, connection_info, timeout)?)
+        let sealed = descriptor_service::fetch(name, connection_info, &self.core.auth, timeout)?;
+        self.core.load(name, descriptor_service::open(&self.core.auth, name, &sealed)?)
     }
 
     fn invalidate_remote(&self, name: &str) -> Result<()> {

@@ -9,6 +9,7 @@
 
 use super::ops::Op;
 use super::worker::{Endpoint, Worker, WorkerOwner};
+use crate::core::auth::PeerAuth;
 use crate::core::connections::{answer_connect, ConnectionCache};
 use crate::core::control::{self, ControlHandler, ControlServer};
 use crate::core::error::{kvx_status, Error, Result};
@@ -49,6 +50,7 @@ struct CmCore {
     running: AtomicBool,
     /// `recv_connect` calls in flight, cancelled by shutdown.
     waiting: Mutex<Vec<Weak<Op>>>,
+    auth: PeerAuth,
 }
 
 pub struct UcxConnectionManager {
@@ -130,8 +132,8 @@ impl UcxConnectionManager {
             endpoint: core.worker.address().to_vec(),
             client_address: own_address,
         };
-        let reply =
-            control::request(addr, &request, timeout).map_err(|e| e.context(&format!("connecting to {address}")))?;
+        let reply = control::request(addr, &request, &core.auth, timeout)
+            .map_err(|e| e.context(&format!("connecting to {address}")))?;
         let ControlMessage::Accept { server_conn_id, endpoint } = reply else {
             return Err(Error::malformed(format!("unexpected reply from {address}")));
         };
@@ -178,10 +180,16 @@ impl ConnectionManager for UcxConnectionManager {
             cache: ConnectionCache::default(),
             running: AtomicBool::new(true),
             waiting: Mutex::new(Vec::new()),
+            auth: settings.auth.clone(),
         });
         let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_UCX_INTERFACE")?;
-        let server =
-            ControlServer::start(ip, settings.listen_port, Arc::new(Listener(Arc::downgrade(&core))), "kvx-cm-listen")?;
+        let server = ControlServer::start(
+            ip,
+            settings.listen_port,
+            Arc::new(Listener(Arc::downgrade(&core))),
+            settings.auth.clone(),
+            "kvx-cm-listen",
+        )?;
         *core.address.lock() = net::format_connection_info(&server.local_addr());
         Ok(UcxConnectionManager { listener: Mutex::new(Some(server)), core })
     }
