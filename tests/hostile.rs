@@ -470,6 +470,29 @@ fn forged_descriptors_with_a_valid_mac_are_counted() {
     }
 }
 
+/// Today's trust model, for comparison: an agent without a secret loading
+/// the same forgeries (valid checksum) hands them to the transport. Counted
+/// by `scripts/stress/hostile.sh`; crashes here are what the secret prevents.
+#[test]
+#[ignore = "measurement for scripts/stress/hostile.sh: crashes are expected"]
+fn forged_descriptors_against_agents_without_a_key_are_counted() {
+    for backend in backends() {
+        for tls in transports() {
+            let v = victim(backend, None, tls);
+            let forged = forgeries(backend, &v.descriptor, cases());
+            let commands: Vec<String> = forged.iter().map(|(_, b)| format!("desc {} {}", hex(b), v.buffer)).collect();
+            let mut tally = Tally::default();
+            run_cases("loader", backend, None, tls, &commands, &mut tally);
+            tally.print(&format!(
+                "{} {} forged, valid checksum, agent without a key",
+                backend_name(backend),
+                tls_name(tls)
+            ));
+            assert_eq!(tally.hangs, 0, "a forged descriptor must never hang an agent");
+        }
+    }
+}
+
 #[test]
 fn peers_without_the_key_or_with_another_are_refused_both_ways() {
     for backend in backends() {
