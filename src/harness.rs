@@ -351,6 +351,9 @@ impl Cm {
         }
         Ok(out.into_iter().map(Conn).collect())
     }
+    pub fn shutdown(&self) {
+        unsafe { ok(kvx_cm_shutdown(self.raw)) };
+    }
     pub fn recv_connect(&self, tag: u32, buf: &mut [u8], ms: i64) -> Result<Conn, (kvx_status, String)> {
         let mut out = std::ptr::null();
         let st = unsafe { kvx_cm_recv_connect(self.raw, tag, buf.as_mut_ptr() as *mut _, buf.len(), ms, &mut out) };

@@ -395,6 +395,8 @@ impl Connection for NixlConnection {
     }
 
     fn send(&self, tag: u32, data: &[u8], _deadline: Option<Instant>) -> Result<()> {
+        let core = self.core()?;
+        core.check_running()?;
         self.check_alive()?;
         if data.len() > MAX_MESSAGE {
             return Err(Error::invalid(format!(
@@ -402,7 +404,6 @@ impl Connection for NixlConnection {
                 data.len()
             )));
         }
-        let core = self.core()?;
         // Notifications carry host bytes: a device buffer is staged through the host first.
         let staged;
         let data = if crate::cuda::pointer_location(data.as_ptr() as u64).0
@@ -424,9 +425,10 @@ impl Connection for NixlConnection {
     }
 
     fn recv(&self, tag: u32, data: &mut [u8], deadline: Option<Instant>) -> Result<()> {
-        self.check_alive()?;
         let core = self.core()?;
-        let alive = || self.check_alive().and_then(|()| self.probe_peer());
+        core.check_running()?;
+        self.check_alive()?;
+        let alive = || core.check_running().and_then(|()| self.check_alive()).and_then(|()| self.probe_peer());
         let message =
             core.take(deadline, alive, |m| m.conn_id == self.local_id && m.tag == tag && m.sender == self.peer_name);
         let message = message.map_err(|e| {
