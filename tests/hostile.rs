@@ -92,6 +92,8 @@ fn cases() -> usize {
 }
 
 fn child_command(role: &str, backend: u32, key: Option<&[u8]>, tls: Option<&str>) -> Command {
+    let stock = role.ends_with("-stock");
+    let role = role.trim_end_matches("-stock");
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["hostile_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env("KVX_HOSTILE_ROLE", role)
@@ -99,7 +101,7 @@ fn child_command(role: &str, backend: u32, key: Option<&[u8]>, tls: Option<&str>
         .env("KVX_HOSTILE_KEY", key.map(hex).unwrap_or_default())
         .env_remove("KVX_AUTH_KEY")
         .env_remove("KVX_AUTH_KEY_FILE")
-        .env_remove("KVX_NIXL_STOCK_PEERS")
+        .env("KVX_NIXL_STOCK_PEERS", if stock { "1" } else { "0" })
         .env("KVX_LOG", "error");
     match tls {
         Some(tls) => cmd.env("UCX_TLS", tls),
@@ -491,6 +493,42 @@ fn forged_descriptors_against_agents_without_a_key_are_counted() {
             assert_eq!(tally.hangs, 0, "a forged descriptor must never hang an agent");
         }
     }
+}
+
+/// `KVX_NIXL_STOCK_PEERS=1` cannot authenticate stock NIXL metadata: kvxfer
+/// walks its framing instead. Every byte of a stock blob flipped in turn, fed
+/// to a keyed agent in stock mode: no crash, no hang.
+#[test]
+fn corrupted_stock_nixl_metadata_is_refused_or_survived() {
+    if !backends().contains(&NIXL) {
+        return;
+    }
+    let v = victim(NIXL, Some(KEY), None);
+    let stock = wire::open_nixl_metadata(PeerAuth::unverified_payload(&v.descriptor), false).unwrap().metadata.to_vec();
+    let step = (stock.len() / (cases() * 4)).max(1);
+    // Flipped, and set to values that make lengths, counts and types huge.
+    let mutations: Vec<(usize, u8)> = (0..stock.len())
+        .step_by(step)
+        .flat_map(|i| [stock[i] ^ 0xff, 0x7f].map(|b| (i, b)))
+        .filter(|&(i, b)| stock[i] != b)
+        .collect();
+    let commands: Vec<String> = mutations
+        .iter()
+        .map(|&(i, b)| {
+            let mut bad = stock.clone();
+            bad[i] = b;
+            format!("desc {} {}", hex(&bad), v.buffer)
+        })
+        .collect();
+    let mut tally = Tally::default();
+    let outcomes = run_cases("loader-stock", NIXL, Some(KEY), None, &commands, &mut tally);
+    for (&(i, b), outcome) in mutations.iter().zip(&outcomes) {
+        if !matches!(outcome, Outcome::Answered(_)) {
+            println!("byte {i} of {} set to {b:#04x}: {outcome:?}", stock.len());
+        }
+    }
+    tally.print("nixl stock metadata with a corrupted byte, agent in stock mode");
+    assert!(tally.crashes.is_empty() && tally.hangs == 0, "crashes {:?}, hangs {}", tally.crashes, tally.hangs);
 }
 
 #[test]
