@@ -366,6 +366,11 @@ fn forgeries(backend: u32, genuine: &[u8], n: usize) -> Vec<(String, Vec<u8>)> {
         let mut d = desc.clone();
         d.endpoint = (0..addr_len).map(|_| rng.next_u64() as u8).collect();
         out.push(("made-up worker address".into(), d.encode()));
+        // The region list widened over the guard pages around the victim's buffer.
+        let mut d = desc.clone();
+        d.regions[0].addr -= 4096;
+        d.regions[0].len += 8192;
+        out.push(("region widened over the guard pages".into(), d.encode()));
     } else {
         let opened = wire::open_nixl_metadata(payload, false).unwrap();
         let (metadata, listener) = (opened.metadata.to_vec(), opened.listener.unwrap_or("").to_owned());
@@ -376,6 +381,14 @@ fn forgeries(backend: u32, genuine: &[u8], n: usize) -> Vec<(String, Vec<u8>)> {
             m[at] ^= 0xff;
             out.push((format!("metadata byte {at}"), wire::seal_nixl_metadata(m, &listener)));
         }
+        // The region (the last entry: address, length, ...) widened over the guard pages.
+        let mut m = metadata.clone();
+        let entry = m.len() - 36;
+        let addr = u64::from_le_bytes(m[entry..entry + 8].try_into().unwrap()) - 4096;
+        let len = u64::from_le_bytes(m[entry + 8..entry + 16].try_into().unwrap()) + 8192;
+        m[entry..entry + 8].copy_from_slice(&addr.to_le_bytes());
+        m[entry + 8..entry + 16].copy_from_slice(&len.to_le_bytes());
+        out.push(("region widened over the guard pages".into(), wire::seal_nixl_metadata(m, &listener)));
     }
     for i in 0..n / 4 {
         let len = 16 + rng.below(600) as usize;
@@ -430,6 +443,10 @@ fn forged_descriptors_without_the_key_never_reach_the_transport() {
                     }
                 }
             }
+            // The victim, its guard pages untouched, still answers.
+            let mut v = v;
+            let outcome = v.child.ask(&format!("connect {} 5000", v.cm_address));
+            assert!(matches!(&outcome, Outcome::Answered(_)), "victim after the forgeries: {outcome:?}");
             // The genuine descriptor still loads, and reads what the victim registered.
             let mut tally = Tally::default();
             let outcomes = run_cases(

@@ -254,6 +254,11 @@ pub unsafe fn transfer_request<'a>(req: &'a kvx_transfer_request) -> Result<Tran
     let local = slice(req.src_descs, req.count);
     let remote = slice(req.dst_descs, req.count);
     for (i, (l, r)) in local.iter().zip(remote).enumerate() {
+        // Transports treat an empty range differently (UCX posts nothing, NIXL may
+        // fail the whole request): refuse it the same way on both.
+        if l.len == 0 || r.len == 0 {
+            return Err(Error::invalid(format!("descriptor {i} has length 0 (empty ranges are refused)")));
+        }
         if l.len != r.len {
             return Err(Error::invalid(format!(
                 "descriptor {i}: local length {} differs from remote length {}",
