@@ -80,6 +80,9 @@ fn bad_values_from_c_are_refused() {
     ok(agent.load("validate", &agent.desc()));
     let (st, msg) = agent.submit(WRITE, &d, &descs_of(&[&other]), "validate", None).err().unwrap();
     assert_eq!(st, KVX_ERR_INVALID_ARGUMENT, "{msg}");
+    // And requests without descriptors.
+    let (st, msg) = agent.submit(WRITE, &[], &[], "validate", Some(b"note")).err().unwrap();
+    assert_eq!(st, KVX_ERR_INVALID_ARGUMENT, "{msg}");
     // So are empty ranges, inside registered memory or not, on every backend.
     let empty = [kvxfer::core::memory::kvx_memory_desc { len: 0, ..d[0] }];
     for op in [READ, WRITE] {

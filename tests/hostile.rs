@@ -486,6 +486,8 @@ fn forged_descriptors_with_a_valid_mac_are_counted() {
         tally.print(&format!("{} {} forged with a valid MAC (insider)", backend_name(backend), tls_name(tls)));
         assert_eq!(tally.cases, commands.len());
         assert_eq!(tally.hangs, 0, "a forged descriptor must never hang an agent");
+        // The victim lives throughout: what fails to load is malformed, never a dead peer.
+        assert_eq!(tally.count(KVX_ERR_PEER), 0, "{:?}", tally.statuses);
     }
 }
 

@@ -248,8 +248,12 @@ pub unsafe fn cm_settings(cfg: &kvx_cm_config) -> Result<ConnectionManagerSettin
 /// The pointers in `req` must be valid for `count` descriptors and the message length.
 pub unsafe fn transfer_request<'a>(req: &'a kvx_transfer_request) -> Result<TransferRequest<'a>> {
     let remote_name = text(req.remote_name, "remote_name")?;
-    if req.count > 0 && (req.src_descs.is_null() || req.dst_descs.is_null()) {
-        return Err(Error::invalid("descriptor list is NULL but count > 0"));
+    // NIXL cannot post a request without descriptors; refuse it the same way on every backend.
+    if req.count == 0 {
+        return Err(Error::invalid("the request has no descriptors (send a message alone with kvx_agent_notify)"));
+    }
+    if req.src_descs.is_null() || req.dst_descs.is_null() {
+        return Err(Error::invalid("a descriptor list is NULL"));
     }
     let local = slice(req.src_descs, req.count);
     let remote = slice(req.dst_descs, req.count);

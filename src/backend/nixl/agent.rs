@@ -320,7 +320,8 @@ impl NixlAgent {
         }
         // Loading an exited agent's metadata costs a socket inside NIXL: ask its
         // listener first (also right after a fetch, which the agent may not have outlived).
-        if let Some(listener) = opened.listener.and_then(|l| net::parse_connection_info(l).ok()) {
+        let listener = opened.listener.and_then(|l| net::parse_connection_info(l).ok());
+        if let Some(listener) = listener {
             if control::listener_gone(listener) {
                 self.core.unreachable.lock().record(fingerprint);
                 return Err(Error::peer(format!(
@@ -328,7 +329,15 @@ impl NixlAgent {
                 )));
             }
         }
-        let loaded = self.core.handle.load_metadata(metadata).inspect_err(|e| {
+        let loaded = self.core.handle.load_metadata(metadata).map_err(|e| {
+            // The peer's listener answered just now: it lives, so what NIXL could not use is its metadata.
+            if e.status == kvx_status::KVX_ERR_PEER && listener.is_some() {
+                Error::malformed(format!("{} (agent {name:?} is alive: its metadata is malformed)", e.message))
+            } else {
+                e
+            }
+        });
+        let loaded = loaded.inspect_err(|e| {
             // A half-loaded peer blocks later loads of the same name in NIXL: clear it.
             let _ = self.core.handle.invalidate(name);
             if e.status == kvx_status::KVX_ERR_PEER {
