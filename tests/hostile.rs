@@ -235,6 +235,7 @@ fn hostile_child() {
     ok(agent.register_descs(DRAM, &buffer));
     println!("READY {} {} {} {}", agent.conn_info(), cm.address(), hex(&agent.desc()), buffer[0].addr);
     std::io::stdout().flush().unwrap();
+    let mut notes = 0;
     for line in std::io::stdin().lock().lines() {
         let line = line.unwrap();
         let w: Vec<&str> = line.split_whitespace().collect();
@@ -251,6 +252,7 @@ fn hostile_child() {
                         Ok(x) => format!("{:?}", x.wait(3_000)),
                         Err((st, _)) => format!("{st:?}"),
                     };
+                    read = format!("{read} {:?}", agent.notify("victim", b"loaded"));
                     let _ = agent.invalidate("victim");
                 }
                 format!("{st:?} {read} {}", last_error().replace(' ', "_"))
@@ -262,6 +264,11 @@ fn hostile_child() {
                     let _ = agent.invalidate(w[1]);
                 }
                 format!("{st:?} {why}")
+            }
+            // How many notifications arrived here so far.
+            Some("notes") => {
+                notes += agent.notifications().len();
+                format!("KVX_OK {notes}")
             }
             Some("connect") => match cm.try_connect(&[w[1].to_string()], w[2].parse().unwrap()) {
                 Ok(_) => "KVX_OK".to_string(),
@@ -467,8 +474,10 @@ fn forged_descriptors_without_the_key_never_reach_the_transport() {
 }
 
 /// What an insider holding the secret can still do: forgeries with a valid
-/// MAC reach the transport's own parsers. Counted, not asserted: these are
-/// the fields only UCX or NIXL can judge (docs/security.md).
+/// MAC reach the transport's own parsers. Crashes are counted, not asserted:
+/// these are the fields only UCX or NIXL can judge (docs/security.md). After
+/// every forgery that was refused or failed, the real peer must load again
+/// and move data (NIXL keeps some names it failed to load poisoned).
 #[test]
 fn forged_descriptors_with_a_valid_mac_are_counted() {
     for backend in backends() {
@@ -482,8 +491,33 @@ fn forged_descriptors_with_a_valid_mac_are_counted() {
             })
             .collect();
         let mut tally = Tally::default();
-        run_cases("loader", backend, Some(KEY), tls, &commands, &mut tally);
+        let mut loader = Peer::start("loader", backend, Some(KEY), tls);
+        let genuine = format!("desc {} {}", hex(&v.descriptor), v.buffer);
+        let mut poisoned = Vec::new();
+        for (command, (what, _)) in commands.iter().zip(&forged) {
+            let outcome = loader.ask(command);
+            tally.record(&outcome);
+            if !matches!(outcome, Outcome::Answered(_)) {
+                loader = Peer::start("loader", backend, Some(KEY), tls);
+                continue;
+            }
+            // After any refused or failed load, the real peer loads again.
+            match loader.ask(&genuine) {
+                Outcome::Answered(w) if w[0] == "KVX_OK" && w[1] == format!("{KVX_TRANSFER_SUCCESS:?}") => {}
+                other => poisoned.push(format!("{what}: {other:?}")),
+            }
+        }
         tally.print(&format!("{} {} forged with a valid MAC (insider)", backend_name(backend), tls_name(tls)));
+        println!("HOSTILE {} genuine load after a forged one failed {} times", backend_name(backend), poisoned.len());
+        assert!(poisoned.is_empty(), "{poisoned:#?}");
+        // Every genuine load ended with a notification, which reached the victim.
+        let mut v = v;
+        std::thread::sleep(Duration::from_millis(500));
+        let expected = tally.cases - tally.crashes.len() - tally.hangs;
+        match v.child.ask("notes") {
+            Outcome::Answered(w) => assert!(w[1].parse::<usize>().unwrap() >= expected, "{w:?}, expected {expected}"),
+            other => panic!("victim: {other:?}"),
+        }
         assert_eq!(tally.cases, commands.len());
         assert_eq!(tally.hangs, 0, "a forged descriptor must never hang an agent");
         // The victim lives throughout: what fails to load is malformed, never a dead peer.

@@ -336,6 +336,40 @@ pub fn open_nixl_metadata(bytes: &[u8], accept_stock: bool) -> Result<OpenedNixl
     Ok(OpenedNixlMetadata { metadata: bytes, listener: None })
 }
 
+/// Where NIXL metadata's first field (the agent name) lies: its length field and value.
+fn nixl_name_field(metadata: &[u8]) -> Result<(usize, usize)> {
+    let tag = b"Agent";
+    let at = NIXL_METADATA_HEADER.len();
+    let body = metadata
+        .get(at..)
+        .filter(|b| b.starts_with(tag))
+        .ok_or_else(|| Error::malformed("NIXL metadata does not start with the agent name"))?;
+    let mut r = Reader::new(&body[tag.len()..]);
+    let len = r.u64("agent name length")?;
+    if len as usize > MAX_NAME_LEN || len as usize >= r.remaining() || body[tag.len() + 8 + len as usize] != b'|' {
+        return Err(Error::malformed("NIXL metadata: the agent name field is malformed"));
+    }
+    Ok((at + tag.len(), len as usize))
+}
+
+/// The agent name NIXL metadata carries.
+pub fn nixl_metadata_name(metadata: &[u8]) -> Result<&str> {
+    let (at, len) = nixl_name_field(metadata)?;
+    std::str::from_utf8(&metadata[at + 8..at + 8 + len])
+        .map_err(|_| Error::malformed("NIXL metadata: the agent name is not UTF-8"))
+}
+
+/// The same metadata naming its agent `name` (how NIXL will know it).
+pub fn rename_nixl_metadata(metadata: &[u8], name: &str) -> Result<Vec<u8>> {
+    let (at, len) = nixl_name_field(metadata)?;
+    let mut out = Vec::with_capacity(metadata.len() + name.len());
+    out.extend_from_slice(&metadata[..at]);
+    out.extend_from_slice(&(name.len() as u64).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&metadata[at + 8 + len..]);
+    Ok(out)
+}
+
 /// A packed UCX worker address starts with a header byte whose low four bits
 /// are the address format version (0 and 1 exist, UCX 1.14 to 1.23), then a
 /// 64-bit worker id. UCX asserts (aborting the process) on any other version,
@@ -732,6 +766,19 @@ mod tests {
             let mut bad = md.clone();
             bad[t] = v;
             assert!(check_nixl_framing(&bad).is_err(), "memory type {v}");
+        }
+    }
+
+    #[test]
+    fn nixl_metadata_names_are_read_and_replaced() {
+        let md = stock_metadata(1);
+        assert_eq!(nixl_metadata_name(&md).unwrap(), "a");
+        let renamed = rename_nixl_metadata(&md, "a#kvxfer-load-1").unwrap();
+        assert_eq!(nixl_metadata_name(&renamed).unwrap(), "a#kvxfer-load-1");
+        assert!(check_nixl_framing(&renamed).is_ok(), "only the name changed");
+        assert_eq!(rename_nixl_metadata(&renamed, "a").unwrap(), md);
+        for cut in 0..NIXL_METADATA_HEADER.len() + 15 {
+            assert!(nixl_metadata_name(&md[..cut]).is_err(), "cut at {cut}");
         }
     }
 

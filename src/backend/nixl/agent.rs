@@ -52,6 +52,10 @@ struct AgentCore {
     inflight: Mutex<Vec<Arc<TransferShared>>>,
     waker: Arc<Waker>,
     auth: PeerAuth,
+    /// Peers whose NIXL load failed, and how often: NIXL 1.5.1 can keep a name
+    /// it failed to load half-registered (later loads of it fail, invalidate
+    /// finds nothing), so the next load of that peer uses a fresh NIXL name.
+    load_generations: Mutex<HashMap<String, u32>>,
 }
 
 pub struct NixlAgent {
@@ -118,6 +122,19 @@ impl AgentCore {
         self.waker.wake();
     }
 
+    /// The name NIXL knows peer `name` by: its own, until a load of it failed.
+    fn nixl_name<'a>(&self, name: &'a str) -> Cow<'a, str> {
+        match self.load_generations.lock().get(name) {
+            Some(generation) => Cow::Owned(format!("{name}#kvxfer-load-{generation}")),
+            None => Cow::Borrowed(name),
+        }
+    }
+
+    /// A load of `name` failed inside NIXL: load it under another NIXL name next time.
+    fn retire_nixl_name(&self, name: &str) {
+        *self.load_generations.lock().entry(name.to_owned()).or_insert(0) += 1;
+    }
+
     fn ensure_loaded(&self, name: &str) -> Result<()> {
         if name == self.handle.name {
             return Ok(());
@@ -149,12 +166,12 @@ impl AgentCore {
     /// Forget a peer here and in NIXL; its transfers in flight fail.
     fn drop_peer(&self, name: &str, why: &str) -> Result<()> {
         self.forget(name, why);
-        self.handle.invalidate(name)
+        self.handle.invalidate(&self.nixl_name(name))
     }
 
     /// Connect now, so the first transfer does not pay for it (and a dead peer shows here).
     fn connect_early(&self, name: &str) {
-        if let Err(e) = self.handle.make_connection(name) {
+        if let Err(e) = self.handle.make_connection(&self.nixl_name(name)) {
             crate::log_at!(Debug, "NIXL agent {:?}: early connection to {name:?} not made: {e}", self.handle.name);
         }
     }
@@ -329,6 +346,18 @@ impl NixlAgent {
                 )));
             }
         }
+        let carried = wire::nixl_metadata_name(metadata)?;
+        if carried != name {
+            return Err(Error::invalid(format!("descriptor belongs to agent {carried:?}, not {name:?}")));
+        }
+        let nixl_name = self.core.nixl_name(name).into_owned();
+        let renamed;
+        let metadata = if nixl_name != name {
+            renamed = wire::rename_nixl_metadata(metadata, &nixl_name)?;
+            &renamed[..]
+        } else {
+            metadata
+        };
         let loaded = self.core.handle.load_metadata(metadata).map_err(|e| {
             // The peer's listener answered just now: it lives, so what NIXL could not use is its metadata.
             if e.status == kvx_status::KVX_ERR_PEER && listener.is_some() {
@@ -338,13 +367,14 @@ impl NixlAgent {
             }
         });
         let loaded = loaded.inspect_err(|e| {
-            // A half-loaded peer blocks later loads of the same name in NIXL: clear it.
-            let _ = self.core.handle.invalidate(name);
+            // A half-loaded peer may block later loads of its NIXL name: clear it, and use another.
+            let _ = self.core.handle.invalidate(&nixl_name);
+            self.core.retire_nixl_name(name);
             if e.status == kvx_status::KVX_ERR_PEER {
                 self.core.unreachable.lock().record(fingerprint);
             }
         })?;
-        if loaded != name {
+        if loaded != nixl_name {
             if !self.core.remotes.lock().contains_key(&loaded) {
                 let _ = self.core.handle.invalidate(&loaded);
             }
@@ -371,13 +401,14 @@ impl NixlAgent {
             }
         }
         let handle = &self.core.handle;
-        if is_self || handle.check_remote(req.remote_name, req.remote_type, remote)? {
+        let nixl_name = self.core.nixl_name(req.remote_name);
+        if is_self || handle.check_remote(&nixl_name, req.remote_type, remote)? {
             return Ok(());
         }
         // Name the first offending descriptor (error path only: one check each).
         let mut first_bad = None;
         for (i, d) in remote.iter().enumerate() {
-            if !handle.check_remote(req.remote_name, req.remote_type, std::slice::from_ref(d))? {
+            if !handle.check_remote(&nixl_name, req.remote_type, std::slice::from_ref(d))? {
                 first_bad = Some((i, d));
                 break;
             }
@@ -426,6 +457,7 @@ impl TransferAgent for NixlAgent {
             inflight: Mutex::new(Vec::new()),
             waker: Arc::new(Waker::default()),
             auth: settings.auth.clone(),
+            load_generations: Mutex::new(HashMap::new()),
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
         let (metadata_server, connection_info) = match &nixl_listener {
@@ -512,6 +544,8 @@ impl TransferAgent for NixlAgent {
             let _ = self.core.drop_peer(name, "failed and is loaded again");
         }
         let handle = &self.core.handle;
+        // NIXL's listener loads the peer under its own name.
+        self.core.load_generations.lock().remove(name);
         handle.fetch_metadata(name, &addr.ip().to_string(), addr.port())?;
         // NIXL loads the answer on its listener thread: poll until it is usable, as TensorRT-LLM does.
         loop {
@@ -544,7 +578,7 @@ impl TransferAgent for NixlAgent {
         if !self.core.remotes.lock().contains_key(name) {
             return Ok(false);
         }
-        self.core.handle.check_remote(name, mem_type, descs)
+        self.core.handle.check_remote(&self.core.nixl_name(name), mem_type, descs)
     }
 
     fn submit(&self, req: &TransferRequest<'_>) -> Result<NixlTransfer> {
@@ -570,7 +604,7 @@ impl TransferAgent for NixlAgent {
             op,
             (req.local_type, &local),
             (req.remote_type, &remote),
-            req.remote_name,
+            &core.nixl_name(req.remote_name),
             req.sync_message,
         )?;
         let shared = Arc::new(TransferShared {
@@ -602,7 +636,7 @@ impl TransferAgent for NixlAgent {
             return Ok(());
         }
         self.core.ensure_loaded(name)?;
-        self.core.handle.send_notification(name, message)?;
+        self.core.handle.send_notification(&self.core.nixl_name(name), message)?;
         self.core.wake_poller();
         Ok(())
     }
