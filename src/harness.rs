@@ -91,6 +91,18 @@ impl Agent {
         timeout_ms: u64,
         auth_key: Option<&[u8]>,
     ) -> Result<Agent, (kvx_status, String)> {
+        Self::try_new_at(backend, name, listen, 0, timeout_ms, auth_key)
+    }
+
+    /// As `try_new_keyed`, listening on `port` (0: any).
+    pub fn try_new_at(
+        backend: u32,
+        name: &str,
+        listen: bool,
+        port: u16,
+        timeout_ms: u64,
+        auth_key: Option<&[u8]>,
+    ) -> Result<Agent, (kvx_status, String)> {
         let cname = CString::new(name).unwrap();
         let ip = CString::new(listen_ip()).unwrap();
         let mut cfg: kvx_agent_config = unsafe { std::mem::zeroed() };
@@ -98,6 +110,7 @@ impl Agent {
         cfg.name = cname.as_ptr();
         cfg.listen_ip = ip.as_ptr();
         cfg.use_listen_thread = listen;
+        cfg.listen_port = port;
         cfg.backend = backend;
         cfg.timeout_ms = timeout_ms;
         if let Some(key) = auth_key {

@@ -132,8 +132,17 @@ enum Outcome {
 
 impl Peer {
     fn start(role: &str, backend: u32, key: Option<&[u8]>, tls: Option<&str>) -> Peer {
-        let mut child =
-            child_command(role, backend, key, tls).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        Self::start_with(child_command(role, backend, key, tls))
+    }
+
+    fn start_with(mut cmd: Command) -> Peer {
+        let role = cmd
+            .get_envs()
+            .find(|(k, _)| *k == "KVX_HOSTILE_ROLE")
+            .and_then(|(_, v)| v)
+            .map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
@@ -210,7 +219,8 @@ fn hostile_child() {
     }
     let key = key_from_env();
     let name = if role == "victim" { "victim" } else { "loader" };
-    let agent = Agent::try_new_keyed(backend, name, true, 5_000, key.as_deref()).unwrap();
+    let port = std::env::var("KVX_HOSTILE_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let agent = Agent::try_new_at(backend, name, true, port, 5_000, key.as_deref()).unwrap();
     let cm = Cm::try_new_keyed(backend, 5_000, key.as_deref()).unwrap();
     // The victim's buffer sits between two PROT_NONE guard pages.
     let page = 4096usize;
@@ -582,6 +592,33 @@ fn corrupted_stock_nixl_metadata_is_refused_or_survived() {
     }
     tally.print("nixl stock metadata with a corrupted byte, agent in stock mode");
     assert!(tally.crashes.is_empty() && tally.hangs == 0, "crashes {:?}, hangs {}", tally.crashes, tally.hangs);
+}
+
+/// In stock-peer mode, connection info is NIXL's own listener: a stock agent
+/// restarted at the same address still loads (NIXL may first ask the process
+/// that is gone; kvxfer asks once more).
+#[test]
+fn a_stock_peer_restarted_at_its_address_loads_again() {
+    if !backends().contains(&NIXL) {
+        return;
+    }
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let start_victim = || {
+        let mut cmd = child_command("victim-stock", NIXL, None, None);
+        cmd.env("KVX_HOSTILE_PORT", port.to_string());
+        Peer::start_with(cmd)
+    };
+    let mut loader = Peer::start("loader-stock", NIXL, None, None);
+    let mut timings = Vec::new();
+    for round in 0..(cases() / 4).max(2) {
+        let victim = start_victim();
+        let started = Instant::now();
+        let outcome = loader.ask(&format!("info victim {} 20000", victim.ready[0]));
+        timings.push(started.elapsed().as_millis());
+        assert!(matches!(&outcome, Outcome::Answered(w) if w[0] == "KVX_OK"), "round {round}: {outcome:?}");
+        drop(victim); // SIGKILL
+    }
+    println!("HOSTILE nixl stock peer restarted at {port}: loads took {timings:?} ms");
 }
 
 #[test]

@@ -72,6 +72,9 @@ pub struct NixlAgent {
     core: Arc<AgentCore>,
 }
 
+/// How long a metadata fetch through NIXL's listener waits before it is sent once more.
+const STOCK_FETCH_RETRY: Duration = Duration::from_secs(1);
+
 /// `KVX_NIXL_STOCK_PEERS=1`: peers may be stock NIXL agents. Their unsealed
 /// metadata is accepted, and connection info goes through NIXL's listener.
 fn stock_peers() -> bool {
@@ -547,10 +550,19 @@ impl TransferAgent for NixlAgent {
         // NIXL's listener loads the peer under its own name.
         self.core.load_generations.lock().remove(name);
         handle.fetch_metadata(name, &addr.ip().to_string(), addr.port())?;
+        // NIXL 1.5.1 may send the request on a socket to an earlier process at that
+        // address (a restarted peer), which never answers: ask once more, on a fresh request.
+        let mut retry_at =
+            Some(Instant::now() + STOCK_FETCH_RETRY.min(deadline.saturating_duration_since(Instant::now()) / 2));
         // NIXL loads the answer on its listener thread: poll until it is usable, as TensorRT-LLM does.
         loop {
             if handle.check_remote(name, kvx_memory_type::KVX_MEMORY_DRAM, &[])? {
                 break;
+            }
+            if retry_at.is_some_and(|at| Instant::now() >= at) {
+                retry_at = None;
+                crate::log_at!(Info, "agent {name:?} did not answer at {connection_info} yet: asking again");
+                handle.fetch_metadata(name, &addr.ip().to_string(), addr.port())?;
             }
             if Instant::now() >= deadline {
                 return Err(Error::timeout(format!(
