@@ -2,7 +2,10 @@
 # Whole CMake flow: build + install kvxfer (cargo driven by CMake), run the
 # GoogleTest suites against the installed package (tests/cpp: the C ABI;
 # tests/trtllm: TensorRT-LLM's scenarios through the installed wrappers), build
-# and run the example consumer with CMake and with pkg-config.
+# and run the example consumer with CMake and with pkg-config, and the README's
+# two-agent example (checked to be examples/two_agents/two_agents.c verbatim).
+# Checks that are not CTest tests print "KVX-CHECK ok|FAILED <what>" for
+# scripts/test.sh's summary.
 #
 #   .ci/cmake_suite.sh                 # everything
 #   BUILD_ROOT=/tmp/kvx .ci/cmake_suite.sh
@@ -22,16 +25,19 @@ if command -v ninja >/dev/null 2>&1; then GENERATOR_ARGS=(-G Ninja); fi
 # The suite must not depend on the caller's library path: RPATHs do the work.
 unset LD_LIBRARY_PATH
 
-step() { printf '\n==== %s\n' "$*"; }
+source "$ROOT/scripts/progress.sh"
+section() { printf '\n==== %s\n' "$*"; }
 
-step "configure + build + install kvxfer into $PREFIX"
+section "configure + build + install kvxfer into $PREFIX"
+# Cargo builds in the shared target folder (CMakeLists.txt: $CARGO_TARGET_DIR, else target/).
 cmake -S "$ROOT" -B "$BUILD_ROOT/cmake" "${GENERATOR_ARGS[@]}" \
   -DCMAKE_INSTALL_PREFIX="$PREFIX" -DKVXFER_CARGO_PROFILE="${KVXFER_CARGO_PROFILE:-release}"
-cmake --build "$BUILD_ROOT/cmake" -j "$JOBS"
+step "cmake --build (cargo build --lib --profile ${KVXFER_CARGO_PROFILE:-release}, the wrappers)" \
+  cmake --build "$BUILD_ROOT/cmake" -j "$JOBS"
 rm -rf "$PREFIX"
 cmake --install "$BUILD_ROOT/cmake"
 
-step "check the installed tree"
+section "check the installed tree"
 lib="$PREFIX/lib"
 version="$(sed -n 's/^version[[:space:]]*=[[:space:]]*"\([0-9.]*\)".*/\1/p' "$ROOT/Cargo.toml" | head -n1)"
 major="${version%%.*}"
@@ -49,9 +55,9 @@ if grep -q "$PREFIX" "$lib/cmake/kvxfer/kvxferConfig.cmake" "$lib/pkgconfig/kvxf
   echo "installed package files hard-code $PREFIX (not relocatable)" >&2
   exit 1
 fi
-echo "ok: libkvxfer.so.$version, SONAME $soname, relocatable config + pkg-config"
+echo "KVX-CHECK ok installed tree: libkvxfer.so.$version, SONAME $soname, relocatable config + pkg-config"
 
-step "check the installed TensorRT-LLM wrappers"
+section "check the installed TensorRT-LLM wrappers"
 for w in ucx nixl; do
   f="$lib/libtensorrt_llm_${w}_wrapper.so"
   test -f "$f"
@@ -68,7 +74,7 @@ for export in ucx:makeUcxConnectionManager nixl:createNixlTransferAgent nixl:cre
   nm -D --defined-only "$lib/libtensorrt_llm_${export%%:*}_wrapper.so" | grep -qw "T ${export#*:}" \
     || { echo "libtensorrt_llm_${export%%:*}_wrapper.so does not export ${export#*:}" >&2; exit 1; }
 done
-echo "ok: wrappers have SONAME = file name, NODELETE, RUNPATH \$ORIGIN, no libtensorrt_llm.so, their factories"
+echo "KVX-CHECK ok installed wrappers: SONAME = file name, NODELETE, RUNPATH \$ORIGIN, no libtensorrt_llm.so, their factories"
 
 # Configures, builds and runs one GoogleTest project against the installed
 # package; a failure is remembered in tests_rc so the consumer checks still run.
@@ -82,12 +88,12 @@ run_suite() {
   (cd "$BUILD_ROOT/$build" && ctest --output-on-failure -j "$JOBS" $CTEST_ARGS) || tests_rc=$?
 }
 
-step "build + run the GoogleTest suite (tests/cpp) against the installed package"
+section "build + run the GoogleTest suite (tests/cpp) against the installed package"
 test_args=()
 if [[ -n "${KVXFER_TEST_UCX_TLS:-}" ]]; then test_args+=("-DKVXFER_TEST_UCX_TLS=$KVXFER_TEST_UCX_TLS"); fi
 run_suite tests/cpp tests "${test_args[@]}"
 
-step "build + run TensorRT-LLM's scenarios (tests/trtllm) through the installed wrappers"
+section "build + run TensorRT-LLM's scenarios (tests/trtllm) through the installed wrappers"
 trtllm_args=()
 if [[ -n "${KVXFER_TEST_NIXL:-}" ]]; then trtllm_args+=("-DKVXFER_TEST_NIXL=$KVXFER_TEST_NIXL"); fi
 run_suite tests/trtllm trtllm "${trtllm_args[@]}"
@@ -97,29 +103,54 @@ run_suite tests/trtllm trtllm "${trtllm_args[@]}"
 libs="$BUILD_ROOT/trtllm/tensorrt_llm/libs"
 rm -rf "$libs" && mkdir -p "$libs"
 cp "$lib"/libtensorrt_llm_*_wrapper.so "$lib/libkvxfer.so.$major" "$libs/"
-KVX_TRTLLM_RUN="ucx:path:$libs" "$BUILD_ROOT/trtllm/kvxfer_trtllm_test" \
-  --gtest_filter='LoadMode.*:TransferAgent.Basic:ConnectionManager.Basic' || tests_rc=$?
+if KVX_TRTLLM_RUN="ucx:path:$libs" "$BUILD_ROOT/trtllm/kvxfer_trtllm_test" \
+  --gtest_filter='LoadMode.*:TransferAgent.Basic:ConnectionManager.Basic'; then
+  echo "KVX-CHECK ok wrappers from a tensorrt_llm/libs/ layout"
+else
+  tests_rc=$?
+  echo "KVX-CHECK FAILED wrappers from a tensorrt_llm/libs/ layout"
+fi
 
-step "example consumer: CMake (find_package(kvxfer) -> kvxfer::kvxfer)"
+section "example consumer: CMake (find_package(kvxfer) -> kvxfer::kvxfer)"
 cmake -S "$ROOT/examples/consumer" -B "$BUILD_ROOT/consumer" "${GENERATOR_ARGS[@]}" -DCMAKE_PREFIX_PATH="$PREFIX"
 cmake --build "$BUILD_ROOT/consumer" -j "$JOBS"
 "$BUILD_ROOT/consumer/kvxfer_consumer"
+echo "KVX-CHECK ok example consumer through find_package"
 
-step "example consumer: pkg-config"
+section "example consumer: pkg-config"
 export PKG_CONFIG_PATH="$lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 pc_libdir="$(pkg-config --variable=libdir kvxfer)"
 # shellcheck disable=SC2046
 cc -std=c99 -Wall -Wextra -pedantic -Werror -o "$BUILD_ROOT/consumer/kvxfer_consumer_pc" \
   "$ROOT/examples/consumer/main.c" $(pkg-config --cflags --libs kvxfer) -Wl,-rpath,"$pc_libdir"
 "$BUILD_ROOT/consumer/kvxfer_consumer_pc"
+echo "KVX-CHECK ok example consumer through pkg-config"
 
-step "relocated install tree still works"
+section "README example: examples/two_agents/two_agents.c, verbatim, built with find_package and run"
+# The README's C block after the line naming the file must be the file itself.
+readme_block="$(awk '/^<!-- examples\/two_agents\/two_agents.c/ {grab = 1; next}
+  grab && /^```c$/ {inside = 1; next}
+  inside && /^```$/ {exit}
+  inside {print}' "$ROOT/README.md")"
+if [[ "$readme_block" != "$(cat "$ROOT/examples/two_agents/two_agents.c")" ]]; then
+  echo "README.md's two-agent example differs from examples/two_agents/two_agents.c:" >&2
+  diff <(printf '%s\n' "$readme_block") "$ROOT/examples/two_agents/two_agents.c" >&2 || true
+  exit 1
+fi
+echo "KVX-CHECK ok README example equals examples/two_agents/two_agents.c"
+cmake -S "$ROOT/examples/two_agents" -B "$BUILD_ROOT/two_agents" "${GENERATOR_ARGS[@]}" -DCMAKE_PREFIX_PATH="$PREFIX"
+cmake --build "$BUILD_ROOT/two_agents" -j "$JOBS"
+"$BUILD_ROOT/two_agents/two_agents"
+echo "KVX-CHECK ok README example: two agents, one WRITE, data and sync message verified"
+
+section "relocated install tree still works"
 moved="$BUILD_ROOT/_install_moved"
 rm -rf "$moved" "$BUILD_ROOT/consumer_moved"
 cp -a "$PREFIX" "$moved"
 cmake -S "$ROOT/examples/consumer" -B "$BUILD_ROOT/consumer_moved" "${GENERATOR_ARGS[@]}" -DCMAKE_PREFIX_PATH="$moved"
 cmake --build "$BUILD_ROOT/consumer_moved" -j "$JOBS"
 "$BUILD_ROOT/consumer_moved/kvxfer_consumer"
+echo "KVX-CHECK ok relocated install tree"
 rm -rf "$moved" "$BUILD_ROOT/consumer_moved"
 
 if [[ $tests_rc -ne 0 ]]; then

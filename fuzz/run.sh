@@ -4,31 +4,38 @@
 #   SECONDS_PER_TARGET=600 fuzz/run.sh c_abi
 # cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 enables them on the
 # stable toolchain, so no nightly is needed. Findings go to fuzz/artifacts/.
+# The build, corpus and logs live in the project's target folder
+# ($CARGO_TARGET_DIR, default target/) under fuzz/: instrumented builds
+# cannot share artifacts with the others, but the folder is the same.
 set -euo pipefail
 cd "$(dirname "$0")"
+source ../scripts/progress.sh
 SECS="${SECONDS_PER_TARGET:-25}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/../target}/fuzz"
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(agent_descriptor connection_info message_framing c_abi)
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
-  cargo install --quiet --locked cargo-fuzz --version 0.13.2
+  step "cargo install cargo-fuzz 0.13.2 (a few minutes, once)" cargo install --quiet --locked cargo-fuzz --version 0.13.2
 fi
 export RUSTC_BOOTSTRAP=1
 export LSAN_OPTIONS="suppressions=$PWD/../scripts/stress/lsan.supp:print_suppressions=0"
 export KVX_LOG=error
-cargo fuzz build --release
+step "build the fuzz targets with ASan (minutes on a fresh target folder)" \
+  cargo fuzz build --release --target-dir "$TARGET_DIR"
 status=0
 for t in "${TARGETS[@]}"; do
-  corpus="target/corpus/$t"
+  corpus="$TARGET_DIR/corpus/$t"
+  log="$TARGET_DIR/fuzz-$t.log"
   mkdir -p "$corpus"
   echo "==== fuzz $t for ${SECS}s"
-  if cargo fuzz run --release "$t" "$corpus" seeds/"$t" -- -max_total_time="$SECS" -rss_limit_mb=4096 \
-      -print_final_stats=1 > "target/fuzz-$t.log" 2>&1; then
-    grep -E "^stat::number_of_executed_units|^Done" "target/fuzz-$t.log" | tr '\n' ' '; echo
-    echo "fuzz $t: 0 crashes"
+  if cargo fuzz run --release --target-dir "$TARGET_DIR" "$t" "$corpus" seeds/"$t" -- -max_total_time="$SECS" \
+      -rss_limit_mb=4096 -print_final_stats=1 > "$log" 2>&1; then
+    runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)"
+    echo "KVX-CHECK ok fuzz $t: ${runs:-?} runs, 0 crashes"
   else
     status=1
-    tail -n 60 "target/fuzz-$t.log"
-    echo "fuzz $t: CRASH (input saved under fuzz/artifacts/$t)"
+    tail -n 60 "$log"
+    echo "KVX-CHECK FAILED fuzz $t: crash (input saved under fuzz/artifacts/$t)"
   fi
 done
 exit $status

@@ -229,6 +229,9 @@ extern "C" {
 // Fill `config` with defaults: no name, backend AUTO, listener on, any
 // port, default timeout. Call before setting fields.
 //
+// # Safety
+// `config` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
 kvx_status kvx_agent_config_init(kvx_agent_config *config);
 
@@ -236,22 +239,39 @@ kvx_status kvx_agent_config_init(kvx_agent_config *config);
 // that backend's library on first use. On success `*out_agent` owns the
 // agent: free it with `kvx_agent_destroy`.
 //
+// # Safety
+// `config` is NULL (refused) or points to a `kvx_agent_config` set up by `kvx_agent_config_init` (its `struct_size` tells the version); its strings are NUL-terminated or NULL.
+// `out_agent` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
-kvx_status kvx_agent_create(const kvx_agent_config *config, kvx_agent **out_agent);
+kvx_status kvx_agent_create(const kvx_agent_config *config,
+                            kvx_agent **out_agent);
 
 // Destroy an agent: closes its listener and connections and deregisters
 // its memory. Transfers still in flight fail. NULL is ignored.
+//
+// # Safety
+// `agent` is NULL (ignored) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
 //
 // Thread safety: no other call may use `agent` concurrently or afterwards.
 void kvx_agent_destroy(kvx_agent *agent);
 
 // The concrete backend (a `kvx_backend` value) this agent uses.
 //
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+// `out_backend` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
-kvx_status kvx_agent_backend(const kvx_agent *agent, uint32_t *out_backend);
+kvx_status kvx_agent_backend(const kvx_agent *agent,
+                             uint32_t *out_backend);
 
 // Register `count` regions of `mem_type` (a `kvx_memory_type`) for remote
 // access. Registering the same region again counts a reference.
+//
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+// `descs` points to `count` readable elements (NULL allowed when `count` is 0).
 //
 // Thread safety: any thread.
 kvx_status kvx_agent_register_memory(kvx_agent *agent,
@@ -261,6 +281,10 @@ kvx_status kvx_agent_register_memory(kvx_agent *agent,
 
 // Deregister regions exactly as registered. Fails, changing nothing, if
 // any region is not registered.
+//
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+// `descs` points to `count` readable elements (NULL allowed when `count` is 0).
 //
 // Thread safety: any thread.
 kvx_status kvx_agent_deregister_memory(kvx_agent *agent,
@@ -272,17 +296,32 @@ kvx_status kvx_agent_deregister_memory(kvx_agent *agent,
 // `kvx_agent_load_remote`), reflecting the current registrations.
 // Free `*out` with `kvx_bytes_free`.
 //
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+// `out` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
-kvx_status kvx_agent_get_local_desc(kvx_agent *agent, kvx_bytes *out);
+kvx_status kvx_agent_get_local_desc(kvx_agent *agent,
+                                    kvx_bytes *out);
 
 // This agent's listener address as "ip:port" (empty when created without a
 // listener). Free `*out` with `kvx_bytes_free`.
 //
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+// `out` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
-kvx_status kvx_agent_get_connection_info(kvx_agent *agent, kvx_bytes *out);
+kvx_status kvx_agent_get_connection_info(kvx_agent *agent,
+                                         kvx_bytes *out);
 
 // Load peer `name` from its descriptor bytes (untrusted: validated before
 // use). The name must match the descriptor's. Loading again replaces it.
+//
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+// `name` is NULL (refused) or a NUL-terminated string.
+// `desc` points to `desc_len` readable bytes (NULL is refused).
 //
 // Thread safety: any thread.
 kvx_status kvx_agent_load_remote(kvx_agent *agent,
@@ -294,6 +333,11 @@ kvx_status kvx_agent_load_remote(kvx_agent *agent,
 // ("ip:port"). Returns once the peer is usable, or fails within
 // `timeout_ms` (negative = the agent's default timeout).
 //
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+// `name` is NULL (refused) or a NUL-terminated string.
+// `connection_info` is NULL (refused) or a NUL-terminated string.
+//
 // Thread safety: any thread.
 kvx_status kvx_agent_load_remote_by_connection_info(kvx_agent *agent,
                                                     const char *name,
@@ -303,11 +347,22 @@ kvx_status kvx_agent_load_remote_by_connection_info(kvx_agent *agent,
 // Forget peer `name`; its in-flight transfers fail. `KVX_ERR_NOT_FOUND` if
 // it was not loaded.
 //
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+// `name` is NULL (refused) or a NUL-terminated string.
+//
 // Thread safety: any thread.
-kvx_status kvx_agent_invalidate_remote(kvx_agent *agent, const char *name);
+kvx_status kvx_agent_invalidate_remote(kvx_agent *agent,
+                                       const char *name);
 
 // `*out_ok` = whether peer `name` is loaded and every descriptor lies
 // inside memory it registered with type `mem_type`.
+//
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+// `name` is NULL (refused) or a NUL-terminated string.
+// `descs` points to `count` readable elements (NULL allowed when `count` is 0).
+// `out_ok` is NULL (refused) or valid for writing one value.
 //
 // Thread safety: any thread.
 kvx_status kvx_agent_check_remote_descs(kvx_agent *agent,
@@ -322,6 +377,11 @@ kvx_status kvx_agent_check_remote_descs(kvx_agent *agent,
 // peer. On success `*out_xfer` tracks it; free with `kvx_xfer_destroy`.
 // The memory must stay valid until the transfer completes or fails.
 //
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+// `request` is NULL (refused) or points to a `kvx_transfer_request` whose descriptor arrays hold `count` elements, whose sync message holds `sync_message_len` bytes and whose `remote_name` is NUL-terminated.
+// `out_xfer` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
 kvx_status kvx_agent_submit(kvx_agent *agent,
                             const kvx_transfer_request *request,
@@ -329,6 +389,11 @@ kvx_status kvx_agent_submit(kvx_agent *agent,
 
 // Send a binary message to agent `name` (this agent's own name included).
 // Returns once the message is handed to the transport.
+//
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+// `name` is NULL (refused) or a NUL-terminated string.
+// `message` points to `message_len` readable bytes (NULL allowed when `message_len` is 0).
 //
 // Thread safety: any thread.
 kvx_status kvx_agent_notify(kvx_agent *agent,
@@ -339,16 +404,30 @@ kvx_status kvx_agent_notify(kvx_agent *agent,
 // Take every notification received since the last call, oldest first, with
 // its sender. Free `*out_list` with `kvx_notification_list_free`.
 //
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+// `out_list` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread; each notification goes to exactly one caller.
-kvx_status kvx_agent_get_notifications(kvx_agent *agent, kvx_notification_list **out_list);
+kvx_status kvx_agent_get_notifications(kvx_agent *agent,
+                                       kvx_notification_list **out_list);
 
 // Number of notifications in a list (0 for NULL).
+//
+// # Safety
+// `list` is NULL (refused) or a list from `kvx_agent_get_notifications` not yet freed.
 //
 // Thread safety: any thread.
 size_t kvx_notification_list_len(const kvx_notification_list *list);
 
 // Notification `index`: the sender's name (NUL-terminated) and the message
 // bytes (may contain NUL). Pointers stay valid until the list is freed.
+//
+// # Safety
+// `list` is NULL (refused) or a list from `kvx_agent_get_notifications` not yet freed.
+// `out_sender` is NULL (refused) or valid for writing one value.
+// `out_message` is NULL (refused) or valid for writing one value.
+// `out_message_len` is NULL (refused) or valid for writing one value.
 //
 // Thread safety: any thread.
 kvx_status kvx_notification_list_get(const kvx_notification_list *list,
@@ -359,68 +438,121 @@ kvx_status kvx_notification_list_get(const kvx_notification_list *list,
 
 // Free a notification list. NULL is ignored.
 //
+// # Safety
+// `list` is NULL (ignored) or a list from `kvx_agent_get_notifications` not yet freed.
+//
 // Thread safety: any thread, for a list no other thread is using.
 void kvx_notification_list_free(kvx_notification_list *list);
 
 // `*out_done` = whether the transfer completed successfully.
 //
+// # Safety
+// `xfer` is NULL (refused) or a transfer from `kvx_agent_submit` not yet passed to `kvx_xfer_destroy`.
+// `out_done` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
-kvx_status kvx_xfer_is_completed(const kvx_xfer *xfer, bool *out_done);
+kvx_status kvx_xfer_is_completed(const kvx_xfer *xfer,
+                                 bool *out_done);
 
 // Wait up to `timeout_ms` (negative: until the transfer's own deadline, the
 // agent's timeout after submission) and report its state in `*out_state`:
 // IN_PROGRESS on timeout, SUCCESS, or FAILURE (see `kvx_xfer_last_status`).
 //
+// # Safety
+// `xfer` is NULL (refused) or a transfer from `kvx_agent_submit` not yet passed to `kvx_xfer_destroy`.
+// `out_state` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread; several threads may wait on one transfer.
-kvx_status kvx_xfer_wait(const kvx_xfer *xfer, int64_t timeout_ms, kvx_transfer_state *out_state);
+kvx_status kvx_xfer_wait(const kvx_xfer *xfer,
+                         int64_t timeout_ms,
+                         kvx_transfer_state *out_state);
 
 // Release the transport resources of a finished transfer early;
 // `*out_released` is false (and nothing changes) while it is in flight.
 //
+// # Safety
+// `xfer` is NULL (refused) or a transfer from `kvx_agent_submit` not yet passed to `kvx_xfer_destroy`.
+// `out_released` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
-kvx_status kvx_xfer_release(kvx_xfer *xfer, bool *out_released);
+kvx_status kvx_xfer_release(kvx_xfer *xfer,
+                            bool *out_released);
 
 // Text describing the transfer's state or failure. Free with `kvx_bytes_free`.
 //
+// # Safety
+// `xfer` is NULL (refused) or a transfer from `kvx_agent_submit` not yet passed to `kvx_xfer_destroy`.
+// `out` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
-kvx_status kvx_xfer_last_status(const kvx_xfer *xfer, kvx_bytes *out);
+kvx_status kvx_xfer_last_status(const kvx_xfer *xfer,
+                                kvx_bytes *out);
 
 // Free a transfer handle. A transfer still in flight keeps running to its
 // end; its memory must stay valid until then. NULL is ignored.
+//
+// # Safety
+// `xfer` is NULL (ignored) or a transfer from `kvx_agent_submit` not yet passed to `kvx_xfer_destroy`.
 //
 // Thread safety: no other call may use `xfer` concurrently or afterwards.
 void kvx_xfer_destroy(kvx_xfer *xfer);
 
 // Fill `config` with defaults: backend AUTO, any IP and port, default timeout.
 //
+// # Safety
+// `config` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
 kvx_status kvx_cm_config_init(kvx_cm_config *config);
 
 // Create a connection manager listening for peers. Free with `kvx_cm_destroy`.
 //
+// # Safety
+// `config` is NULL (refused) or points to a `kvx_cm_config` set up by `kvx_cm_config_init` (its `struct_size` tells the version); its strings are NUL-terminated or NULL.
+// `out_cm` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
-kvx_status kvx_cm_create(const kvx_cm_config *config, kvx_cm **out_cm);
+kvx_status kvx_cm_create(const kvx_cm_config *config,
+                         kvx_cm **out_cm);
 
 // Destroy a manager and all its connections; blocked calls on them fail.
 // NULL is ignored.
+//
+// # Safety
+// `cm` is NULL (ignored) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
 //
 // Thread safety: no other call may use `cm` or its connections concurrently or afterwards.
 void kvx_cm_destroy(kvx_cm *cm);
 
 // The concrete backend (a `kvx_backend` value) this manager uses.
 //
+// # Safety
+// `cm` is NULL (refused) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
+// `out_backend` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
-kvx_status kvx_cm_backend(const kvx_cm *cm, uint32_t *out_backend);
+kvx_status kvx_cm_backend(const kvx_cm *cm,
+                          uint32_t *out_backend);
 
 // This manager's address ("ip:port"), the one peers pass to
 // `kvx_cm_get_connections`. Free with `kvx_bytes_free`.
 //
+// # Safety
+// `cm` is NULL (refused) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
+// `out` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
-kvx_status kvx_cm_get_local_address(const kvx_cm *cm, kvx_bytes *out);
+kvx_status kvx_cm_get_local_address(const kvx_cm *cm,
+                                    kvx_bytes *out);
 
 // One connection per address in `addresses` (same order) into
 // `out_conns[0..count]`, connecting where needed. The same peer always
 // gives the same pointer. Fails within `timeout_ms` (negative: default).
+//
+// # Safety
+// `cm` is NULL (refused) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
+// `addresses` points to `count` NUL-terminated strings (NULL allowed when `count` is 0).
+// `out_conns` is NULL (refused) or points to `count` writable elements.
 //
 // Thread safety: any thread; concurrent calls for one peer share one connection.
 kvx_status kvx_cm_get_connections(kvx_cm *cm,
@@ -434,6 +566,11 @@ kvx_status kvx_cm_get_connections(kvx_cm *cm,
 // must be exactly `size` bytes (`KVX_ERR_SIZE_MISMATCH` otherwise).
 // `KVX_ERR_TIMEOUT` after `timeout_ms` (negative: default).
 //
+// # Safety
+// `cm` is NULL (refused) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
+// `data` points to `size` writable bytes (NULL allowed when `size` is 0).
+// `out_conn` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
 kvx_status kvx_cm_recv_connect(kvx_cm *cm,
                                uint32_t tag,
@@ -444,11 +581,19 @@ kvx_status kvx_cm_recv_connect(kvx_cm *cm,
 
 // `*out_running` = false once the manager was shut down.
 //
+// # Safety
+// `cm` is NULL (refused) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
+// `out_running` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
-kvx_status kvx_cm_is_running(const kvx_cm *cm, bool *out_running);
+kvx_status kvx_cm_is_running(const kvx_cm *cm,
+                             bool *out_running);
 
 // Stop accepting peers and fail blocked and later calls with
 // `KVX_ERR_CANCELED`; the handle stays valid until `kvx_cm_destroy`.
+//
+// # Safety
+// `cm` is NULL (refused) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
 //
 // Thread safety: any thread.
 kvx_status kvx_cm_shutdown(kvx_cm *cm);
@@ -456,6 +601,10 @@ kvx_status kvx_cm_shutdown(kvx_cm *cm);
 // Send `size` bytes (host or device memory) with `tag` to the peer;
 // returns when the buffer may be reused. Fails within `timeout_ms`
 // (negative: default); a timed-out send closes the connection.
+//
+// # Safety
+// `conn` is NULL (refused) or a connection from its manager, which is not destroyed yet.
+// `data` points to `size` readable bytes (NULL allowed when `size` is 0).
 //
 // Thread safety: any thread; concurrent sends on one connection are allowed.
 kvx_status kvx_conn_send(const kvx_conn *conn,
@@ -468,6 +617,10 @@ kvx_status kvx_conn_send(const kvx_conn *conn,
 // (the same tag from another peer never matches). Fails within
 // `timeout_ms` (negative: default) and when the peer fails.
 //
+// # Safety
+// `conn` is NULL (refused) or a connection from its manager, which is not destroyed yet.
+// `data` points to `size` writable bytes (NULL allowed when `size` is 0).
+//
 // Thread safety: any thread.
 kvx_status kvx_conn_recv(const kvx_conn *conn,
                          uint32_t tag,
@@ -476,6 +629,10 @@ kvx_status kvx_conn_recv(const kvx_conn *conn,
                          int64_t timeout_ms);
 
 // The peer's manager address ("ip:port"). Free with `kvx_bytes_free`.
+//
+// # Safety
+// `conn` is NULL (refused) or a connection from its manager, which is not destroyed yet.
+// `out` is NULL (refused) or valid for writing one value.
 //
 // Thread safety: any thread.
 kvx_status kvx_conn_peer_address(const kvx_conn *conn, kvx_bytes *out);
@@ -490,6 +647,9 @@ const char *kvx_version(void);
 // `TRTLLM_USE_NIXL_KVCACHE` (exactly "1"; UCX first; neither = UCX).
 // Loads nothing.
 //
+// # Safety
+// `out_backend` is NULL (refused) or valid for writing one value.
+//
 // Thread safety: any thread.
 kvx_status kvx_backend_resolve(uint32_t requested, uint32_t *out_backend);
 
@@ -497,11 +657,17 @@ kvx_status kvx_backend_resolve(uint32_t requested, uint32_t *out_backend);
 // `KVX_ERR_BACKEND_UNAVAILABLE` (and an install hint in `kvx_last_error`)
 // when its library cannot be found. `out->struct_size` must be set.
 //
+// # Safety
+// `out` is NULL (refused) or points to a `kvx_backend_info` whose `struct_size` is set.
+//
 // Thread safety: any thread.
 kvx_status kvx_backend_info_get(uint32_t requested, kvx_backend_info *out);
 
 // Free bytes kvxfer handed out, and zero the struct. NULL and zeroed
 // structs are ignored; never free the same bytes twice.
+//
+// # Safety
+// `bytes` is NULL (ignored) or points to `kvx_bytes` that kvxfer filled (or zeroed ones).
 //
 // Thread safety: any thread, for bytes no other thread is using.
 void kvx_bytes_free(kvx_bytes *bytes);

@@ -318,6 +318,8 @@ unsafe impl Send for Conn {}
 unsafe impl Sync for Conn {}
 
 impl Cm {
+    // No Default: `new` panics when no backend loads, which a default value should never do.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Cm {
         Self::try_new_on(AUTO, 0).unwrap_or_else(|(s, e)| panic!("connection manager: {s:?} {e}"))
     }

@@ -1,21 +1,21 @@
-//! Device memory through kvxfer: the batched copy kernel, registration of
-//! plain and VMM allocations, and two processes on two GPUs (`kvxfer-gpu
-//! check`: WRITE/READ verified on both sides, VMM, host<->device, connection
-//! send/recv with device buffers) on the backend the environment selects.
+//! Device memory through kvxfer: the batched copy kernels (every size class,
+//! unaligned entries, many threads at once), registration of plain and VMM
+//! allocations, and two processes on two GPUs, or both on one (`kvxfer-gpu
+//! check`: WRITE/READ verified on both sides, every size class, unaligned
+//! entries, 8 concurrent requests, VMM, host<->device, connection send/recv
+//! with device buffers) on the backend the environment selects.
 //! Without a CUDA driver and GPU (CI here) every test says so and passes.
 
 mod common;
 
 use common::*;
 use kvxfer::core::memory::{kvx_memory_desc, kvx_memory_type};
-use kvxfer::cuda::batch::{copy_and_wait, Copy};
+use kvxfer::cuda::batch::{self, copy_and_wait, Copy};
 use kvxfer::cuda::memory::{Allocation, DeviceBuffer};
 
-fn gpu_present(test: &str) -> bool {
+fn gpu_present() -> bool {
     if kvxfer::cuda::device_count() == 0 {
-        eprintln!(
-            "SKIP {test}: no CUDA driver or GPU on this machine (GPU tests run on the GPU machine: scripts/gpu/run.sh)"
-        );
+        report_skip("no CUDA driver or GPU on this machine (GPU tests run on the GPU machine: scripts/gpu/run.sh)");
         return false;
     }
     true
@@ -23,7 +23,7 @@ fn gpu_present(test: &str) -> bool {
 
 #[test]
 fn batched_copy_kernel_moves_exactly_the_listed_bytes() {
-    if !gpu_present("batched_copy_kernel_moves_exactly_the_listed_bytes") {
+    if !gpu_present() {
         return;
     }
     let size = 16 << 20;
@@ -46,16 +46,71 @@ fn batched_copy_kernel_moves_exactly_the_listed_bytes() {
         put(2 << 20 | (i * 1001 + 3), (2 << 20) + i * 1013 + 7, 997);
     }
     put(3 << 20, 3 << 20, 1);
+    // Zero-length entries move nothing.
+    put(3 << 20 | 64, 3 << 20 | 64, 0);
     put(0, 4 << 20, 4 << 20);
-    // Longer than one kernel piece: split on the host.
+    // The large-entry kernel (several blocks per entry): aligned, co-aligned with
+    // byte heads and tails, 4-byte co-aligned, and not co-aligned at all.
     put(8 << 20, 10 << 20, (1 << 20) + 48);
+    put((12 << 20) + 5, (9 << 20) + 21, (300 << 10) + 7);
+    put((13 << 20) + 6, (14 << 20) + 2, (200 << 10) + 2);
+    put((15 << 20) + 1, (15 << 20) + (512 << 10) + 2, 100 << 10);
+    // Small entries with the same cases.
+    put((3 << 20) + 4096 + 3, (3 << 20) + 65536 + 19, 40 << 10);
+    put((3 << 20) + (128 << 10) + 2, (3 << 20) + (256 << 10) + 6, (16 << 10) + 5);
+    // Exactly at the size-class boundary, and just above it.
+    put(5 << 20, (11 << 20) + (512 << 10), batch::SMALL_MAX as usize);
+    put((5 << 20) + (256 << 10), 12 << 20, batch::SMALL_MAX as usize + 16);
     copy_and_wait(0, &copies).unwrap();
-    assert!(dst.download(0, size).unwrap() == expected, "batched copy wrote wrong bytes");
+    let got = dst.download(0, size).unwrap();
+    if let Some(at) = got.iter().zip(&expected).position(|(g, e)| g != e) {
+        panic!("batched copy wrote wrong bytes, first at offset {at:#x}");
+    }
+}
+
+#[test]
+fn batched_copies_from_many_threads_at_once_each_land_whole() {
+    if !gpu_present() {
+        return;
+    }
+    let size = 8 << 20;
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let src = DeviceBuffer::new(0, size, Allocation::Plain).unwrap();
+                let dst = DeviceBuffer::new(0, size, Allocation::Plain).unwrap();
+                for round in 0..5u64 {
+                    let data = pattern(size, t * 100 + round);
+                    src.upload(0, &data).unwrap();
+                    dst.fill(0xAB).unwrap();
+                    // Scattered 4 KiB blocks, a different shape per thread, so each list is distinct.
+                    let blocks = size / 4096;
+                    let copies: Vec<Copy> = (0..blocks as u64)
+                        .map(|i| Copy {
+                            src: src.ptr() + i * 4096,
+                            dst: dst.ptr() + ((i * 7919 + t) % blocks as u64) * 4096,
+                            len: 4096,
+                        })
+                        .collect();
+                    copy_and_wait(0, &copies).unwrap();
+                    let got = dst.download(0, size).unwrap();
+                    for i in 0..blocks as u64 {
+                        let to = (((i * 7919 + t) % blocks as u64) * 4096) as usize;
+                        let from = (i * 4096) as usize;
+                        assert!(got[to..to + 4096] == data[from..from + 4096], "thread {t} round {round} block {i}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
 }
 
 #[test]
 fn plain_and_vmm_device_memory_register_with_type_and_device_from_the_pointer() {
-    if !gpu_present("plain_and_vmm_device_memory_register_with_type_and_device_from_the_pointer") {
+    if !gpu_present() {
         return;
     }
     let agent = Agent::new("gpu-register");
@@ -85,7 +140,7 @@ fn plain_and_vmm_device_memory_register_with_type_and_device_from_the_pointer() 
 
 #[test]
 fn two_processes_on_two_gpus_move_device_memory_correctly() {
-    if !gpu_present("two_processes_on_two_gpus_move_device_memory_correctly") {
+    if !gpu_present() {
         return;
     }
     let tool = std::env::var("KVX_GPU_TOOL").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kvxfer-gpu").to_string());

@@ -66,22 +66,35 @@ struct Counts {
     bytes_checked: AtomicU64,
 }
 
-/// Slot `t` of a buffer we own as raw memory (peers write into it).
+/// A buffer of `THREADS` slots that peers write into behind Rust's back, so
+/// its bytes live in `UnsafeCell`s: shared references to it never promise
+/// that the bytes stay put.
 struct Shared {
-    buf: Vec<u8>,
+    cells: Box<[std::cell::UnsafeCell<u8>]>,
 }
+
+// SAFETY: threads touch disjoint slots (see `slot`).
+unsafe impl Sync for Shared {}
 
 impl Shared {
     fn new(len: usize) -> Shared {
-        Shared { buf: vec![0u8; len] }
+        Shared { cells: (0..len).map(|_| std::cell::UnsafeCell::new(0)).collect() }
     }
-    fn slot(&self, t: usize) -> &mut [u8] {
-        // SAFETY of the test: thread t is the only one touching slot t, and
-        // transfers into it complete (wait) before the thread reads it.
-        unsafe { std::slice::from_raw_parts_mut(self.buf.as_ptr().add(t * SLOT) as *mut u8, SLOT) }
+    /// The whole buffer, for registering it.
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: only its address and length are used (registration).
+        unsafe { std::slice::from_raw_parts(self.cells.as_ptr() as *const u8, self.cells.len()) }
+    }
+    /// Slot `t`, to fill or compare.
+    ///
+    /// # Safety
+    /// Only thread `t` uses slot `t`, and no transfer into it is in flight.
+    #[allow(clippy::mut_from_ref)] // the cells are UnsafeCells: handing out &mut from &self is their purpose
+    unsafe fn slot(&self, t: usize) -> &mut [u8] {
+        std::slice::from_raw_parts_mut(self.cells[t * SLOT].get(), SLOT)
     }
     fn desc(&self, t: usize, off: usize, len: usize) -> [kvx_memory_desc; 1] {
-        [kvx_memory_desc { addr: self.buf.as_ptr() as u64 + (t * SLOT + off) as u64, len: len as u64, device_id: 0 }]
+        [kvx_memory_desc { addr: self.cells.as_ptr() as u64 + (t * SLOT + off) as u64, len: len as u64, device_id: 0 }]
     }
 }
 
@@ -93,8 +106,8 @@ fn run_load(ops: u64, seconds: u64) {
     let (cm_a, cm_b) = (Cm::try_new_on(UCX, 0).unwrap(), Cm::try_new_on(UCX, 0).unwrap());
     let (a_src, a_back, b_dst) =
         (Shared::new(THREADS * SLOT), Shared::new(THREADS * SLOT), Shared::new(THREADS * SLOT));
-    a.register(&[&a_src.buf, &a_back.buf]);
-    b.register(&[&b_dst.buf]);
+    a.register(&[a_src.bytes(), a_back.bytes()]);
+    b.register(&[b_dst.bytes()]);
     churn.register(&[&[0u8; 4096][..]]);
     ok(a.load_by_info("load-b", &b.conn_info()));
     let churn_info = churn.conn_info();
@@ -170,8 +183,8 @@ fn run_load(ops: u64, seconds: u64) {
                 let (a_src, a_back, b_dst, counts) = (&a_src, &a_back, &b_dst, &counts);
                 let (churn_info, addr_a, addr_b) = (&churn_info, &addr_a, &addr_b);
                 s.spawn(move || {
-                    let to_b = cm_a.connect(&[addr_b.clone()]).pop().unwrap();
-                    let to_a = cm_b.connect(&[addr_a.clone()]).pop().unwrap();
+                    let to_b = cm_a.connect(std::slice::from_ref(addr_b)).pop().unwrap();
+                    let to_a = cm_b.connect(std::slice::from_ref(addr_a)).pop().unwrap();
                     let tag = t as u32;
                     let mut i = 0u64;
                     let mut rng = 0x1234_5678u64 ^ (t as u64) << 32;
@@ -189,10 +202,12 @@ fn run_load(ops: u64, seconds: u64) {
                         }
                         let len = 1 + (rng >> 8) as usize % SLOT;
                         let off = (rng >> 32) as usize % (SLOT - len + 1);
+                        // SAFETY (every `slot(t)` below): this thread alone uses slot t, and
+                        // each transfer into it is waited for before the slot is touched.
                         match class {
                             // WRITE a -> b, READ it back into a, compare every byte.
                             0..=2 => {
-                                fill(&mut a_src.slot(t)[off..off + len], seed);
+                                fill(&mut unsafe { a_src.slot(t) }[off..off + len], seed);
                                 a.submit(WRITE, &a_src.desc(t, off, len), &b_dst.desc(t, off, len), "load-b", None)
                                     .unwrap()
                                     .expect_success();
@@ -200,11 +215,13 @@ fn run_load(ops: u64, seconds: u64) {
                                     .unwrap()
                                     .expect_success();
                                 assert!(
-                                    a_back.slot(t)[off..off + len] == a_src.slot(t)[off..off + len],
+                                    unsafe { a_back.slot(t) }[off..off + len]
+                                        == unsafe { a_src.slot(t) }[off..off + len],
                                     "thread {t} op {i}: read back differs"
                                 );
                                 assert!(
-                                    b_dst.slot(t)[off..off + len] == a_src.slot(t)[off..off + len],
+                                    unsafe { b_dst.slot(t) }[off..off + len]
+                                        == unsafe { a_src.slot(t) }[off..off + len],
                                     "thread {t} op {i}: target differs"
                                 );
                                 counts.writes.fetch_add(1, Ordering::Relaxed);
@@ -238,7 +255,7 @@ fn run_load(ops: u64, seconds: u64) {
                             // Connection calls on shared handles, racing other threads.
                             5 | 6 => {
                                 assert_eq!(
-                                    cm_a.connect(&[addr_b.clone()]).pop().unwrap().0,
+                                    cm_a.connect(std::slice::from_ref(addr_b)).pop().unwrap().0,
                                     to_b.0,
                                     "cached connection changed"
                                 );
@@ -266,7 +283,7 @@ fn run_load(ops: u64, seconds: u64) {
                                 let d = a.register(&[&private]);
                                 a.submit(WRITE, &d, &b_dst.desc(t, off, len), "load-b", None).unwrap().expect_success();
                                 assert!(
-                                    b_dst.slot(t)[off..off + len] == private[..],
+                                    unsafe { b_dst.slot(t) }[off..off + len] == private[..],
                                     "thread {t} op {i}: private write differs"
                                 );
                                 ok(a.deregister(&d));

@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 fn wait_stock(stock: &NixlHandle, req: nixl_capi_xfer_req_t) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match stock.transfer_status(req) {
+        // SAFETY: `req` was posted on `stock` and is released only below.
+        match unsafe { stock.transfer_status(req) } {
             NIXL_CAPI_SUCCESS => break,
             NIXL_CAPI_IN_PROG if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(50)),
             s => panic!("stock NIXL transfer ended with {s} ({})", status_name(s)),
         }
     }
-    stock.release(req);
+    // SAFETY: the request's last use.
+    unsafe { stock.release(req) };
 }
 
 #[test]

@@ -456,7 +456,8 @@ enum Initiator {
     /// NIXL directly; `prepped`: prepared lists and indices (vLLM's way)
     /// instead of a new request from descriptor lists each time (TensorRT-LLM's way).
     Nixl {
-        nixl: nixl::Nixl,
+        // Boxed: NIXL's function table is far larger than an agent handle.
+        nixl: Box<nixl::Nixl>,
         peer: CString,
         prepped: bool,
     },
@@ -617,7 +618,7 @@ fn initiator(o: &Opts) {
             target.send(&format!("md {md}"));
             // Pings are answered only once the target knows this agent.
             target.expect("MDLOADED");
-            Initiator::Nixl { nixl, peer: CString::new(peer).unwrap(), prepped: system == "nixl-prep" }
+            Initiator::Nixl { nixl: Box::new(nixl), peer: CString::new(peer).unwrap(), prepped: system == "nixl-prep" }
         }
         _ => {
             let agent =

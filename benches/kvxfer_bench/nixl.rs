@@ -294,7 +294,10 @@ impl Nixl {
             // SAFETY: a live request of this agent.
             let st = unsafe { (self.api.get_xfer_status)(self.agent, req) };
             match st {
-                SUCCESS => return Ok(self.finish(req)),
+                SUCCESS => {
+                    self.finish(req);
+                    return Ok(());
+                }
                 IN_PROG if std::time::Instant::now() < deadline => std::hint::spin_loop(),
                 IN_PROG => return Err("NIXL transfer timed out".into()),
                 other => {

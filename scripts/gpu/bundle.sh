@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build kvxfer here (release) and pack what the GPU machine needs into ONE
-# .tar.xz small enough for the device tool (64 MiB for everything that
-# travels): libkvxfer.so, the kvxfer-gpu tool, the GPU test binary, CUDA UCX
+# .tar.xz (at most 60 MiB) to copy to a GPU machine that has neither network
+# access nor a Rust toolchain: libkvxfer.so, the kvxfer-gpu tool, the GPU test binary, CUDA UCX
 # from the libucx-cu13 wheel and NIXL (C API + UCX plugin) from the nixl-cu13
 # wheel, each library only if something needed links it (DT_NEEDED closure),
 # all stripped. scripts/gpu/run.sh unpacks and runs it on the GPU machine.
@@ -43,6 +43,7 @@ cp "$test_exe" "$stage/bin/gpu_transfers"
 cp target/release/libkvxfer.so "$stage/lib/libkvxfer.so.0"
 cp src/cuda/copy_kernel.cu "$stage/"
 cp scripts/gpu/run.sh "$stage/run.sh"
+cp scripts/gpu/build_ptx.sh "$stage/build_ptx.sh"
 unzip -q "$wheels"/libucx_cu13-*.whl -d "$stage.wheels/ucx"
 unzip -q "$wheels"/nixl_cu13-*.whl -d "$stage.wheels/nixl"
 
@@ -108,6 +109,6 @@ tar -C "$stage" -cJf "$dest/.gpu_bundle/kvxfer-gpu.tar.xz" .
 size=$(stat -c %s "$dest/.gpu_bundle/kvxfer-gpu.tar.xz")
 echo "bundle: $dest/.gpu_bundle/kvxfer-gpu.tar.xz, $((size >> 20)) MiB ($size bytes)"
 if [ "$size" -gt "$limit_bytes" ]; then
-    echo "bundle: larger than $((limit_bytes >> 20)) MiB; the device tool would refuse it" >&2
+    echo "bundle: larger than $((limit_bytes >> 20)) MiB; too large to copy comfortably" >&2
     exit 1
 fi

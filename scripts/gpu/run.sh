@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Run kvxfer's GPU tests and the GPU measurement on the GPU machine, in one
-# call of the device tool, from the bundle scripts/gpu/bundle.sh made:
+# Run kvxfer's GPU tests and the GPU measurement on a GPU machine (two GPUs
+# for the two-process checks), from the bundle scripts/gpu/bundle.sh made:
 #
-#   (here)   scripts/gpu/bundle.sh /work/main        # -> /work/main/.gpu_bundle/kvxfer-gpu.tar.xz
-#   (device) run: bash scripts/gpu/run.sh, kind nvidia-h200-x2, carry [".gpu_bundle"]
+#   (build machine) scripts/gpu/bundle.sh [DEST]     # -> DEST/.gpu_bundle/kvxfer-gpu.tar.xz
+#   (GPU machine)   bash scripts/gpu/run.sh          # with .gpu_bundle/ copied into the tree
 # The bundle carries this script too, so a tree without scripts/gpu runs it with
 #   mkdir -p /tmp/kvx-gpu && tar -C /tmp/kvx-gpu -xJf .gpu_bundle/kvxfer-gpu.tar.xz && bash /tmp/kvx-gpu/run.sh
 #
 # Steps (each bounded by `timeout`, logs under $OUT): GPU facts; nvcc's PTX of
-# the copy kernel (when nvcc exists, to compare with the committed one); the
-# GPU tests on UCX and on NIXL; `kvxfer-gpu bench` (UCX batched IPC path, UCX
-# transport path, NIXL; ratios to cuMemcpyPeer measured in the same run).
-# `--tests-only` / `--bench-only` run one half; KVX_NVCC_PTX=1 rebuilds the copy kernel there.
+# the copy kernels (KVX_NVCC_PTX=1: built there and used, to compare with the
+# committed one); the GPU tests on UCX and on NIXL; `kvxfer-gpu bench` (UCX
+# batched IPC path, UCX transport path, NIXL; one request, 8 concurrent
+# requests, the gather-transfer-scatter baseline; ratios to cuMemcpyPeer, or
+# to cuMemcpy on one GPU, measured in the same run; every goal with its
+# verdict; bench.json); then, on one GPU, the staging READ/WRITE of the UCX
+# transport and NIXL again with UCX's own cuda_ipc GET setting
+# (UCX_CUDA_IPC_ENABLE_GET_ZCOPY=auto), which shows what kvxfer's default fixes.
+# `--tests-only` / `--bench-only` run one half.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-/tmp/kvx-gpu-out}
@@ -58,7 +63,7 @@ cat "$out/facts.log"
 # KVX_NVCC_PTX=1: build the copy kernel with this machine's nvcc and use that
 # build (KVX_COPY_KERNEL_PTX) instead of the committed PTX; it comes back in $OUT.
 if [ "${KVX_NVCC_PTX:-0}" = 1 ] && command -v nvcc >/dev/null; then
-    if timeout 60 nvcc -ptx -arch=compute_75 -O3 "$root/copy_kernel.cu" -o "$out/copy_kernel.ptx"; then
+    if timeout 60 bash "$root/build_ptx.sh" "$root/copy_kernel.cu" "$out/copy_kernel.ptx"; then
         export KVX_COPY_KERNEL_PTX=$out/copy_kernel.ptx
         echo "copy kernel: nvcc build in use ($(nvcc --version | tail -1))"
     fi
@@ -68,5 +73,9 @@ if [ "$mode" != "--bench-only" ]; then
     step tests-nixl 100 env TRTLLM_USE_NIXL_KVCACHE=1 TRTLLM_USE_UCX_KVCACHE=0 "$root/bin/gpu_transfers" --test-threads=1 --nocapture
 fi
 if [ "$mode" != "--tests-only" ]; then
-    TAIL=40 step bench 360 "$root/bin/kvxfer-gpu" bench --iters "${KVX_BENCH_ITERS:-3}" --systems "${KVX_BENCH_SYSTEMS:-ipc,transport,nixl}" --json "$out/bench.json"
+    TAIL=80 step bench 360 "$root/bin/kvxfer-gpu" bench --iters "${KVX_BENCH_ITERS:-3}" --systems "${KVX_BENCH_SYSTEMS:-ipc,transport,nixl}" --json "$out/bench.json"
+    if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" = 1 ]; then
+        TAIL=30 step bench-get-auto 120 env UCX_CUDA_IPC_ENABLE_GET_ZCOPY=auto "$root/bin/kvxfer-gpu" bench --iters 3 \
+            --systems transport,nixl --workloads staging --json "$out/bench-get-auto.json"
+    fi
 fi

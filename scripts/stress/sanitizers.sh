@@ -2,11 +2,11 @@
 # Sanitizer runs (each step prints "<step>: clean" or fails):
 #   asan      C++ GoogleTest suite (tests/cpp) built with -fsanitize=address
 #   ubsan     the same with -fsanitize=undefined
-#   valgrind  examples/consumer and tests/c/abi_walkthrough.c under memcheck
+#   valgrind  examples/consumer, examples/two_agents and tests/c/abi_walkthrough.c under memcheck
 #   miri      the pure-Rust unit tests under Miri: parsers and framing
 #             (core::wire, core::net, core::config, NIXL message framing),
 #             registration bookkeeping and coalescing (core::memory,
-#             core::coalesce, the CUDA IPC batch slicing), backend selection
+#             core::coalesce, request slicing over threads), backend selection
 #             (pinned nightly, installed with rustup when missing)
 #   scripts/stress/sanitizers.sh                # all steps
 #   STEPS="asan valgrind" scripts/stress/sanitizers.sh
@@ -15,6 +15,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
+source scripts/progress.sh
 STEPS="${STEPS:-asan ubsan valgrind miri}"
 # A pinned nightly: Miri's checks change between nightlies, and CI must not move with them.
 MIRI_TOOLCHAIN="${MIRI_TOOLCHAIN:-nightly-2026-05-20}"
@@ -29,8 +30,9 @@ unset LD_LIBRARY_PATH
 installed=0
 install_kvxfer() {
   [[ $installed -eq 1 ]] && return
+  # The dev profile in the shared target folder: the library `cargo test` built.
   cmake -S "$ROOT" -B "$OUT/kvxfer" "${GEN[@]}" -DCMAKE_INSTALL_PREFIX="$PREFIX" -DKVXFER_CARGO_PROFILE=dev >/dev/null
-  cmake --build "$OUT/kvxfer" -j "$JOBS" >/dev/null
+  step "build kvxfer (dev profile) and install it into $PREFIX" cmake --build "$OUT/kvxfer" -j "$JOBS" >/dev/null
   cmake --install "$OUT/kvxfer" >/dev/null
   installed=1
 }
@@ -39,7 +41,7 @@ cpp_suite() { # $1 = sanitizer list, $2 = build dir name
   install_kvxfer
   cmake -S "$ROOT/tests/cpp" -B "$OUT/$2" "${GEN[@]}" -DCMAKE_PREFIX_PATH="$PREFIX" \
     -DKVXFER_SANITIZE="$1" -DCMAKE_BUILD_TYPE=Debug >/dev/null
-  cmake --build "$OUT/$2" -j "$JOBS" >/dev/null
+  step "build the C++ suite with -fsanitize=$1" cmake --build "$OUT/$2" -j "$JOBS" >/dev/null
   (cd "$OUT/$2" && ctest --output-on-failure -j "$JOBS")
 }
 
@@ -65,26 +67,30 @@ for step in $STEPS; do
         -I"$PREFIX/include" -L"$PREFIX/lib" -lkvxfer -Wl,-rpath,"$PREFIX/lib"
       cc -std=c99 -Wall -Wextra -Werror -g -o "$OUT/valgrind/abi_walkthrough" "$ROOT/tests/c/abi_walkthrough.c" \
         -I"$PREFIX/include" -L"$PREFIX/lib" -lkvxfer -Wl,-rpath,"$PREFIX/lib"
-      for prog in consumer abi_walkthrough; do
+      cc -std=c99 -Wall -Wextra -Werror -g -o "$OUT/valgrind/two_agents" "$ROOT/examples/two_agents/two_agents.c" \
+        -I"$PREFIX/include" -L"$PREFIX/lib" -lkvxfer -Wl,-rpath,"$PREFIX/lib"
+      for prog in consumer abi_walkthrough two_agents; do
         valgrind --quiet --error-exitcode=99 --leak-check=full --show-leak-kinds=definite \
           --errors-for-leak-kinds=definite --suppressions="$SUPP/valgrind.supp" "$OUT/valgrind/$prog"
-        echo "valgrind $prog: clean"
+        echo "KVX-CHECK ok valgrind $prog: clean"
       done
       ;;
     miri)
       if ! cargo "+$MIRI_TOOLCHAIN" miri --version >/dev/null 2>&1; then
-        rustup toolchain install "$MIRI_TOOLCHAIN" --profile minimal --component miri,rust-src >/dev/null 2>&1 || true
+        step "rustup toolchain install $MIRI_TOOLCHAIN with miri and rust-src" \
+          rustup toolchain install "$MIRI_TOOLCHAIN" --profile minimal --component miri,rust-src >/dev/null 2>&1 || true
       fi
       if ! cargo "+$MIRI_TOOLCHAIN" miri --version >/dev/null 2>&1; then
-        echo "miri: SKIPPED: needs the $MIRI_TOOLCHAIN toolchain with the miri and rust-src components, which rustup could not install here"
+        echo "KVX-CHECK SKIPPED miri: needs the $MIRI_TOOLCHAIN toolchain with the miri and rust-src components, which rustup could not install here"
         # CI must not pass on a skip.
         [[ "${CI:-}" == "true" ]] && exit 1
         continue
       fi
       # getifaddrs is FFI, which Miri cannot run; everything else in these modules is pure Rust.
-      CARGO_TARGET_DIR="$ROOT/target/miri" cargo "+$MIRI_TOOLCHAIN" miri test --lib -- \
+      # cargo miri keeps its build in the target folder's miri/.
+      step "Miri: build and run the pure-Rust unit tests" cargo "+$MIRI_TOOLCHAIN" miri test --lib -- \
         core::wire core::net core::memory core::config core::error core::coalesce core::select \
-        backend::nixl::conn::tests backend::ucx::agent::ipc::tests --skip loopback_interface_has_an_address
+        core::parallel backend::nixl::conn::tests --skip loopback_interface_has_an_address
       echo "miri: clean"
       ;;
     *) echo "unknown step $step" >&2; exit 2 ;;

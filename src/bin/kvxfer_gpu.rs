@@ -5,16 +5,23 @@
 //! kvxfer-gpu check                 device memory end to end on the backend the
 //!                                  environment selects (TRTLLM_USE_NIXL_KVCACHE=1
 //!                                  for NIXL); exits non-zero on any mismatch
-//! kvxfer-gpu bench [--iters N] [--json PATH] [--systems ipc,transport,nixl]
-//!                                  Llama-3-70B, 4k-token prompt (1.25 GiB) GPU0 -> GPU1:
+//! kvxfer-gpu bench [--iters N] [--json PATH] [--systems ipc,transport,nixl] [--same-gpu]
+//!                  [--workloads staging,paged]   (name prefixes; default all)
+//!                                  Llama-3-70B, 4k-token prompt (1.25 GiB) GPU0 -> GPU1
+//!                                  (both on GPU 0 with --same-gpu or on a one-GPU machine):
 //!                                  staging and paged layouts, READ and WRITE, over UCX
-//!                                  (batched IPC path and plain transport) and NIXL, as
-//!                                  ratios to the cuMemcpyPeer ceiling measured first
+//!                                  (batched IPC path and plain transport) and NIXL, one
+//!                                  request and 8 concurrent requests from 8 threads, and
+//!                                  the gather-transfer-scatter baseline; ratios to the
+//!                                  cuMemcpyPeer (same device: cuMemcpy) ceiling measured
+//!                                  first, and every goal with MET / NOT MET
 //! ```
 //! Internal roles: `initiator` (GPU 0) starts `target` (GPU 1, or 0 on a
-//! one-GPU machine) and drives it over stdin/stdout. Every wait is bounded.
+//! one-GPU machine or with KVX_GPU_SAME_DEVICE=1) and drives it over
+//! stdin/stdout. Every wait is bounded.
 
 use kvxfer::core::memory::kvx_memory_desc;
+use kvxfer::cuda::batch::{copy_and_wait, Copy};
 use kvxfer::cuda::memory::{peer_copy, Allocation, DeviceBuffer};
 use kvxfer::dispatch::kvx_transfer_state;
 use kvxfer::ffi::conn::*;
@@ -136,7 +143,7 @@ fn allocation(name: &str) -> Allocation {
 }
 
 fn target_device() -> u32 {
-    if kvxfer::cuda::device_count() >= 2 {
+    if kvxfer::cuda::device_count() >= 2 && std::env::var("KVX_GPU_SAME_DEVICE").map_or(true, |v| v != "1") {
         1
     } else {
         0
@@ -156,17 +163,21 @@ fn target(args: &[String]) {
         ok(agent.register_descs(VRAM, &[kvx_memory_desc { addr: buf.ptr(), len: size as u64, device_id: device }]));
         buffers.insert(kind.into(), buf);
     }
+    // Where the gather-transfer-scatter baseline lands before its scatter.
+    let staging = DeviceBuffer::new(device, size, Allocation::Plain).unwrap_or_else(|e| die(&e.to_string()));
+    ok(agent.register_descs(VRAM, &[kvx_memory_desc { addr: staging.ptr(), len: size as u64, device_id: device }]));
     let host = pattern(1 << 20, 0);
     agent.register(&[&host]);
     say(&format!(
-        "READY {} {} {} {} {} {} {}",
+        "READY {} {} {} {} {} {} {} {}",
         agent.conn_info(),
         cm.address(),
         device,
         buffers["plain"].ptr(),
         buffers["vmm"].ptr(),
         host.as_ptr() as u64,
-        size
+        size,
+        staging.ptr()
     ));
     for line in std::io::stdin().lock().lines() {
         let line = line.unwrap();
@@ -197,6 +208,21 @@ fn target(args: &[String]) {
                     if note_ok && data_ok { "ok" } else { "BAD" }
                 ));
             }
+            // scatter LAYOUT...: block i of the staging buffer (packed) to its place in the plain buffer
+            Some("scatter") => {
+                let layout = Layout::parse(&words[1..]);
+                let copies: Vec<Copy> = (0..layout.count)
+                    .map(|i| Copy {
+                        src: staging.ptr() + i * layout.len,
+                        dst: buffers["plain"].ptr() + layout.remote_offset(i),
+                        len: layout.len,
+                    })
+                    .collect();
+                match copy_and_wait(device, &copies) {
+                    Ok(()) => say("DONE"),
+                    Err(e) => say(&format!("FAILED {}", e.to_string().replace(' ', "_"))),
+                }
+            }
             // cm-echo SIZE: receive a message into device memory from any peer, check it, send it back
             Some("cm-echo") => {
                 let len: usize = words[1].parse().unwrap();
@@ -222,6 +248,7 @@ fn target(args: &[String]) {
 }
 
 struct Peer {
+    staging: u64,
     child: Child,
     to: ChildStdin,
     from: Lines<BufReader<ChildStdout>>,
@@ -250,6 +277,7 @@ impl Peer {
         }
         let n = |i: usize| w[i].parse::<u64>().unwrap();
         Peer {
+            staging: n(8),
             info: w[1].into(),
             cm_address: w[2].into(),
             device: n(3) as u32,
@@ -333,6 +361,64 @@ fn check_layout(
     Ok(())
 }
 
+/// Requests from `threads` threads at once, each a slice of `descs`; Err on the first failure.
+fn concurrently(
+    agent: &Agent,
+    op: u32,
+    (l, r): (&[kvx_memory_desc], &[kvx_memory_desc]),
+    threads: usize,
+) -> Result<(), String> {
+    let (ls, rs) = (split(l, threads), split(r, threads));
+    let start = std::sync::Barrier::new(ls.len());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ls
+            .iter()
+            .zip(&rs)
+            .map(|(lp, rp)| {
+                let start = &start;
+                scope.spawn(move || {
+                    kvxfer::cuda::bind_thread_to_device(0).map_err(|e| e.to_string())?;
+                    start.wait();
+                    run_once(agent, op, lp, rp, None).map(|_| ())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
+    })
+}
+
+/// WRITE then READ of `layout` as CONCURRENT requests from as many threads, data verified on both sides.
+fn check_concurrent(agent: &Agent, peer: &mut Peer, size: u64, layout: Layout, seed: u64) -> Result<(), String> {
+    let local = DeviceBuffer::new(0, size as usize, Allocation::Plain).map_err(|e| e.to_string())?;
+    let desc = [kvx_memory_desc { addr: local.ptr(), len: size, device_id: 0 }];
+    if agent.register_descs(VRAM, &desc) != kvxfer::kvx_status::KVX_OK {
+        return Err(format!("register local: {}", last_error()));
+    }
+    let (l, r) = layout.descs(&local, peer.remote("plain"));
+    local.upload(0, &pattern(size as usize, seed)).unwrap();
+    peer.ask("poison plain");
+    concurrently(agent, WRITE, (&l, &r), CONCURRENT)?;
+    // Every request completed: the notification follows all of them.
+    if agent.notify(TARGET, format!("written {seed}").as_bytes()) != kvxfer::kvx_status::KVX_OK {
+        return Err(format!("notify: {}", last_error()));
+    }
+    let verdict = peer.ask(&format!("verify-write plain {seed} {}", layout.words()));
+    if !verdict.starts_with("VERIFIED ok") {
+        return Err(format!("WRITE: target says {verdict}"));
+    }
+    peer.ask(&format!("fill plain {}", seed + 1));
+    local.fill(POISON).unwrap();
+    concurrently(agent, READ, (&l, &r), CONCURRENT)?;
+    let source = pattern(size as usize, seed + 1);
+    let expected = layout.expected(size as usize, &source, |i| layout.remote_offset(i), |i| layout.local_offset(i));
+    let read_ok = local.download(0, size as usize).unwrap() == expected;
+    let _ = agent.deregister_typed(&desc);
+    if !read_ok {
+        return Err("READ: data mismatch at the initiator".into());
+    }
+    Ok(())
+}
+
 trait DeregisterTyped {
     fn deregister_typed(&self, descs: &[kvx_memory_desc]) -> kvxfer::kvx_status;
 }
@@ -363,10 +449,18 @@ fn check() {
     let paged = Layout { count: 4096, len: 16 << 10, gap: 0, pad: 0, permute: true };
     // Lengths and offsets not multiples of 16 take the kernel's byte path.
     let odd = Layout { count: 2000, len: 4099, gap: 5, pad: 3, permute: true };
+    // Every size class: entries longer than one warp's share (several blocks each).
+    let large = Layout { count: 64, len: 200 << 10, gap: 0, pad: 0, permute: true };
+    // Ends that share their alignment modulo 4 but not 16: 4-byte words between byte heads and tails.
+    let words = Layout { count: 600, len: (100 << 10) + 6, gap: 2, pad: 4, permute: true };
     for alloc in ["plain", "vmm"] {
-        for (name, layout) in
-            [("one 64 MiB descriptor", whole), ("4096 x 16 KiB scattered", paged), ("2000 x 4099 B unaligned", odd)]
-        {
+        for (name, layout) in [
+            ("one 64 MiB descriptor", whole),
+            ("4096 x 16 KiB scattered", paged),
+            ("2000 x 4099 B unaligned", odd),
+            ("64 x 200 KiB scattered", large),
+            ("600 x 100 KiB+6 B, 4-byte aligned", words),
+        ] {
             let r = check_layout(&agent, &mut peer, size, alloc, layout, 100);
             report(&format!("{alloc} VRAM<->VRAM {name}"), r);
         }
@@ -393,6 +487,11 @@ fn check() {
         }
     })();
     report("READ host memory (target) into VRAM (initiator)", mixed);
+    let many = Layout { count: 16384, len: 4 << 10, gap: 0, pad: 0, permute: true };
+    report(
+        &format!("plain VRAM<->VRAM 16384 x 4 KiB as {CONCURRENT} concurrent requests"),
+        check_concurrent(&agent, &mut peer, size, many, 300),
+    );
     // Connection manager send/recv with device buffers on both sides.
     let cm_case = (|| {
         let cm = Cm::new();
@@ -448,49 +547,84 @@ fn workloads() -> Vec<(String, Layout)> {
     out
 }
 
+/// Requests in flight at once in the concurrent case, each from its own thread.
+const CONCURRENT: usize = 8;
+
+/// Timings of one case: per-request (or per-round) seconds and submit-call seconds.
+struct Timed {
+    times: Vec<f64>,
+    submits: Vec<f64>,
+    latencies: Vec<f64>,
+    outcome: Result<(), String>,
+}
+
+/// Run `once` (which returns the seconds its request or round took) after one
+/// warm-up (mapping, kernel load, UCX protocol selection) until both
+/// `min_iters` runs and half a second are reached; paths that take seconds per
+/// request get one timed run, so the whole bench stays bounded.
+fn timed(min_iters: usize, mut once: impl FnMut(&mut Timed) -> Result<f64, String>) -> Timed {
+    let mut t = Timed { times: Vec::new(), submits: Vec::new(), latencies: Vec::new(), outcome: Ok(()) };
+    let warm = Instant::now();
+    t.outcome = once(&mut t).map(|_| ());
+    t.submits.clear();
+    t.latencies.clear();
+    let wanted = if warm.elapsed() > Duration::from_secs(2) { 1 } else { min_iters };
+    let started = Instant::now();
+    while t.outcome.is_ok()
+        && (t.times.len() < wanted || (wanted > 1 && started.elapsed() < Duration::from_millis(500)))
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        match once(&mut t) {
+            Ok(seconds) => t.times.push(seconds),
+            Err(e) => t.outcome = Err(e),
+        }
+    }
+    t
+}
+
+/// The request's descriptors cut into `parts` contiguous slices, one per thread.
+fn split<T>(v: &[T], parts: usize) -> Vec<&[T]> {
+    let per = v.len().div_ceil(parts);
+    v.chunks(per.max(1)).collect()
+}
+
 /// Initiator of the measurement: one backend, every workload, both directions; prints RESULT lines.
 fn initiator(args: &[String]) {
     kvxfer::cuda::bind_thread_to_device(0).unwrap_or_else(|e| die(&e.to_string()));
     let total = LLAMA70B_BYTES_PER_TOKEN * PROMPT_TOKENS;
-    let min_iters = num(args, "--iters", 5);
+    let min_iters = num(args, "--iters", 5) as usize;
+    let baseline = args.iter().any(|a| a == "--baseline");
     let mut peer = Peer::start(total);
     let agent = Agent::new("kvxfer-gpu-initiator");
     ok(agent.load_by_info(TARGET, &peer.info));
     let local = DeviceBuffer::new(0, total as usize, Allocation::Plain).unwrap_or_else(|e| die(&e.to_string()));
     ok(agent.register_descs(VRAM, &[kvx_memory_desc { addr: local.ptr(), len: total, device_id: 0 }]));
+    let staging = DeviceBuffer::new(0, total as usize, Allocation::Plain).unwrap_or_else(|e| die(&e.to_string()));
+    ok(agent.register_descs(VRAM, &[kvx_memory_desc { addr: staging.ptr(), len: total, device_id: 0 }]));
+    let seed = 7;
+    let source = pattern(total as usize, seed);
+    let only = opt(args, "--workloads");
     for (name, layout) in workloads() {
+        if only.as_ref().is_some_and(|w| !w.split(',').any(|w| name.starts_with(w))) {
+            continue;
+        }
         let (l, r) = layout.descs(&local, peer.remote("plain"));
         for (op, op_name) in [(WRITE, "WRITE"), (READ, "READ")] {
-            let seed = 7;
-            if op == WRITE {
-                local.upload(0, &pattern(total as usize, seed)).unwrap();
-                peer.ask("poison plain");
-            } else {
-                peer.ask(&format!("fill plain {seed}"));
-                local.fill(POISON).unwrap();
-            }
-            // One warm-up (mapping, kernel load, UCX protocol selection), then timed runs
-            // until both the minimum count and half a second are reached.
-            let warm = Instant::now();
-            let mut outcome = run_once(&agent, op, &l, &r, None);
-            // Paths that take seconds per request get one timed run, so the whole bench stays bounded.
-            let wanted = if warm.elapsed() > Duration::from_secs(2) { 1 } else { min_iters as usize };
-            let mut times = Vec::new();
-            let mut submits = Vec::new();
-            let started = Instant::now();
-            while outcome.is_ok()
-                && (times.len() < wanted || (wanted > 1 && started.elapsed() < Duration::from_millis(500)))
-                && started.elapsed() < Duration::from_secs(20)
-            {
-                let t = Instant::now();
-                outcome = run_once(&agent, op, &l, &r, None);
-                times.push(t.elapsed().as_secs_f64());
-                submits.extend(outcome.as_ref().ok().copied());
-            }
-            // The last transfer carries the sync message the target verifies with.
-            let verified = outcome.clone().and_then(|_| {
+            // Fresh data and a poisoned destination for every case; each case verifies all of it.
+            let prepare = |peer: &mut Peer| {
                 if op == WRITE {
-                    run_once(&agent, op, &l, &r, Some(format!("written {seed}").as_bytes()))?;
+                    local.upload(0, &source).unwrap();
+                    peer.ask("poison plain");
+                } else {
+                    peer.ask(&format!("fill plain {seed}"));
+                    local.fill(POISON).unwrap();
+                }
+            };
+            let verify = |peer: &mut Peer, written: bool| -> Result<(), String> {
+                if op == WRITE {
+                    if !written {
+                        return Err("no verified WRITE".into());
+                    }
                     let v = peer.ask(&format!("verify-write plain {seed} {}", layout.words()));
                     if v.starts_with("VERIFIED ok") {
                         Ok(())
@@ -498,7 +632,6 @@ fn initiator(args: &[String]) {
                         Err(v)
                     }
                 } else {
-                    let source = pattern(total as usize, seed);
                     let expected = layout.expected(
                         total as usize,
                         &source,
@@ -511,23 +644,141 @@ fn initiator(args: &[String]) {
                         Err("READ data mismatch".into())
                     }
                 }
-            });
-            let median = median_of(&mut times);
-            let submit_ms = median_of(&mut submits) * 1e3;
-            let status = match (&outcome, &verified) {
-                (Err(e), _) | (Ok(_), Err(e)) => format!("FAILED {}", e.replace(' ', "_")),
-                _ => "verified".into(),
             };
-            say(&format!(
-                "RESULT|{name}|{op_name}|{}|{}|{:.3}|{}|{status}|{submit_ms:.3}|{:.3}",
-                layout.count,
-                layout.len,
-                total as f64 / median / 1e9,
-                times.len(),
-                median * 1e3
-            ));
+            let note = format!("written {seed}");
+            // One request at a time.
+            prepare(&mut peer);
+            let t = timed(min_iters, |t| {
+                let at = Instant::now();
+                let submit = run_once(&agent, op, &l, &r, None)?;
+                t.submits.push(submit);
+                Ok(at.elapsed().as_secs_f64())
+            });
+            let written =
+                t.outcome.is_ok() && (op == READ || run_once(&agent, op, &l, &r, Some(note.as_bytes())).is_ok());
+            let verified = t.outcome.clone().and_then(|_| verify(&mut peer, written));
+            let median = report("single", &name, op_name, &layout, &t, &verified, total);
+            // CONCURRENT requests from as many threads, each a slice of the same workload;
+            // timed per round (all submitted together, until the last completes).
+            if median < 0.5 {
+                prepare(&mut peer);
+                let (ls, rs) = (split(&l, CONCURRENT), split(&r, CONCURRENT));
+                // A round runs from the threads' common start to the last completion (thread start-up excluded).
+                let t = timed(min_iters, |t| {
+                    let start = std::sync::Barrier::new(ls.len());
+                    let results: Vec<Result<(Instant, f64, f64), String>> = std::thread::scope(|scope| {
+                        let handles: Vec<_> = ls
+                            .iter()
+                            .zip(&rs)
+                            .map(|(lp, rp)| {
+                                let (agent, start) = (&agent, &start);
+                                scope.spawn(move || {
+                                    kvxfer::cuda::bind_thread_to_device(0).map_err(|e| e.to_string())?;
+                                    start.wait();
+                                    let at = Instant::now();
+                                    let submit = run_once(agent, op, lp, rp, None)?;
+                                    Ok((at, submit, at.elapsed().as_secs_f64()))
+                                })
+                            })
+                            .collect();
+                        handles
+                            .into_iter()
+                            .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
+                            .collect()
+                    });
+                    let mut span: Option<(Instant, Instant)> = None;
+                    for r in results {
+                        let (at, submit, latency) = r?;
+                        t.submits.push(submit);
+                        t.latencies.push(latency);
+                        let end = at + Duration::from_secs_f64(latency);
+                        span = Some(span.map_or((at, end), |(s, e)| (s.min(at), e.max(end))));
+                    }
+                    Ok(span.map_or(0.0, |(s, e)| (e - s).as_secs_f64()))
+                });
+                // The data of the last round is verified; the notification follows every request's completion.
+                let written = t.outcome.is_ok()
+                    && (op == READ || agent.notify(TARGET, note.as_bytes()) == kvxfer::kvx_status::KVX_OK);
+                let verified = t.outcome.clone().and_then(|_| verify(&mut peer, written));
+                report(&format!("{CONCURRENT} concurrent"), &name, op_name, &layout, &t, &verified, total);
+            }
+            // What a TensorRT-LLM user has without a batched path: a gather kernel into one
+            // staging buffer, one transfer of it, a scatter kernel at the target; end to end.
+            if baseline && op == WRITE && layout.count > 80 {
+                prepare(&mut peer);
+                let gather: Vec<Copy> = (0..layout.count)
+                    .map(|i| Copy {
+                        src: local.ptr() + layout.local_offset(i),
+                        dst: staging.ptr() + i * layout.len,
+                        len: layout.len,
+                    })
+                    .collect();
+                let one_l = [kvx_memory_desc { addr: staging.ptr(), len: total, device_id: 0 }];
+                let one_r = [kvx_memory_desc { addr: peer.staging, len: total, device_id: peer.device }];
+                let round = |peer: &mut Peer, sync: Option<&[u8]>| -> Result<f64, String> {
+                    let at = Instant::now();
+                    copy_and_wait(0, &gather).map_err(|e| e.to_string())?;
+                    run_once(&agent, WRITE, &one_l, &one_r, sync)?;
+                    let done = peer.ask(&format!("scatter {}", layout.words()));
+                    if done != "DONE" {
+                        return Err(format!("target scatter: {done}"));
+                    }
+                    Ok(at.elapsed().as_secs_f64())
+                };
+                let t = {
+                    let peer = &mut peer;
+                    timed(min_iters, |t| {
+                        let seconds = round(peer, None)?;
+                        t.latencies.push(seconds);
+                        Ok(seconds)
+                    })
+                };
+                let written = t.outcome.is_ok() && round(&mut peer, Some(note.as_bytes())).is_ok();
+                let verified = t.outcome.clone().and_then(|_| verify(&mut peer, written));
+                report("gather-transfer-scatter", &name, op_name, &layout, &t, &verified, total);
+            }
         }
     }
+}
+
+/// Print one RESULT line; the median seconds per request (or round).
+fn report(
+    case: &str,
+    name: &str,
+    op: &str,
+    layout: &Layout,
+    t: &Timed,
+    verified: &Result<(), String>,
+    total: u64,
+) -> f64 {
+    let median = median_of(&mut t.times.clone());
+    let submit_ms = median_of(&mut t.submits.clone()) * 1e3;
+    let mut lat = t.latencies.clone();
+    if lat.is_empty() {
+        lat = t.times.clone();
+    }
+    let (p50, p99) = (percentile(&mut lat.clone(), 0.5) * 1e3, percentile(&mut lat, 0.99) * 1e3);
+    let status = match (&t.outcome, verified) {
+        (Err(e), _) | (Ok(_), Err(e)) => format!("FAILED {}", e.replace([' ', '|'], "_")),
+        _ => "verified".into(),
+    };
+    say(&format!(
+        "RESULT|{case}|{name}|{op}|{}|{}|{:.3}|{}|{status}|{submit_ms:.3}|{:.3}|{p50:.3}|{p99:.3}",
+        layout.count,
+        layout.len,
+        total as f64 / median / 1e9,
+        t.times.len(),
+        median * 1e3
+    ));
+    median
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
 }
 
 fn median_of(v: &mut [f64]) -> f64 {
@@ -566,6 +817,7 @@ fn ceiling(total: usize, iters: usize) -> (f64, f64) {
 
 struct Row {
     system: String,
+    case: String,
     workload: String,
     op: String,
     descs: u64,
@@ -575,15 +827,150 @@ struct Row {
     status: String,
     submit_ms: f64,
     total_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Row {
+    fn ok(&self) -> bool {
+        self.status == "verified"
+    }
+}
+
+/// One goal's verdict: what was compared, the measured figure, and whether it holds.
+struct Goal {
+    goal: String,
+    measured: String,
+    met: Option<bool>,
+}
+
+/// Every goal the rows can judge (a goal whose case did not run, or did not verify, is NOT MET).
+fn goals(rows: &[Row], ceiling: (f64, f64), same_device: bool) -> Vec<Goal> {
+    let find = |system: &str, case: &str, workload: &str, op: &str| {
+        rows.iter().find(|r| r.system == system && r.case == case && r.workload.starts_with(workload) && r.op == op)
+    };
+    let share = |r: &Row| 100.0 * r.gbps / if r.op == "WRITE" { ceiling.0 } else { ceiling.1 };
+    let mut out = Vec::new();
+    let ipc = "kvxfer-ucx (batched IPC)";
+    let targets: &[(&str, f64)] = if same_device {
+        &[("staging", 85.0), ("paged 40960", 85.0), ("paged 81920", 85.0), ("paged 327680", 60.0)]
+    } else {
+        &[("staging", 98.0), ("paged 40960", 90.0), ("paged 81920", 90.0), ("paged 327680", 80.0)]
+    };
+    let ceiling_name = if same_device { "same-device cuMemcpy" } else { "cuMemcpyPeer" };
+    for &(workload, want) in targets {
+        for op in ["WRITE", "READ"] {
+            let row = find(ipc, "single", workload, op);
+            out.push(Goal {
+                goal: format!("batched {workload} {op} >= {want:.0}% of {ceiling_name}"),
+                measured: row
+                    .map_or("not run".into(), |r| format!("{:.1}% ({:.1} GB/s, {})", share(r), r.gbps, r.status)),
+                met: Some(row.is_some_and(|r| r.ok() && share(r) >= want)),
+            });
+        }
+    }
+    for op in ["WRITE", "READ"] {
+        let row = find(ipc, "single", "paged 327680", op);
+        let ns = row.map(|r| r.submit_ms * 1e6 / r.descs as f64);
+        out.push(Goal {
+            goal: format!("submit call <= 3 ns per descriptor at 327,680 descriptors ({op})"),
+            measured: ns.map_or("not run".into(), |ns| format!("{ns:.2} ns ({:.3} ms)", row.unwrap().submit_ms)),
+            met: Some(ns.is_some_and(|ns| ns <= 3.0)),
+        });
+    }
+    for single in rows.iter().filter(|r| r.system == ipc && r.case == "single") {
+        let Some(conc) = find(ipc, &format!("{CONCURRENT} concurrent"), &single.workload, &single.op) else { continue };
+        let ratio = conc.gbps / single.gbps;
+        out.push(Goal {
+            goal: format!("{CONCURRENT} concurrent requests >= 90% of one request: {} {}", single.workload, single.op),
+            measured: format!(
+                "{:.0}% ({:.1} vs {:.1} GB/s; request p50 {:.2} ms, p99 {:.2} ms; {})",
+                100.0 * ratio,
+                conc.gbps,
+                single.gbps,
+                conc.p50_ms,
+                conc.p99_ms,
+                conc.status
+            ),
+            met: Some(conc.ok() && single.ok() && ratio >= 0.9),
+        });
+    }
+    for w in rows.iter().filter(|r| r.op == "WRITE") {
+        let Some(r) = find(&w.system, &w.case, &w.workload, "READ") else { continue };
+        if w.case == "gather-transfer-scatter" {
+            continue;
+        }
+        out.push(Goal {
+            goal: format!("READ no more than 2x slower than WRITE: {} {} {}", w.system, w.case, w.workload),
+            measured: format!("READ {:.1} GB/s, WRITE {:.1} GB/s ({:.2}x)", r.gbps, w.gbps, w.gbps / r.gbps),
+            met: Some(r.ok() && w.ok() && r.gbps * 2.0 >= w.gbps),
+        });
+    }
+    for base in rows.iter().filter(|r| r.case == "gather-transfer-scatter") {
+        let Some(batched) = find(ipc, "single", &base.workload, &base.op) else { continue };
+        let speedup = base.total_ms / batched.total_ms;
+        out.push(Goal {
+            goal: format!("batched >= 1.5x gather-transfer-scatter: {} {}", base.workload, base.op),
+            measured: format!(
+                "{speedup:.2}x ({:.2} ms vs {:.2} ms; baseline {})",
+                batched.total_ms, base.total_ms, base.status
+            ),
+            met: Some(base.ok() && batched.ok() && speedup >= 1.5),
+        });
+    }
+    out.push(Goal {
+        goal: "1 prefill process to 4 decode processes: aggregate >= 90% of one request".into(),
+        measured: "not measured (needs 5 GPUs; not part of this program yet)".into(),
+        met: None,
+    });
+    out
+}
+
+fn verdict(g: &Goal) -> &'static str {
+    match g.met {
+        Some(true) => "MET",
+        Some(false) => "NOT MET",
+        None => "NOT MEASURED",
+    }
+}
+
+/// Text for a JSON string value.
+fn json_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A JSON number (NaN and infinities, which JSON lacks, as null).
+fn json_number(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.3}")
+    } else {
+        "null".into()
+    }
 }
 
 /// Runs every system's initiator in its own process tree and prints the table.
 fn bench(args: &[String]) {
     let total = (LLAMA70B_BYTES_PER_TOKEN * PROMPT_TOKENS) as usize;
     let iters = num(args, "--iters", 5);
+    if args.iter().any(|a| a == "--same-gpu") {
+        std::env::set_var("KVX_GPU_SAME_DEVICE", "1");
+    }
+    let same_device = target_device() == 0;
     let (fwd, back) = ceiling(total, 10);
     let mut rows: Vec<Row> = Vec::new();
-    let systems: [(&str, &str, &[(&str, &str)]); 3] = [
+    type Env = &'static [(&'static str, &'static str)];
+    let systems: [(&str, &str, Env); 3] = [
         ("ipc", "kvxfer-ucx (batched IPC)", &[("TRTLLM_USE_NIXL_KVCACHE", "0"), ("KVX_UCX_IPC", "1")]),
         ("transport", "kvxfer-ucx (transport)", &[("TRTLLM_USE_NIXL_KVCACHE", "0"), ("KVX_UCX_IPC", "0")]),
         ("nixl", "kvxfer-nixl", &[("TRTLLM_USE_NIXL_KVCACHE", "1"), ("TRTLLM_USE_UCX_KVCACHE", "0")]),
@@ -595,6 +982,12 @@ fn bench(args: &[String]) {
         }
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args(["initiator", "--iters", &iters.to_string()]).stdout(Stdio::piped());
+        if let Some(w) = opt(args, "--workloads") {
+            cmd.args(["--workloads", &w]);
+        }
+        if key == "ipc" {
+            cmd.arg("--baseline");
+        }
         for (k, v) in env.iter() {
             cmd.env(k, v);
         }
@@ -603,17 +996,21 @@ fn bench(args: &[String]) {
         let mut got = 0;
         for line in text.lines().filter(|l| l.starts_with("RESULT|")) {
             let f: Vec<&str> = line.split('|').collect();
+            let float = |i: usize| f.get(i).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
             rows.push(Row {
                 system: system.into(),
-                workload: f[1].into(),
-                op: f[2].into(),
-                descs: f[3].parse().unwrap_or(0),
-                len: f[4].parse().unwrap_or(0),
-                gbps: f[5].parse().unwrap_or(f64::NAN),
-                iters: f[6].parse().unwrap_or(0),
-                status: f[7].into(),
-                submit_ms: f.get(8).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN),
-                total_ms: f.get(9).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN),
+                case: f[1].into(),
+                workload: f[2].into(),
+                op: f[3].into(),
+                descs: f[4].parse().unwrap_or(0),
+                len: f[5].parse().unwrap_or(0),
+                gbps: float(6),
+                iters: f[7].parse().unwrap_or(0),
+                status: f[8].into(),
+                submit_ms: float(9),
+                total_ms: float(10),
+                p50_ms: float(11),
+                p99_ms: float(12),
             });
             got += 1;
         }
@@ -622,22 +1019,31 @@ fn bench(args: &[String]) {
         }
     }
     let gpu = gpu_name();
+    let ceiling_name = if same_device { "same-device cuMemcpy" } else { "cuMemcpyPeer" };
     let header = format!(
-        "kvxfer-gpu bench: Llama-3-70B 4096-token prompt = {:.2} GiB, GPU0 -> GPU{} ({gpu}); ceiling cudaMemcpyPeer 0->1 {fwd:.1} GB/s, 1->0 {back:.1} GB/s",
+        "kvxfer-gpu bench: Llama-3-70B 4096-token prompt = {:.2} GiB, GPU0 -> GPU{} ({gpu}); ceiling {ceiling_name} 0->{t} {fwd:.1} GB/s, {t}->0 {back:.1} GB/s",
         total as f64 / (1u64 << 30) as f64,
-        target_device()
+        target_device(),
+        t = target_device()
     );
-    let mut table = vec![header, "| system | workload | op | GB/s | of ceiling | vs kvxfer-nixl | ms per request (submit call) | timed runs | data |".into(), "|---|---|---|---|---|---|---|---|---|".into()];
+    let mut table = vec![
+        header,
+        "| system | case | workload | op | GB/s | of ceiling | vs kvxfer-nixl | ms per request or round (submit call) | request p50 / p99 ms | timed runs | data |".into(),
+        "|---|---|---|---|---|---|---|---|---|---|---|".into(),
+    ];
     for r in &rows {
         let ceiling = if r.op == "WRITE" { fwd } else { back };
         let nixl = rows
             .iter()
-            .find(|n| n.system == "kvxfer-nixl" && n.workload == r.workload && n.op == r.op && n.status == "verified")
+            .find(|n| {
+                n.system == "kvxfer-nixl" && n.case == r.case && n.workload == r.workload && n.op == r.op && n.ok()
+            })
             .map(|n| n.gbps);
         let vs_nixl = nixl.map_or("-".to_string(), |n| format!("{:.2}x", r.gbps / n));
         table.push(format!(
-            "| {} | {} | {} | {:.1} | {:.0}% | {} | {:.2} ({:.2}) | {} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {:.0}% | {} | {:.2} ({:.2}) | {:.2} / {:.2} | {} | {} |",
             r.system,
+            r.case,
             r.workload,
             r.op,
             r.gbps,
@@ -645,23 +1051,65 @@ fn bench(args: &[String]) {
             vs_nixl,
             r.total_ms,
             r.submit_ms,
+            r.p50_ms,
+            r.p99_ms,
             r.iters,
             r.status
         ));
     }
-    let text = table.join("\n");
-    say(&text);
+    let verdicts = goals(&rows, (fwd, back), same_device);
+    table.push(String::new());
+    table.push("| goal | measured | verdict |".into());
+    table.push("|---|---|---|".into());
+    for g in &verdicts {
+        table.push(format!("| {} | {} | {} |", g.goal, g.measured, verdict(g)));
+    }
+    if same_device {
+        table.push("Both processes on one GPU: the two-GPU (NVLink) goals are not measured in this run.".into());
+    }
+    say(&table.join("\n"));
     if let Some(path) = opt(args, "--json") {
         let items: Vec<String> = rows
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"system\":\"{}\",\"workload\":\"{}\",\"op\":\"{}\",\"descriptors\":{},\"descriptor_bytes\":{},\"gbps\":{:.3},\"ms_per_request\":{:.3},\"submit_ms\":{:.3},\"timed_runs\":{},\"status\":\"{}\"}}",
-                    r.system, r.workload, r.op, r.descs, r.len, r.gbps, r.total_ms, r.submit_ms, r.iters, r.status
+                    "{{\"system\":{},\"case\":{},\"workload\":{},\"op\":{},\"descriptors\":{},\"descriptor_bytes\":{},\"gbps\":{},\"ms_per_request\":{},\"submit_ms\":{},\"p50_ms\":{},\"p99_ms\":{},\"timed_runs\":{},\"status\":{}}}",
+                    json_text(&r.system),
+                    json_text(&r.case),
+                    json_text(&r.workload),
+                    json_text(&r.op),
+                    r.descs,
+                    r.len,
+                    json_number(r.gbps),
+                    json_number(r.total_ms),
+                    json_number(r.submit_ms),
+                    json_number(r.p50_ms),
+                    json_number(r.p99_ms),
+                    r.iters,
+                    json_text(&r.status)
                 )
             })
             .collect();
-        let json = format!("{{\"gpu\":\"{gpu}\",\"bytes\":{total},\"ceiling_gbps_0_to_1\":{fwd:.3},\"ceiling_gbps_1_to_0\":{back:.3},\"results\":[{}]}}\n", items.join(","));
+        let goal_items: Vec<String> = verdicts
+            .iter()
+            .map(|g| {
+                format!(
+                    "{{\"goal\":{},\"measured\":{},\"verdict\":{}}}",
+                    json_text(&g.goal),
+                    json_text(&g.measured),
+                    json_text(verdict(g))
+                )
+            })
+            .collect();
+        let json = format!(
+            "{{\"gpu\":{},\"same_device\":{same_device},\"bytes\":{total},\"ceiling\":{},\"ceiling_gbps_0_to_target\":{},\"ceiling_gbps_target_to_0\":{},\"results\":[{}],\"goals\":[{}]}}\n",
+            json_text(&gpu),
+            json_text(ceiling_name),
+            json_number(fwd),
+            json_number(back),
+            items.join(","),
+            goal_items.join(",")
+        );
         std::fs::write(&path, json).unwrap_or_else(|e| die(&format!("{path}: {e}")));
     }
 }
@@ -680,7 +1128,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map(String::as_str).unwrap_or("");
     if !matches!(mode, "check" | "bench" | "initiator" | "target") {
-        die("usage: kvxfer-gpu check | bench [--iters N] [--json PATH]");
+        die("usage: kvxfer-gpu check | bench [--iters N] [--json PATH] [--systems ipc,transport,nixl] [--same-gpu] [--workloads PREFIXES]");
     }
     if kvxfer::cuda::device_count() == 0 {
         say("SKIP: no CUDA driver or GPU on this machine; kvxfer-gpu needs one");

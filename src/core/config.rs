@@ -6,7 +6,7 @@ use super::auth::PeerAuth;
 use super::completion::deadline_from_ms;
 use super::error::{Error, Result};
 use super::memory::{kvx_memory_desc, kvx_memory_type};
-use super::request::{kvx_transfer_op, slice, AgentSettings, ConnectionManagerSettings, TransferRequest};
+use super::request::{kvx_transfer_op, slice, AgentSettings, Bounds, ConnectionManagerSettings, TransferRequest};
 use super::select::kvx_backend;
 use std::ffi::{c_char, CStr};
 use std::time::Instant;
@@ -257,21 +257,13 @@ pub unsafe fn transfer_request<'a>(req: &'a kvx_transfer_request) -> Result<Tran
     }
     let local = slice(req.src_descs, req.count);
     let remote = slice(req.dst_descs, req.count);
-    for (i, (l, r)) in local.iter().zip(remote).enumerate() {
-        // Transports treat an empty range differently (UCX posts nothing, NIXL may
-        // fail the whole request): refuse it the same way on both.
-        if l.len == 0 || r.len == 0 {
-            return Err(Error::invalid(format!("descriptor {i} has length 0 (empty ranges are refused)")));
-        }
-        if l.len != r.len {
-            return Err(Error::invalid(format!(
-                "descriptor {i}: local length {} differs from remote length {}",
-                l.len, r.len
-            )));
-        }
-        l.end()?;
-        r.end()?;
-    }
+    // Long lists are checked by several threads; the first bad descriptor is reported either way.
+    let parts = super::parallel::slices(local.len());
+    let checked = super::parallel::on_threads(parts.len(), |i| {
+        let range = parts[i].clone();
+        check_descriptors(range.start, &local[range.clone()], &remote[range])
+    });
+    let bounds = checked.into_iter().try_fold(Bounds::EMPTY, |all, part| part.map(|b| all.union(b)))?;
     let op = kvx_transfer_op::from_raw(req.op)?;
     let local_type = kvx_memory_type::from_raw(req.src_type)?;
     let remote_type = kvx_memory_type::from_raw(req.dst_type)?;
@@ -286,7 +278,46 @@ pub unsafe fn transfer_request<'a>(req: &'a kvx_transfer_request) -> Result<Tran
     } else {
         None
     };
-    Ok(TransferRequest { op, local_type, local, remote_type, remote, remote_name, sync_message })
+    Ok(TransferRequest { op, local_type, local, remote_type, remote, remote_name, sync_message, bounds })
+}
+
+/// Pairwise equal lengths and no range that wraps, for descriptors `first..`
+/// of a request; their bounds. The loop is branch-light: the error case is
+/// found by one flag and explained afterwards.
+fn check_descriptors(first: usize, local: &[kvx_memory_desc], remote: &[kvx_memory_desc]) -> Result<Bounds> {
+    let mut b = Bounds::EMPTY;
+    let mut bad = false;
+    for (l, r) in local.iter().zip(remote) {
+        let (l_end, l_wraps) = l.addr.overflowing_add(l.len);
+        let (r_end, r_wraps) = r.addr.overflowing_add(r.len);
+        // Transports treat an empty range differently (UCX posts nothing, NIXL may
+        // fail the whole request): refuse it the same way on both.
+        bad |= (l.len != r.len) | (l.len == 0) | l_wraps | r_wraps;
+        b.local = (b.local.0.min(l.addr), b.local.1.max(l_end));
+        b.remote = (b.remote.0.min(r.addr), b.remote.1.max(r_end));
+        b.max_len = b.max_len.max(l.len);
+    }
+    if bad {
+        for (i, (l, r)) in local.iter().zip(remote).enumerate() {
+            if l.len == 0 || r.len == 0 {
+                return Err(Error::invalid(format!(
+                    "descriptor {} has length 0 (empty ranges are refused)",
+                    first + i
+                )));
+            }
+            if l.len != r.len {
+                return Err(Error::invalid(format!(
+                    "descriptor {}: local length {} differs from remote length {}",
+                    first + i,
+                    l.len,
+                    r.len
+                )));
+            }
+            l.end()?;
+            r.end()?;
+        }
+    }
+    Ok(b)
 }
 
 /// A deadline from a timeout argument: negative means the handle's default.
@@ -324,6 +355,48 @@ mod tests {
             let expected = if size == AGENT_CONFIG_V1_SIZE { std::ptr::null() } else { key.as_ptr() };
             assert_eq!(read.auth_key, expected, "size {size}");
         }
+    }
+
+    fn request_of<'a>(local: &'a [kvx_memory_desc], remote: &'a [kvx_memory_desc]) -> kvx_transfer_request {
+        kvx_transfer_request {
+            op: 1,
+            src_type: 0,
+            src_descs: local.as_ptr(),
+            dst_type: 0,
+            dst_descs: remote.as_ptr(),
+            count: local.len(),
+            remote_name: c"peer".as_ptr(),
+            sync_message: std::ptr::null(),
+            sync_message_len: 0,
+            has_sync_message: false,
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "65k descriptors: too slow under Miri")]
+    fn checked_requests_carry_their_bounds_and_report_the_first_bad_descriptor() {
+        let d = |addr: u64, len: u64| kvx_memory_desc { addr, len, device_id: 0 };
+        // Long enough for the checks to run on several threads.
+        let n = super::super::parallel::PARALLEL_MIN * 2 + 7;
+        let local: Vec<_> = (0..n as u64).map(|i| d(1000 + i * 64, 64)).collect();
+        let mut remote: Vec<_> = (0..n as u64).map(|i| d(9_000_000 - i * 64, 64)).collect();
+        let req = request_of(&local, &remote);
+        let checked = unsafe { transfer_request(&req) }.unwrap();
+        assert_eq!(checked.bounds.local, (1000, 1000 + n as u64 * 64));
+        assert_eq!(checked.bounds.remote, (9_000_000 - (n as u64 - 1) * 64, 9_000_064));
+        assert_eq!(checked.bounds.max_len, 64);
+        // Two bad descriptors in different slices: the lower index is named.
+        remote[n - 3].len = 65;
+        remote[n / 2 + 1].addr = u64::MAX - 10;
+        let req = request_of(&local, &remote);
+        let err = unsafe { transfer_request(&req) }.err().unwrap();
+        assert!(err.message.contains("overflows"), "{}", err.message);
+        remote[n / 2 + 1].addr = 5;
+        let req = request_of(&local, &remote);
+        let err = unsafe { transfer_request(&req) }.err().unwrap();
+        assert!(err.message.contains(&format!("descriptor {}:", n - 3)), "{}", err.message);
+        let empty = request_of(&[], &[]);
+        assert_eq!(unsafe { transfer_request(&empty) }.unwrap().bounds, Bounds::EMPTY);
     }
 
     #[test]

@@ -419,7 +419,7 @@ mod tests {
     #[test]
     fn registrations_count_references_and_are_all_or_nothing() {
         let dram = kvx_memory_type::KVX_MEMORY_DRAM;
-        let buf = vec![0u8; 64];
+        let buf = [0u8; 64];
         let a = kvx_memory_desc { addr: buf.as_ptr() as u64, len: 32, device_id: 0 };
         let b = kvx_memory_desc { addr: buf.as_ptr() as u64 + 32, len: 32, device_id: 0 };
         let mut regs: Registrations<u32> = Registrations::with_host_check(|_| None, |_| Ok(()));

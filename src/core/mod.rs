@@ -14,6 +14,7 @@ pub mod log;
 pub mod memory;
 pub mod net;
 pub mod notify;
+pub mod parallel;
 pub mod request;
 pub mod rng;
 pub mod select;

@@ -9,7 +9,14 @@ pub const MAX_QUEUED_BYTES: usize = 1 << 30;
 
 #[derive(Default)]
 pub struct NotificationQueue {
-    inner: Mutex<(Vec<(String, Vec<u8>)>, usize)>,
+    inner: Mutex<Queued>,
+}
+
+/// Messages with their senders, oldest first, and the bytes they hold.
+#[derive(Default)]
+struct Queued {
+    messages: Vec<(String, Vec<u8>)>,
+    bytes: usize,
 }
 
 impl NotificationQueue {
@@ -17,19 +24,19 @@ impl NotificationQueue {
     pub fn push(&self, sender: String, message: Vec<u8>) -> bool {
         let mut q = self.inner.lock();
         let cost = sender.len() + message.len();
-        if q.1 + cost > MAX_QUEUED_BYTES {
-            crate::log_at!(Error, "notification from {sender:?} dropped: {} bytes already queued", q.1);
+        if q.bytes + cost > MAX_QUEUED_BYTES {
+            crate::log_at!(Error, "notification from {sender:?} dropped: {} bytes already queued", q.bytes);
             return false;
         }
-        q.1 += cost;
-        q.0.push((sender, message));
+        q.bytes += cost;
+        q.messages.push((sender, message));
         true
     }
 
     /// Take everything received so far, oldest first.
     pub fn drain(&self) -> Vec<(String, Vec<u8>)> {
         let mut q = self.inner.lock();
-        q.1 = 0;
-        std::mem::take(&mut q.0)
+        q.bytes = 0;
+        std::mem::take(&mut q.messages)
     }
 }

@@ -75,6 +75,31 @@ pub struct TransferRequest<'a> {
     pub remote: &'a [kvx_memory_desc],
     pub remote_name: &'a str,
     pub sync_message: Option<&'a [u8]>,
+    /// Where the descriptors lie, found while checking them, so a backend
+    /// can place a whole request in its registrations without another pass.
+    pub bounds: Bounds,
+}
+
+/// The lowest address and highest end the descriptors touch on each side
+/// (`(u64::MAX, 0)` for an empty request), and the longest descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub local: (u64, u64),
+    pub remote: (u64, u64),
+    pub max_len: u64,
+}
+
+impl Bounds {
+    pub const EMPTY: Bounds = Bounds { local: (u64::MAX, 0), remote: (u64::MAX, 0), max_len: 0 };
+
+    /// Both bounds together.
+    pub fn union(self, other: Bounds) -> Bounds {
+        Bounds {
+            local: (self.local.0.min(other.local.0), self.local.1.max(other.local.1)),
+            remote: (self.remote.0.min(other.remote.0), self.remote.1.max(other.remote.1)),
+            max_len: self.max_len.max(other.max_len),
+        }
+    }
 }
 
 /// Empty slice for a NULL pointer with zero length (the C ABI allows both).

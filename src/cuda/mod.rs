@@ -186,7 +186,7 @@ pub fn write_bytes(addr: u64, bytes: &[u8]) -> Result<()> {
 mod tests {
     #[test]
     fn host_pointers_are_dram_with_or_without_cuda() {
-        let v = vec![0u8; 64];
+        let v = [0u8; 64];
         assert_eq!(super::pointer_location(v.as_ptr() as u64).0, crate::core::memory::kvx_memory_type::KVX_MEMORY_DRAM);
     }
 

@@ -34,6 +34,9 @@ unsafe impl Sync for kvx_xfer {}
 /// Fill `config` with defaults: no name, backend AUTO, listener on, any
 /// port, default timeout. Call before setting fields.
 ///
+/// # Safety
+/// `config` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_agent_config_init(config: *mut kvx_agent_config) -> kvx_status {
@@ -47,6 +50,10 @@ pub unsafe extern "C" fn kvx_agent_config_init(config: *mut kvx_agent_config) ->
 /// Create an agent on the configured (or environment-chosen) backend; loads
 /// that backend's library on first use. On success `*out_agent` owns the
 /// agent: free it with `kvx_agent_destroy`.
+///
+/// # Safety
+/// `config` is NULL (refused) or points to a `kvx_agent_config` set up by `kvx_agent_config_init` (its `struct_size` tells the version); its strings are NUL-terminated or NULL.
+/// `out_agent` is NULL (refused) or valid for writing one value.
 ///
 /// Thread safety: any thread.
 #[no_mangle]
@@ -69,6 +76,9 @@ pub unsafe extern "C" fn kvx_agent_create(
 /// Destroy an agent: closes its listener and connections and deregisters
 /// its memory. Transfers still in flight fail. NULL is ignored.
 ///
+/// # Safety
+/// `agent` is NULL (ignored) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+///
 /// Thread safety: no other call may use `agent` concurrently or afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_agent_destroy(agent: *mut kvx_agent) {
@@ -87,6 +97,10 @@ unsafe fn agent_ref<'a>(agent: *const kvx_agent) -> Result<&'a kvx_agent, Error>
 
 /// The concrete backend (a `kvx_backend` value) this agent uses.
 ///
+/// # Safety
+/// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+/// `out_backend` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_agent_backend(agent: *const kvx_agent, out_backend: *mut u32) -> kvx_status {
@@ -100,6 +114,10 @@ pub unsafe extern "C" fn kvx_agent_backend(agent: *const kvx_agent, out_backend:
 
 /// Register `count` regions of `mem_type` (a `kvx_memory_type`) for remote
 /// access. Registering the same region again counts a reference.
+///
+/// # Safety
+/// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+/// `descs` points to `count` readable elements (NULL allowed when `count` is 0).
 ///
 /// Thread safety: any thread.
 #[no_mangle]
@@ -120,6 +138,10 @@ pub unsafe extern "C" fn kvx_agent_register_memory(
 
 /// Deregister regions exactly as registered. Fails, changing nothing, if
 /// any region is not registered.
+///
+/// # Safety
+/// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+/// `descs` points to `count` readable elements (NULL allowed when `count` is 0).
 ///
 /// Thread safety: any thread.
 #[no_mangle]
@@ -142,6 +164,10 @@ pub unsafe extern "C" fn kvx_agent_deregister_memory(
 /// `kvx_agent_load_remote`), reflecting the current registrations.
 /// Free `*out` with `kvx_bytes_free`.
 ///
+/// # Safety
+/// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+/// `out` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_agent_get_local_desc(agent: *mut kvx_agent, out: *mut kvx_bytes) -> kvx_status {
@@ -156,6 +182,10 @@ pub unsafe extern "C" fn kvx_agent_get_local_desc(agent: *mut kvx_agent, out: *m
 /// This agent's listener address as "ip:port" (empty when created without a
 /// listener). Free `*out` with `kvx_bytes_free`.
 ///
+/// # Safety
+/// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+/// `out` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_agent_get_connection_info(agent: *mut kvx_agent, out: *mut kvx_bytes) -> kvx_status {
@@ -169,6 +199,11 @@ pub unsafe extern "C" fn kvx_agent_get_connection_info(agent: *mut kvx_agent, ou
 
 /// Load peer `name` from its descriptor bytes (untrusted: validated before
 /// use). The name must match the descriptor's. Loading again replaces it.
+///
+/// # Safety
+/// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+/// `name` is NULL (refused) or a NUL-terminated string.
+/// `desc` points to `desc_len` readable bytes (NULL is refused).
 ///
 /// Thread safety: any thread.
 #[no_mangle]
@@ -190,6 +225,11 @@ pub unsafe extern "C" fn kvx_agent_load_remote(
 /// ("ip:port"). Returns once the peer is usable, or fails within
 /// `timeout_ms` (negative = the agent's default timeout).
 ///
+/// # Safety
+/// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+/// `name` is NULL (refused) or a NUL-terminated string.
+/// `connection_info` is NULL (refused) or a NUL-terminated string.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_agent_load_remote_by_connection_info(
@@ -209,6 +249,10 @@ pub unsafe extern "C" fn kvx_agent_load_remote_by_connection_info(
 /// Forget peer `name`; its in-flight transfers fail. `KVX_ERR_NOT_FOUND` if
 /// it was not loaded.
 ///
+/// # Safety
+/// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+/// `name` is NULL (refused) or a NUL-terminated string.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_agent_invalidate_remote(agent: *mut kvx_agent, name: *const c_char) -> kvx_status {
@@ -221,6 +265,12 @@ pub unsafe extern "C" fn kvx_agent_invalidate_remote(agent: *mut kvx_agent, name
 
 /// `*out_ok` = whether peer `name` is loaded and every descriptor lies
 /// inside memory it registered with type `mem_type`.
+///
+/// # Safety
+/// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+/// `name` is NULL (refused) or a NUL-terminated string.
+/// `descs` points to `count` readable elements (NULL allowed when `count` is 0).
+/// `out_ok` is NULL (refused) or valid for writing one value.
 ///
 /// Thread safety: any thread.
 #[no_mangle]
@@ -248,6 +298,11 @@ pub unsafe extern "C" fn kvx_agent_check_remote_descs(
 /// peer. On success `*out_xfer` tracks it; free with `kvx_xfer_destroy`.
 /// The memory must stay valid until the transfer completes or fails.
 ///
+/// # Safety
+/// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+/// `request` is NULL (refused) or points to a `kvx_transfer_request` whose descriptor arrays hold `count` elements, whose sync message holds `sync_message_len` bytes and whose `remote_name` is NUL-terminated.
+/// `out_xfer` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_agent_submit(
@@ -268,6 +323,11 @@ pub unsafe extern "C" fn kvx_agent_submit(
 
 /// Send a binary message to agent `name` (this agent's own name included).
 /// Returns once the message is handed to the transport.
+///
+/// # Safety
+/// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+/// `name` is NULL (refused) or a NUL-terminated string.
+/// `message` points to `message_len` readable bytes (NULL allowed when `message_len` is 0).
 ///
 /// Thread safety: any thread.
 #[no_mangle]
@@ -290,6 +350,10 @@ pub unsafe extern "C" fn kvx_agent_notify(
 /// Take every notification received since the last call, oldest first, with
 /// its sender. Free `*out_list` with `kvx_notification_list_free`.
 ///
+/// # Safety
+/// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`.
+/// `out_list` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread; each notification goes to exactly one caller.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_agent_get_notifications(
@@ -305,6 +369,9 @@ pub unsafe extern "C" fn kvx_agent_get_notifications(
 
 /// Number of notifications in a list (0 for NULL).
 ///
+/// # Safety
+/// `list` is NULL (refused) or a list from `kvx_agent_get_notifications` not yet freed.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_notification_list_len(list: *const kvx_notification_list) -> usize {
@@ -317,6 +384,12 @@ pub unsafe extern "C" fn kvx_notification_list_len(list: *const kvx_notification
 
 /// Notification `index`: the sender's name (NUL-terminated) and the message
 /// bytes (may contain NUL). Pointers stay valid until the list is freed.
+///
+/// # Safety
+/// `list` is NULL (refused) or a list from `kvx_agent_get_notifications` not yet freed.
+/// `out_sender` is NULL (refused) or valid for writing one value.
+/// `out_message` is NULL (refused) or valid for writing one value.
+/// `out_message_len` is NULL (refused) or valid for writing one value.
 ///
 /// Thread safety: any thread.
 #[no_mangle]
@@ -345,6 +418,9 @@ pub unsafe extern "C" fn kvx_notification_list_get(
 
 /// Free a notification list. NULL is ignored.
 ///
+/// # Safety
+/// `list` is NULL (ignored) or a list from `kvx_agent_get_notifications` not yet freed.
+///
 /// Thread safety: any thread, for a list no other thread is using.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_notification_list_free(list: *mut kvx_notification_list) {
@@ -362,6 +438,10 @@ unsafe fn xfer_ref<'a>(xfer: *const kvx_xfer) -> Result<&'a kvx_xfer, Error> {
 
 /// `*out_done` = whether the transfer completed successfully.
 ///
+/// # Safety
+/// `xfer` is NULL (refused) or a transfer from `kvx_agent_submit` not yet passed to `kvx_xfer_destroy`.
+/// `out_done` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_xfer_is_completed(xfer: *const kvx_xfer, out_done: *mut bool) -> kvx_status {
@@ -376,6 +456,10 @@ pub unsafe extern "C" fn kvx_xfer_is_completed(xfer: *const kvx_xfer, out_done: 
 /// Wait up to `timeout_ms` (negative: until the transfer's own deadline, the
 /// agent's timeout after submission) and report its state in `*out_state`:
 /// IN_PROGRESS on timeout, SUCCESS, or FAILURE (see `kvx_xfer_last_status`).
+///
+/// # Safety
+/// `xfer` is NULL (refused) or a transfer from `kvx_agent_submit` not yet passed to `kvx_xfer_destroy`.
+/// `out_state` is NULL (refused) or valid for writing one value.
 ///
 /// Thread safety: any thread; several threads may wait on one transfer.
 #[no_mangle]
@@ -395,6 +479,10 @@ pub unsafe extern "C" fn kvx_xfer_wait(
 /// Release the transport resources of a finished transfer early;
 /// `*out_released` is false (and nothing changes) while it is in flight.
 ///
+/// # Safety
+/// `xfer` is NULL (refused) or a transfer from `kvx_agent_submit` not yet passed to `kvx_xfer_destroy`.
+/// `out_released` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_xfer_release(xfer: *mut kvx_xfer, out_released: *mut bool) -> kvx_status {
@@ -407,6 +495,10 @@ pub unsafe extern "C" fn kvx_xfer_release(xfer: *mut kvx_xfer, out_released: *mu
 }
 
 /// Text describing the transfer's state or failure. Free with `kvx_bytes_free`.
+///
+/// # Safety
+/// `xfer` is NULL (refused) or a transfer from `kvx_agent_submit` not yet passed to `kvx_xfer_destroy`.
+/// `out` is NULL (refused) or valid for writing one value.
 ///
 /// Thread safety: any thread.
 #[no_mangle]
@@ -421,6 +513,9 @@ pub unsafe extern "C" fn kvx_xfer_last_status(xfer: *const kvx_xfer, out: *mut k
 
 /// Free a transfer handle. A transfer still in flight keeps running to its
 /// end; its memory must stay valid until then. NULL is ignored.
+///
+/// # Safety
+/// `xfer` is NULL (ignored) or a transfer from `kvx_agent_submit` not yet passed to `kvx_xfer_destroy`.
 ///
 /// Thread safety: no other call may use `xfer` concurrently or afterwards.
 #[no_mangle]

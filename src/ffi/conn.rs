@@ -45,6 +45,9 @@ impl kvx_cm {
 
 /// Fill `config` with defaults: backend AUTO, any IP and port, default timeout.
 ///
+/// # Safety
+/// `config` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_cm_config_init(config: *mut kvx_cm_config) -> kvx_status {
@@ -56,6 +59,10 @@ pub unsafe extern "C" fn kvx_cm_config_init(config: *mut kvx_cm_config) -> kvx_s
 }
 
 /// Create a connection manager listening for peers. Free with `kvx_cm_destroy`.
+///
+/// # Safety
+/// `config` is NULL (refused) or points to a `kvx_cm_config` set up by `kvx_cm_config_init` (its `struct_size` tells the version); its strings are NUL-terminated or NULL.
+/// `out_cm` is NULL (refused) or valid for writing one value.
 ///
 /// Thread safety: any thread.
 #[no_mangle]
@@ -75,6 +82,9 @@ pub unsafe extern "C" fn kvx_cm_create(config: *const kvx_cm_config, out_cm: *mu
 /// Destroy a manager and all its connections; blocked calls on them fail.
 /// NULL is ignored.
 ///
+/// # Safety
+/// `cm` is NULL (ignored) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
+///
 /// Thread safety: no other call may use `cm` or its connections concurrently or afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_cm_destroy(cm: *mut kvx_cm) {
@@ -93,6 +103,10 @@ unsafe fn cm_ref<'a>(cm: *const kvx_cm) -> Result<&'a kvx_cm, Error> {
 
 /// The concrete backend (a `kvx_backend` value) this manager uses.
 ///
+/// # Safety
+/// `cm` is NULL (refused) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
+/// `out_backend` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_cm_backend(cm: *const kvx_cm, out_backend: *mut u32) -> kvx_status {
@@ -106,6 +120,10 @@ pub unsafe extern "C" fn kvx_cm_backend(cm: *const kvx_cm, out_backend: *mut u32
 
 /// This manager's address ("ip:port"), the one peers pass to
 /// `kvx_cm_get_connections`. Free with `kvx_bytes_free`.
+///
+/// # Safety
+/// `cm` is NULL (refused) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
+/// `out` is NULL (refused) or valid for writing one value.
 ///
 /// Thread safety: any thread.
 #[no_mangle]
@@ -121,6 +139,11 @@ pub unsafe extern "C" fn kvx_cm_get_local_address(cm: *const kvx_cm, out: *mut k
 /// One connection per address in `addresses` (same order) into
 /// `out_conns[0..count]`, connecting where needed. The same peer always
 /// gives the same pointer. Fails within `timeout_ms` (negative: default).
+///
+/// # Safety
+/// `cm` is NULL (refused) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
+/// `addresses` points to `count` NUL-terminated strings (NULL allowed when `count` is 0).
+/// `out_conns` is NULL (refused) or points to `count` writable elements.
 ///
 /// Thread safety: any thread; concurrent calls for one peer share one connection.
 #[no_mangle]
@@ -152,6 +175,11 @@ pub unsafe extern "C" fn kvx_cm_get_connections(
 /// must be exactly `size` bytes (`KVX_ERR_SIZE_MISMATCH` otherwise).
 /// `KVX_ERR_TIMEOUT` after `timeout_ms` (negative: default).
 ///
+/// # Safety
+/// `cm` is NULL (refused) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
+/// `data` points to `size` writable bytes (NULL allowed when `size` is 0).
+/// `out_conn` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_cm_recv_connect(
@@ -177,6 +205,10 @@ pub unsafe extern "C" fn kvx_cm_recv_connect(
 
 /// `*out_running` = false once the manager was shut down.
 ///
+/// # Safety
+/// `cm` is NULL (refused) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
+/// `out_running` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_cm_is_running(cm: *const kvx_cm, out_running: *mut bool) -> kvx_status {
@@ -190,6 +222,9 @@ pub unsafe extern "C" fn kvx_cm_is_running(cm: *const kvx_cm, out_running: *mut 
 
 /// Stop accepting peers and fail blocked and later calls with
 /// `KVX_ERR_CANCELED`; the handle stays valid until `kvx_cm_destroy`.
+///
+/// # Safety
+/// `cm` is NULL (refused) or a connection manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`.
 ///
 /// Thread safety: any thread.
 #[no_mangle]
@@ -209,6 +244,10 @@ unsafe fn conn_ref<'a>(conn: *const kvx_conn) -> Result<&'a kvx_conn, Error> {
 /// Send `size` bytes (host or device memory) with `tag` to the peer;
 /// returns when the buffer may be reused. Fails within `timeout_ms`
 /// (negative: default); a timed-out send closes the connection.
+///
+/// # Safety
+/// `conn` is NULL (refused) or a connection from its manager, which is not destroyed yet.
+/// `data` points to `size` readable bytes (NULL allowed when `size` is 0).
 ///
 /// Thread safety: any thread; concurrent sends on one connection are allowed.
 #[no_mangle]
@@ -232,6 +271,10 @@ pub unsafe extern "C" fn kvx_conn_send(
 /// (the same tag from another peer never matches). Fails within
 /// `timeout_ms` (negative: default) and when the peer fails.
 ///
+/// # Safety
+/// `conn` is NULL (refused) or a connection from its manager, which is not destroyed yet.
+/// `data` points to `size` writable bytes (NULL allowed when `size` is 0).
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_conn_recv(
@@ -251,6 +294,10 @@ pub unsafe extern "C" fn kvx_conn_recv(
 }
 
 /// The peer's manager address ("ip:port"). Free with `kvx_bytes_free`.
+///
+/// # Safety
+/// `conn` is NULL (refused) or a connection from its manager, which is not destroyed yet.
+/// `out` is NULL (refused) or valid for writing one value.
 ///
 /// Thread safety: any thread.
 #[no_mangle]

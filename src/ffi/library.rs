@@ -35,6 +35,9 @@ pub struct kvx_backend_info {
 /// `TRTLLM_USE_NIXL_KVCACHE` (exactly "1"; UCX first; neither = UCX).
 /// Loads nothing.
 ///
+/// # Safety
+/// `out_backend` is NULL (refused) or valid for writing one value.
+///
 /// Thread safety: any thread.
 #[no_mangle]
 pub unsafe extern "C" fn kvx_backend_resolve(requested: u32, out_backend: *mut u32) -> kvx_status {
@@ -49,6 +52,9 @@ pub unsafe extern "C" fn kvx_backend_resolve(requested: u32, out_backend: *mut u
 /// Load the backend `requested` resolves to and describe it. Fails with
 /// `KVX_ERR_BACKEND_UNAVAILABLE` (and an install hint in `kvx_last_error`)
 /// when its library cannot be found. `out->struct_size` must be set.
+///
+/// # Safety
+/// `out` is NULL (refused) or points to a `kvx_backend_info` whose `struct_size` is set.
 ///
 /// Thread safety: any thread.
 #[no_mangle]
@@ -81,6 +87,9 @@ fn static_str(s: &str) -> *const c_char {
 
 /// Free bytes kvxfer handed out, and zero the struct. NULL and zeroed
 /// structs are ignored; never free the same bytes twice.
+///
+/// # Safety
+/// `bytes` is NULL (ignored) or points to `kvx_bytes` that kvxfer filled (or zeroed ones).
 ///
 /// Thread safety: any thread, for bytes no other thread is using.
 #[no_mangle]

@@ -1,4 +1,4 @@
-// Small helpers shared by the kvxfer GoogleTest suites.
+// Small utilities shared by the kvxfer GoogleTest suites.
 #pragma once
 
 #include <kvxfer.h>

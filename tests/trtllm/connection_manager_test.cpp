@@ -310,9 +310,9 @@ TEST(ConnectionManager, DeadPeerIsAnError)
     posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
     posix_spawn_file_actions_addclose(&actions, out[0]);
     char mode[] = "die-after-id";
-    char* argv[] = {const_cast<char*>(TRTLLM_PEER_HELPER), mode, nullptr};
+    char* argv[] = {const_cast<char*>(TRTLLM_PEER_PROGRAM), mode, nullptr};
     pid_t pid = 0;
-    ASSERT_EQ(::posix_spawn(&pid, TRTLLM_PEER_HELPER, &actions, nullptr, argv, environ), 0);
+    ASSERT_EQ(::posix_spawn(&pid, TRTLLM_PEER_PROGRAM, &actions, nullptr, argv, environ), 0);
     posix_spawn_file_actions_destroy(&actions);
     ::close(out[1]);
     std::string line;
@@ -322,7 +322,7 @@ TEST(ConnectionManager, DeadPeerIsAnError)
     ::close(out[0]);
     char ip[256] = {};
     unsigned port = 0;
-    ASSERT_EQ(std::sscanf(line.c_str(), "%255s %u", ip, &port), 2) << "helper said '" << line << "'";
+    ASSERT_EQ(std::sscanf(line.c_str(), "%255s %u", ip, &port), 2) << "the peer said '" << line << "'";
 
     Manager m = makeManager();
     auto conns = m->getConnections(kvc::CommState{std::vector<kvc::SocketState>{{static_cast<uint16_t>(port), ip}}, 0});
@@ -336,7 +336,7 @@ TEST(ConnectionManager, DeadPeerIsAnError)
             c->recv(kvc::DataContext{kHostTag}, buffer.data(), buffer.size());
         });
     uint64_t id = kRequestSend;
-    c->send(kvc::DataContext{kIdTag}, &id, sizeof id); // the helper exits on receipt
+    c->send(kvc::DataContext{kIdTag}, &id, sizeof id); // the peer exits on receipt
     int status = 0;
     ::waitpid(pid, &status, 0);
     EXPECT_THROW(receiver.get(), std::exception);

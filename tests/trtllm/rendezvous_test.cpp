@@ -32,7 +32,7 @@ int freePort()
     return ntohs(addr.sin_port);
 }
 
-// Starts the peer helper as one rank, with the caller's environment plus `extra`.
+// Starts the peer program as one rank, with the caller's environment plus `extra`.
 pid_t spawnRank(std::vector<std::string> const& extra)
 {
     std::vector<std::string> env;
@@ -45,9 +45,9 @@ pid_t spawnRank(std::vector<std::string> const& extra)
     for (auto& s : env)
         envp.push_back(s.data());
     envp.push_back(nullptr);
-    char* argv[] = {const_cast<char*>(TRTLLM_PEER_HELPER), nullptr};
+    char* argv[] = {const_cast<char*>(TRTLLM_PEER_PROGRAM), nullptr};
     pid_t pid = 0;
-    int rc = ::posix_spawn(&pid, TRTLLM_PEER_HELPER, nullptr, nullptr, argv, envp.data());
+    int rc = ::posix_spawn(&pid, TRTLLM_PEER_PROGRAM, nullptr, nullptr, argv, envp.data());
     if (rc != 0)
         throw std::runtime_error(std::string("posix_spawn: ") + std::strerror(rc));
     return pid;

@@ -22,7 +22,7 @@ using kvc::TransferOp;
 using kvc::TransferRequest;
 using kvc::TransferState;
 
-// Registers in the constructor, deregisters in the destructor (TensorRT-LLM's test helper does the same).
+// Registers in the constructor, deregisters in the destructor (as TensorRT-LLM's own test does).
 class Registered
 {
 public:

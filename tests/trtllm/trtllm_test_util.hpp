@@ -1,6 +1,6 @@
 // Loading TensorRT-LLM's transport plug-ins the way TensorRT-LLM does
 // (dlopen by bare file name with RTLD_LAZY, dlsym of the C factory), plus
-// small helpers for host and device buffers. The suite never links kvxfer:
+// small utilities for host and device buffers. The suite never links kvxfer:
 // it sees only the wrapper libraries, through TensorRT-LLM's interfaces.
 #pragma once
 

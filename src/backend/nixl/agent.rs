@@ -709,7 +709,8 @@ impl TransferShared {
             return;
         }
         let status = match *self.request.lock() {
-            Some(req) => core.handle.transfer_status(req),
+            // SAFETY: the request is this transfer's, and released only after it is taken out of the slot.
+            Some(req) => unsafe { core.handle.transfer_status(req) },
             None => return,
         };
         match status {
@@ -728,7 +729,8 @@ impl TransferShared {
             return false;
         }
         if let Some(req) = self.request.lock().take() {
-            core.handle.release(req);
+            // SAFETY: taking it out of the slot makes this the request's only and last use.
+            unsafe { core.handle.release(req) };
         }
         true
     }

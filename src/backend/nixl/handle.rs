@@ -36,7 +36,7 @@ impl NixlOptions {
         // backing-off poller is the default there.
         let progress_thread = progress_thread
             .or_else(|| std::env::var("KVX_NIXL_PROGRESS_THREAD").ok().map(|v| v == "1"))
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(false, |n| n.get() > 4));
+            .unwrap_or_else(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 4));
         let mut params = BTreeMap::new();
         let workers = if num_workers > 0 {
             num_workers
@@ -523,25 +523,29 @@ impl NixlHandle {
         // SAFETY: `req` was just created on this agent.
         let posted = unsafe { (api.nixl_capi_post_xfer_req)(self.agent, req, args.ptr) };
         if posted != NIXL_CAPI_SUCCESS && posted != NIXL_CAPI_IN_PROG {
-            self.release(req);
+            // SAFETY: `req` was just created on this agent and is dropped here.
+            unsafe { self.release(req) };
             return Err(peer_if_backend(nixl_error(posted, &format!("posting a transfer to agent {remote_name:?}"))));
         }
         Ok((req, posted))
     }
 
-    pub fn transfer_status(&self, req: nixl_capi_xfer_req_t) -> nixl_capi_status_t {
-        // SAFETY: `req` belongs to this agent and has not been released.
-        unsafe { (self.nixl.api.nixl_capi_get_xfer_status)(self.agent, req) }
+    /// NIXL's status of a request (asking also progresses it).
+    ///
+    /// # Safety
+    /// `req` was made by `post` on this handle and not yet passed to `release`.
+    pub unsafe fn transfer_status(&self, req: nixl_capi_xfer_req_t) -> nixl_capi_status_t {
+        (self.nixl.api.nixl_capi_get_xfer_status)(self.agent, req)
     }
 
     /// Release a request (NIXL aborts it if still running) and free its handle.
-    pub fn release(&self, req: nixl_capi_xfer_req_t) -> nixl_capi_status_t {
-        // SAFETY: `req` belongs to this agent; it is not used after this.
-        unsafe {
-            let status = (self.nixl.api.nixl_capi_release_xfer_req)(self.agent, req);
-            (self.nixl.api.nixl_capi_destroy_xfer_req)(req);
-            status
-        }
+    ///
+    /// # Safety
+    /// `req` was made by `post` on this handle and not yet released; it is not used afterwards.
+    pub unsafe fn release(&self, req: nixl_capi_xfer_req_t) -> nixl_capi_status_t {
+        let status = (self.nixl.api.nixl_capi_release_xfer_req)(self.agent, req);
+        (self.nixl.api.nixl_capi_destroy_xfer_req)(req);
+        status
     }
 }
 

@@ -26,6 +26,7 @@ static LOADED: OnceCell<std::result::Result<LoadedNixl, String>> = OnceCell::new
 pub fn load() -> Result<&'static LoadedNixl> {
     LOADED
         .get_or_init(|| {
+            enable_cuda_ipc_get();
             let loaded = locate::with_ucx_copy("NIXL", load_first_candidate)?;
             crate::log_at!(
                 Info,
@@ -38,6 +39,20 @@ pub fn load() -> Result<&'static LoadedNixl> {
         })
         .as_ref()
         .map_err(|msg| Error::new(kvx_status::KVX_ERR_BACKEND_UNAVAILABLE, msg.clone()))
+}
+
+/// NIXL's UCX plugin reads UCX's options only from the environment, so the
+/// `cuda_ipc` GET option goes there, once, before NIXL is loaded, and only when
+/// the user has not set it (`UCX_CUDA_IPC_ENABLE_GET_ZCOPY=auto` restores UCX's
+/// default). It is process-wide: another UCX user in the process sees it too.
+fn enable_cuda_ipc_get() {
+    let (key, value) = locate::UCX_CUDA_IPC_GET;
+    let name = format!("UCX_{key}");
+    if std::env::var_os(&name).is_none() {
+        // Set before NIXL (and its UCX copy) exists; the C library's getenv is not
+        // synchronised with this, which is why it happens once, at first load.
+        std::env::set_var(&name, value);
+    }
 }
 
 /// The wheel folders that hold `libnixl_capi.so`, newest CUDA first.
@@ -78,7 +93,7 @@ fn load_first_candidate() -> std::result::Result<LoadedNixl, String> {
         // SAFETY: the symbols are NIXL's C API, with the signatures declared in sys.rs.
         let api = unsafe { NixlApi::resolve(lib) }
             .map_err(|e| format!("{}: {e} (NIXL 1.5 or newer is needed)", path.display()))?;
-        let mapped = locate::mapped_file(api.nixl_capi_create_configured_agent as *const libc::c_void, &path);
+        let mapped = locate::mapped_file(api.nixl_capi_create_configured_agent as usize, &path);
         let dir = Path::new(&mapped).parent().map(Path::to_path_buf).unwrap_or_default();
         let plugin_dir = std::env::var("NIXL_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|_| dir.join("plugins"));
         return Ok(LoadedNixl { version: wheel_version(&dir), path: mapped, plugin_dir, api });

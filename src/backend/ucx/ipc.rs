@@ -15,10 +15,11 @@
 use super::{post_notification, LocalRegion, RemoteAgent, TransferShared, UcxAgent, UcxTransfer};
 use crate::backend::ucx::ops::Op;
 use crate::backend::ucx::worker::Worker;
-use crate::core::coalesce;
 use crate::core::error::{Error, Result};
-use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionMap, Registered};
+use crate::core::memory::{kvx_memory_type, RegionMap, Registered};
+use crate::core::request::Bounds;
 use crate::core::wire::{AgentDescriptor, IpcRegion, IpcSection};
+use crate::core::{coalesce, parallel};
 use crate::cuda::{batch, ipc as cuda_ipc};
 use crate::dispatch::{kvx_transfer_op, TransferRequest};
 use once_cell::sync::Lazy;
@@ -167,62 +168,12 @@ impl Resolver<'_> {
     }
 }
 
-/// Requests with at least this many descriptors are checked and listed by
-/// several threads (listing 300k descriptors is memory-bound on one core).
-const PARALLEL_MIN: usize = 32 * 1024;
-const MAX_THREADS: usize = 4;
-
-/// `f(0..n)`, on `n` threads (the caller's included).
-fn on_threads<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    if n <= 1 {
-        return vec![f(0)];
-    }
-    std::thread::scope(|scope| {
-        let f = &f;
-        let others: Vec<_> = (1..n).map(|i| scope.spawn(move || f(i))).collect();
-        let mut out = vec![f(0)];
-        out.extend(others.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
-        out
-    })
-}
-
-/// Descriptor index ranges, one per thread.
-fn slices(count: usize) -> Vec<std::ops::Range<usize>> {
-    let threads = if count < PARALLEL_MIN {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |p| p.get()).clamp(1, MAX_THREADS)
-    };
-    let per = count.div_ceil(threads);
-    (0..threads).map(|i| (i * per).min(count)..((i + 1) * per).min(count)).collect()
-}
-
-/// Lowest address and highest end of each side, and the kernel list entries
-/// the descriptors need at most (coalescing only merges). Ranges were checked
-/// for overflow by the C ABI layer.
-#[derive(Clone, Copy)]
-struct Span {
-    local: (u64, u64),
-    remote: (u64, u64),
-    entries: usize,
-}
-
-fn span(local: &[kvx_memory_desc], remote: &[kvx_memory_desc]) -> Span {
-    let (mut l, mut r, mut entries) = ((u64::MAX, 0u64), (u64::MAX, 0u64), 0usize);
-    for (a, b) in local.iter().zip(remote) {
-        l = (l.0.min(a.addr), l.1.max(a.addr + a.len));
-        r = (r.0.min(b.addr), r.1.max(b.addr + b.len));
-        entries += batch::entries_for(a.len);
-    }
-    Span { local: l, remote: r, entries }
-}
-
 /// When every local descriptor lies in one local region and every remote one
 /// in one peer region (a registered KV pool), peer addresses map by one
 /// constant and no descriptor needs a lookup: (device, remote-to-mapped shift).
-fn single_region(resolver: &mut Resolver<'_>, spans: &[Span]) -> Option<(u32, u64)> {
-    let (llo, lhi) = spans.iter().fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s.local.0), hi.max(s.local.1)));
-    let (rlo, rhi) = spans.iter().fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s.remote.0), hi.max(s.remote.1)));
+/// The request's bounds were found while its descriptors were checked.
+fn single_region(resolver: &mut Resolver<'_>, bounds: &Bounds) -> Option<(u32, u64)> {
+    let ((llo, lhi), (rlo, rhi)) = (bounds.local, bounds.remote);
     let (_, local) = resolver.local.find_containing(llo, lhi.checked_sub(llo)?)?;
     if local.mem_type != VRAM {
         return None;
@@ -317,15 +268,15 @@ pub(super) fn try_submit(
             batch::Copy { src: r, dst: l, len }
         }
     };
-    let parts = slices(req.local.len());
-    let spans = on_threads(parts.len(), |i| span(&req.local[parts[i].clone()], &req.remote[parts[i].clone()]));
-    let pending = if let Some((device, shift)) = single_region(&mut resolver, &spans) {
-        // Each thread lists its slice of the request into its own range of one batch.
-        let batch = batch::Batch::new(device, spans.iter().map(|s| s.entries).sum())?;
-        let starts: Vec<usize> = spans.iter().scan(0, |at, s| Some(std::mem::replace(at, *at + s.entries))).collect();
-        let results = on_threads(parts.len(), |i| {
-            let mut writer = batch.writer(starts[i], spans[i].entries)?;
+    let pending = if let Some((device, shift)) = single_region(&mut resolver, &req.bounds) {
+        // Each thread lists its slice of the request into its own range of one
+        // batch (a run of merged descriptors takes one entry, so a slice's
+        // length bounds its entries) and issues while it lists.
+        let batch = batch::Batch::new(device, req.local.len())?;
+        let parts = parallel::slices(req.local.len());
+        let results = parallel::on_threads(parts.len(), |i| {
             let range = parts[i].clone();
+            let mut writer = batch.writer(range.start, range.len())?;
             for run in coalesce::runs(&req.local[range.clone()], &req.remote[range]) {
                 writer.push(copy(run.local.addr, run.remote.addr.wrapping_add(shift), run.len()))?;
             }
@@ -339,7 +290,7 @@ pub(super) fn try_submit(
             if resolver.resolve(run.local.addr, run.remote.addr, run.len()).is_none() {
                 return Ok(None);
             }
-            count += batch::entries_for(run.len());
+            count += 1;
         }
         let Some(device) = resolver.device else { return Ok(None) };
         let copies = coalesce::runs(req.local, req.remote).map(|run| {
@@ -366,29 +317,4 @@ pub(super) fn try_submit(
         Error::new(crate::core::error::kvx_status::KVX_ERR_INTERNAL, "CUDA IPC completion thread is gone")
     })?;
     Ok(Some(UcxTransfer { shared, worker }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slices_cover_every_descriptor_once() {
-        for count in [1usize, 5, PARALLEL_MIN - 1, PARALLEL_MIN, 327_680, 327_683] {
-            let parts = slices(count);
-            assert_eq!(parts.first().unwrap().start, 0);
-            assert_eq!(parts.last().unwrap().end, count);
-            assert!(parts.windows(2).all(|w| w[0].end == w[1].start), "{count}: {parts:?}");
-        }
-        let threads = on_threads(3, |i| i * 10);
-        assert_eq!(threads, vec![0, 10, 20]);
-    }
-
-    #[test]
-    fn spans_bound_both_sides_and_count_entries() {
-        let d = |addr: u64, len: u64| kvx_memory_desc { addr, len, device_id: 0 };
-        let s = span(&[d(100, 10), d(50, 5), d(1000, 200 << 10)], &[d(7, 10), d(9000, 5), d(20, 200 << 10)]);
-        assert_eq!((s.local, s.remote), ((50, 1000 + (200 << 10)), (7, 20 + (200 << 10))));
-        assert_eq!(s.entries, 2 + batch::entries_for(200 << 10));
-    }
 }

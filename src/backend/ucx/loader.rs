@@ -83,7 +83,7 @@ fn load_first_candidate() -> std::result::Result<LoadedUcx, String> {
                 MIN_VERSION.1
             ));
         }
-        let resolved = locate::mapped_file(api.ucp_get_version as *const libc::c_void, &path);
+        let resolved = locate::mapped_file(api.ucp_get_version as usize, &path);
         return Ok(LoadedUcx { api, path: resolved, version: format!("{major}.{minor}.{release}"), source });
     }
     Err(format!("UCX library {SONAME} not found (tried: {}); {INSTALL_HINT}", tried.join("; ")))

@@ -238,7 +238,7 @@ pub fn classify(ptr: *mut c_void) -> Posted {
     let value = ptr as isize;
     if ptr.is_null() {
         Posted::Done
-    } else if value < 0 && value >= UCS_ERR_LAST {
+    } else if (UCS_ERR_LAST..0).contains(&value) {
         Posted::Failed(value as ucs_status_t)
     } else {
         Posted::Pending(ptr)

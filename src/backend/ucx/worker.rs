@@ -63,8 +63,10 @@ pub fn ucx_error(ucx: &LoadedUcx, what: &str, status: ucs_status_t) -> Error {
 
 /// Options kvxfer sets unless the user's `UCX_*` environment sets them.
 /// Error handling on shared-memory transports and a short keepalive make a
-/// dead peer fail its operations in about a second instead of hanging.
-const DEFAULT_OPTIONS: [(&str, &str); 2] = [("KEEPALIVE_INTERVAL", "1s"), ("MM_ERROR_HANDLING", "y")];
+/// dead peer fail its operations in about a second instead of hanging;
+/// `cuda_ipc` GET keeps device-memory READs off the emulated path.
+const DEFAULT_OPTIONS: [(&str, &str); 3] =
+    [("KEEPALIVE_INTERVAL", "1s"), ("MM_ERROR_HANDLING", "y"), crate::backend::locate::UCX_CUDA_IPC_GET];
 
 impl Worker {
     pub fn new(name: &str) -> Result<Arc<Worker>> {
@@ -259,7 +261,10 @@ impl Worker {
     }
 
     /// Close an endpoint: flush politely for a moment, then force it.
-    pub fn close_endpoint(&self, ep: ucp_ep_h, force: bool) {
+    ///
+    /// # Safety
+    /// `ep` was created on this worker and is not closed yet; it is not used afterwards.
+    pub unsafe fn close_endpoint(&self, ep: ucp_ep_h, force: bool) {
         if self.is_released() {
             return; // destroyed with the worker
         }
@@ -269,8 +274,8 @@ impl Worker {
         param.flags = if force { UCP_EP_CLOSE_FLAG_FORCE } else { 0 };
         let request = {
             let _g = self.lock();
-            // SAFETY: ep belongs to this worker; under the lock.
-            unsafe { classify((api.ucp_ep_close_nbx)(ep, &param)) }
+            // SAFETY: ep belongs to this worker (the caller's promise); under the lock.
+            classify((api.ucp_ep_close_nbx)(ep, &param))
         };
         let Posted::Pending(req) = request else { return };
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(if force { 2000 } else { 1000 });
@@ -449,7 +454,8 @@ impl Endpoint {
             self.handle.swap(std::ptr::null_mut(), Ordering::AcqRel)
         };
         if !handle.is_null() {
-            self.worker.close_endpoint(handle, force);
+            // SAFETY: swapping the handle out makes this its one close; the worker made it.
+            unsafe { self.worker.close_endpoint(handle, force) };
         }
     }
 }
