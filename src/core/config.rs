@@ -395,8 +395,13 @@ mod tests {
         let req = request_of(&local, &remote);
         let err = unsafe { transfer_request(&req) }.err().unwrap();
         assert!(err.message.contains(&format!("descriptor {}:", n - 3)), "{}", err.message);
+        // A request without descriptors is refused (NIXL cannot post one), and so is an empty range.
         let empty = request_of(&[], &[]);
-        assert_eq!(unsafe { transfer_request(&empty) }.unwrap().bounds, Bounds::EMPTY);
+        assert!(unsafe { transfer_request(&empty) }.err().unwrap().message.contains("no descriptors"));
+        remote[n - 3].len = 64;
+        remote[n - 2].len = 0;
+        let err = unsafe { transfer_request(&request_of(&local, &remote)) }.err().unwrap();
+        assert!(err.message.contains(&format!("descriptor {} has length 0", n - 2)), "{}", err.message);
     }
 
     #[test]
