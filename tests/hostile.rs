@@ -434,18 +434,18 @@ fn victim(backend: u32, key: Option<&[u8]>, tls: Option<&str>) -> Victim {
     }
 }
 
+/// How a forged descriptor is sent.
+type Wrapping = fn(&[u8]) -> Vec<u8>;
+
 #[test]
 fn forged_descriptors_without_the_key_never_reach_the_transport() {
     for backend in backends() {
         for tls in transports() {
             let v = victim(backend, Some(KEY), tls);
             let forged = forgeries(backend, &v.descriptor, cases());
-            let wrappings: [(&str, Box<dyn Fn(&[u8]) -> Vec<u8>>); 2] = [
-                ("valid checksum, no MAC", Box::new(|b: &[u8]| b.to_vec())),
-                (
-                    "MAC under another key",
-                    Box::new(|b: &[u8]| keyed(OTHER_KEY).seal(Purpose::AgentDescriptor, b.to_vec(), b"").0),
-                ),
+            let wrappings: [(&str, Wrapping); 2] = [
+                ("valid checksum, no MAC", |b| b.to_vec()),
+                ("MAC under another key", |b| keyed(OTHER_KEY).seal(Purpose::AgentDescriptor, b.to_vec(), b"").0),
             ];
             for (wrapping, wrap) in &wrappings {
                 let commands: Vec<String> =
