@@ -27,7 +27,7 @@ for round in $(seq 1 "$ROUNDS"); do
   [[ $rc -eq 0 ]] || status=1
 done
 echo "==== summary over $ROUNDS rounds" | tee -a "$LOG"
-grep -o 'HOSTILE .*' "$LOG" | awk '
+grep -o 'HOSTILE .*: cases=.*' "$LOG" | awk '
   {
     split($0, parts, ": cases=")
     kind = substr(parts[1], 9)
