@@ -97,6 +97,28 @@ typedef enum {
   KVX_OP_WRITE = 1,
 } kvx_transfer_op;
 
+// How a transfer travelled.
+enum kvx_xfer_path
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  KVX_PATH_UNKNOWN = 0,
+  // UCX RMA (`ucp_put_nbx`/`ucp_get_nbx`); `transport` names UCX's transports.
+  KVX_PATH_UCX = 1,
+  // kvxfer's batched CUDA IPC copy (same host, device to device).
+  KVX_PATH_CUDA_IPC_BATCH = 2,
+  // A NIXL transfer request; `transport` names NIXL's plugin.
+  KVX_PATH_NIXL = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum kvx_xfer_path kvx_xfer_path;
+#else
+typedef uint32_t kvx_xfer_path;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // A transfer agent. Create with `kvx_agent_create`, free with `kvx_agent_destroy`.
 typedef struct kvx_agent kvx_agent;
 
@@ -221,6 +243,37 @@ typedef struct {
   // Version of that library (static string).
   const char *library_version;
 } kvx_backend_info;
+
+// What `kvx_xfer_info` reports about one transfer. Versioned by size: set
+// `struct_size = sizeof(kvx_xfer_info)` before the call; fields are only
+// ever appended. Strings stay valid until the transfer handle is destroyed.
+typedef struct {
+  // Set by the caller to `sizeof(kvx_xfer_info)`.
+  size_t struct_size;
+  // `kvx_transfer_op` value.
+  uint32_t op;
+  // `kvx_transfer_state` value at the time of the call.
+  uint32_t state;
+  // `KVX_IN_PROGRESS` while running, `KVX_OK` on success, the failure's status otherwise.
+  int32_t status;
+  // `kvx_xfer_path` value: how the transfer travelled.
+  uint32_t path;
+  // Bytes the request moves.
+  uint64_t bytes;
+  // Descriptors in the request, and operations (or NIXL descriptors) posted after coalescing.
+  uint64_t descs;
+  uint64_t posted_descs;
+  // Wall-clock nanoseconds since the Unix epoch when it was posted and when it ended
+  // (0: still running, or counting off with `KVX_STATS=0`).
+  uint64_t post_time_ns;
+  uint64_t completion_time_ns;
+  // Monotonic nanoseconds from posting to its end (so far, while running).
+  uint64_t duration_ns;
+  // The peer's name (NUL-terminated).
+  const char *peer;
+  // The transport under the path, e.g. "tcp" or "sysv,cma" for UCX, the plugin for NIXL.
+  const char *transport;
+} kvx_xfer_info;
 
 #ifdef __cplusplus
 extern "C" {
@@ -671,6 +724,63 @@ kvx_status kvx_backend_info_get(uint32_t requested, kvx_backend_info *out);
 //
 // Thread safety: any thread, for bytes no other thread is using.
 void kvx_bytes_free(kvx_bytes *bytes);
+
+// Fill `*out` with the transfer's facts: bytes, descriptors before and
+// after coalescing, the path and transport it took, post and completion
+// times, and its status (`KVX_IN_PROGRESS` while running). Set
+// `out->struct_size = sizeof(kvx_xfer_info)` first. The strings in `*out`
+// stay valid until `kvx_xfer_destroy`.
+//
+// # Safety
+// `xfer` is NULL (refused) or a transfer from `kvx_agent_submit` not yet passed to `kvx_xfer_destroy`;
+// `out` is NULL (refused) or valid for reading `struct_size` and writing `struct_size` bytes.
+//
+// Thread safety: any thread, concurrently with waits on the same transfer.
+kvx_status kvx_xfer_info_get(const kvx_xfer *xfer,
+                             kvx_xfer_info *out);
+
+// The agent's counters as one JSON object (schema in docs/observability.md:
+// totals, failures by status, latency histograms by size class, and the
+// same counters per peer). Free `*out` with `kvx_bytes_free`.
+//
+// # Safety
+// `agent` is NULL (refused) or an agent from `kvx_agent_create` not yet passed to `kvx_agent_destroy`;
+// `out` is NULL (refused) or valid for writing one value.
+//
+// Thread safety: any thread, concurrently with every other call on the agent.
+kvx_status kvx_agent_stats(const kvx_agent *agent,
+                           kvx_bytes *out);
+
+// The connection manager's counters as one JSON object (as
+// `kvx_agent_stats`; peers are named by address). Free `*out` with `kvx_bytes_free`.
+//
+// # Safety
+// `cm` is NULL (refused) or a manager from `kvx_cm_create` not yet passed to `kvx_cm_destroy`;
+// `out` is NULL (refused) or valid for writing one value.
+//
+// Thread safety: any thread, concurrently with every other call on the manager.
+kvx_status kvx_cm_stats(const kvx_cm *cm, kvx_bytes *out);
+
+// Every live agent's and manager's counters in this process, as one JSON
+// object (`{"schema", "pid", "version", "scopes": [...]}`), what
+// `kvxfer info --stats` prints. Free `*out` with `kvx_bytes_free`.
+//
+// # Safety
+// `out` is NULL (refused) or valid for writing one value.
+//
+// Thread safety: any thread.
+kvx_status kvx_stats_snapshot(kvx_bytes *out);
+
+// The address ("ip:port") the Prometheus endpoint listens on, empty when
+// `KVX_METRICS_ADDR` is unset or could not be served. The endpoint starts
+// with the process's first agent or manager; this call starts it too.
+// Free `*out` with `kvx_bytes_free`.
+//
+// # Safety
+// `out` is NULL (refused) or valid for writing one value.
+//
+// Thread safety: any thread.
+kvx_status kvx_metrics_address(kvx_bytes *out);
 
 // Name of a status code, e.g. `"KVX_ERR_TIMEOUT"`; `"KVX_UNKNOWN_STATUS"`
 // for values this version does not know. The string is static.

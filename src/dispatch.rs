@@ -13,7 +13,9 @@ use crate::core::config::{kvx_agent_config, kvx_cm_config, kvx_transfer_request}
 use crate::core::error::{kvx_status, Result};
 use crate::core::memory::{kvx_memory_desc, kvx_memory_type};
 use crate::core::select::kvx_backend;
+use crate::core::stats::{kvx_xfer_info, PeerStats, Scope, TransferRecord};
 use std::ffi::{c_char, c_void};
+use std::sync::Arc;
 use std::time::Instant;
 
 // The validated forms of the C arguments are core's; the contract speaks in them.
@@ -22,7 +24,7 @@ pub use crate::core::request::{
 };
 
 /// Version of the table layout below; bump when appending entries.
-pub const TABLE_VERSION: u32 = 1;
+pub const TABLE_VERSION: u32 = 2;
 
 pub trait TransferAgent: Send + Sync + Sized + 'static {
     type Transfer: Transfer;
@@ -44,6 +46,8 @@ pub trait TransferAgent: Send + Sync + Sized + 'static {
     fn submit(&self, request: &TransferRequest<'_>) -> Result<Self::Transfer>;
     fn notify(&self, name: &str, message: &[u8]) -> Result<()>;
     fn take_notifications(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    /// This agent's counters (`core::stats`).
+    fn stats(&self) -> &Arc<Scope>;
 }
 
 pub trait Transfer: Send + Sync + 'static {
@@ -52,6 +56,8 @@ pub trait Transfer: Send + Sync + 'static {
     fn wait(&self, deadline: Option<Instant>) -> kvx_transfer_state;
     fn release(&self) -> bool;
     fn last_status(&self) -> String;
+    /// The transfer's facts (bytes, descriptors, path, times, outcome).
+    fn record(&self) -> &TransferRecord;
 }
 
 pub trait ConnectionManager: Send + Sync + Sized + 'static {
@@ -64,6 +70,8 @@ pub trait ConnectionManager: Send + Sync + Sized + 'static {
     fn recv_connect(&self, tag: u32, data: &mut [u8], deadline: Option<Instant>) -> Result<*const Self::Connection>;
     fn is_running(&self) -> bool;
     fn shutdown(&self);
+    /// This manager's counters (`core::stats`).
+    fn stats(&self) -> &Arc<Scope>;
 }
 
 pub trait Connection: Send + Sync + 'static {
@@ -71,6 +79,8 @@ pub trait Connection: Send + Sync + 'static {
     fn send(&self, tag: u32, data: &[u8], deadline: Option<Instant>) -> Result<()>;
     fn recv(&self, tag: u32, data: &mut [u8], deadline: Option<Instant>) -> Result<()>;
     fn peer_address(&self) -> String;
+    /// The counters of this connection's peer.
+    fn stats(&self) -> &Arc<PeerStats>;
 }
 
 /// Everything a backend provides, as the C ABI layer sees it. Opaque
@@ -158,6 +168,20 @@ pub struct kvx_backend_table {
     pub conn_recv:
         unsafe extern "C" fn(conn: *const c_void, tag: u32, data: *mut u8, len: usize, timeout_ms: i64) -> kvx_status,
     pub conn_peer_address: unsafe extern "C" fn(conn: *const c_void, out: *mut kvx_bytes),
+
+    // Version 2: observability (`core::stats`).
+    pub xfer_info: unsafe extern "C" fn(xfer: *mut c_void, out: *mut kvx_xfer_info),
+    /// JSON snapshot of the agent's counters.
+    pub agent_stats: unsafe extern "C" fn(agent: *mut c_void, out: *mut kvx_bytes),
+    /// JSON snapshot of the manager's counters.
+    pub cm_stats: unsafe extern "C" fn(cm: *mut c_void, out: *mut kvx_bytes),
+}
+
+impl kvx_backend_table {
+    /// Whether the table reaches the entry at `offset` (tables of older versions end earlier).
+    pub fn has(&self, offset: usize) -> bool {
+        self.size >= offset + std::mem::size_of::<usize>()
+    }
 }
 
 /// Turn a backend result into a status, recording the error for `kvx_last_error`.
@@ -270,11 +294,19 @@ macro_rules! backend_table {
             r: *const kvx_transfer_request,
             out: *mut *mut c_void,
         ) -> kvx_status {
-            let result = cfg::transfer_request(&*r).and_then(|r| (*(a as *const A)).submit(&r));
+            let agent = &*(a as *const A);
+            let result = cfg::transfer_request(&*r)
+                .and_then(|r| agent.submit(&r).inspect_err(|e| agent.stats().peer(r.remote_name).submit_refused(e)));
             report(result, |x| *out = Box::into_raw(Box::new(x)) as *mut c_void)
         }
         unsafe extern "C" fn agent_notify(a: *mut c_void, name: *const c_char, m: *const u8, n: usize) -> kvx_status {
-            report(cfg::text(name, "name").and_then(|name| (*(a as *const A)).notify(name, slice(m, n))), |_| ())
+            let agent = &*(a as *const A);
+            let result = cfg::text(name, "name").and_then(|name| {
+                agent.notify(name, slice(m, n))?;
+                agent.stats().peer(name).notification_sent();
+                Ok(())
+            });
+            report(result, |_| ())
         }
         unsafe extern "C" fn agent_take_notifications(
             a: *mut c_void,
@@ -338,9 +370,12 @@ macro_rules! backend_table {
             out: *mut *const c_void,
         ) -> kvx_status {
             let cm = &*(m as *const M);
-            report(cm.recv_connect(tag, slice_mut(d, n), cfg::deadline(timeout_ms, cm.timeout_ms())), |c| {
-                *out = c as *const c_void
-            })
+            let result = cm.recv_connect(tag, slice_mut(d, n), cfg::deadline(timeout_ms, cm.timeout_ms()));
+            // Counted on the connection it arrived on; a wait that ends without a message names no peer.
+            if let Ok(c) = &result {
+                (**c).stats().message(false, n, &Ok(()));
+            }
+            report(result, |c| *out = c as *const c_void)
         }
         unsafe extern "C" fn cm_is_running(m: *mut c_void) -> bool {
             (*(m as *const M)).is_running()
@@ -356,7 +391,9 @@ macro_rules! backend_table {
             timeout_ms: i64,
         ) -> kvx_status {
             let conn = &*(c as *const C);
-            report(conn.send(tag, slice(d, n), cfg::deadline(timeout_ms, conn.timeout_ms())), |_| ())
+            let result = conn.send(tag, slice(d, n), cfg::deadline(timeout_ms, conn.timeout_ms()));
+            conn.stats().message(true, n, &result);
+            report(result, |_| ())
         }
         unsafe extern "C" fn conn_recv(
             c: *const c_void,
@@ -366,10 +403,22 @@ macro_rules! backend_table {
             timeout_ms: i64,
         ) -> kvx_status {
             let conn = &*(c as *const C);
-            report(conn.recv(tag, slice_mut(d, n), cfg::deadline(timeout_ms, conn.timeout_ms())), |_| ())
+            let result = conn.recv(tag, slice_mut(d, n), cfg::deadline(timeout_ms, conn.timeout_ms()));
+            conn.stats().message(false, n, &result);
+            report(result, |_| ())
         }
         unsafe extern "C" fn conn_peer_address(c: *const c_void, out: *mut kvx_bytes) {
             *out = kvx_bytes::from_vec((*(c as *const C)).peer_address().into_bytes())
+        }
+        unsafe extern "C" fn xfer_info(x: *mut c_void, out: *mut $crate::core::stats::kvx_xfer_info) {
+            let x = &*(x as *const X);
+            x.record().fill(&mut *out)
+        }
+        unsafe extern "C" fn agent_stats(a: *mut c_void, out: *mut kvx_bytes) {
+            *out = kvx_bytes::from_vec((*(a as *const A)).stats().snapshot().to_string().into_bytes())
+        }
+        unsafe extern "C" fn cm_stats(m: *mut c_void, out: *mut kvx_bytes) {
+            *out = kvx_bytes::from_vec((*(m as *const M)).stats().snapshot().to_string().into_bytes())
         }
 
         kvx_backend_table {
@@ -404,6 +453,9 @@ macro_rules! backend_table {
             conn_send,
             conn_recv,
             conn_peer_address,
+            xfer_info,
+            agent_stats,
+            cm_stats,
         }
     }};
 }

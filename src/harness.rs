@@ -10,6 +10,7 @@ use crate::dispatch::kvx_transfer_state;
 use crate::ffi::agent::*;
 use crate::ffi::conn::*;
 use crate::ffi::library::*;
+use crate::ffi::observe::*;
 use crate::ffi::status::*;
 use crate::kvx_status;
 use std::ffi::{CStr, CString};
@@ -256,6 +257,37 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// `kvx_agent_stats`, parsed.
+    pub fn stats(&self) -> serde_json::Value {
+        let mut b = kvx_bytes::EMPTY;
+        unsafe { ok(kvx_agent_stats(self.raw, &mut b)) };
+        serde_json::from_slice(&take_bytes(b)).expect("kvx_agent_stats gives JSON")
+    }
+}
+
+/// `kvx_stats_snapshot`, parsed.
+pub fn process_stats() -> serde_json::Value {
+    let mut b = kvx_bytes::EMPTY;
+    unsafe { ok(kvx_stats_snapshot(&mut b)) };
+    serde_json::from_slice(&take_bytes(b)).expect("kvx_stats_snapshot gives JSON")
+}
+
+/// `kvx_metrics_address` ("" when off).
+pub fn metrics_address() -> String {
+    let mut b = kvx_bytes::EMPTY;
+    unsafe { ok(kvx_metrics_address(&mut b)) };
+    String::from_utf8(take_bytes(b)).unwrap()
+}
+
+/// A transfer's facts with its strings copied out.
+#[derive(Debug, Clone)]
+pub struct XferFacts {
+    pub info: crate::core::stats::kvx_xfer_info,
+    pub peer: String,
+    pub transport: String,
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         unsafe { kvx_agent_destroy(self.raw) };
@@ -274,6 +306,15 @@ impl Xfer {
         unsafe { ok(kvx_xfer_wait(self.raw, ms, &mut st)) };
         st
     }
+    /// `kvx_xfer_info_get`.
+    pub fn info(&self) -> XferFacts {
+        let mut info: crate::core::stats::kvx_xfer_info = unsafe { std::mem::zeroed() };
+        info.struct_size = std::mem::size_of_val(&info);
+        unsafe { ok(kvx_xfer_info_get(self.raw, &mut info)) };
+        let text = |p: *const std::ffi::c_char| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+        XferFacts { peer: text(info.peer), transport: text(info.transport), info }
+    }
+
     pub fn status_text(&self) -> String {
         let mut b = kvx_bytes::EMPTY;
         unsafe { ok(kvx_xfer_last_status(self.raw, &mut b)) };
@@ -376,6 +417,15 @@ impl Cm {
             return Err((st, last_error()));
         }
         Ok(Conn(out))
+    }
+}
+
+impl Cm {
+    /// `kvx_cm_stats`, parsed.
+    pub fn stats(&self) -> serde_json::Value {
+        let mut b = kvx_bytes::EMPTY;
+        unsafe { ok(kvx_cm_stats(self.raw, &mut b)) };
+        serde_json::from_slice(&take_bytes(b)).expect("kvx_cm_stats gives JSON")
     }
 }
 

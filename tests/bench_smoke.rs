@@ -1,4 +1,4 @@
-//! A few-second smoke run of kvxfer-bench (kvxfer on UCX only, tiny cases):
+//! A few-second smoke run of kvxfer-bench (kvxfer on UCX only, with and without counting, tiny cases):
 //! the benchmark builds, its processes talk, and it reports every case.
 //! Performance is never judged here; `scripts/bench.sh` runs the comparison.
 
@@ -10,7 +10,16 @@ fn kvxfer_bench_runs_and_reports_every_case() {
     std::fs::create_dir_all(&dir).unwrap();
     let csv = dir.join("results.csv");
     let out = Command::new(env!("CARGO_BIN_EXE_kvxfer-bench"))
-        .args(["--systems", "kvxfer-ucx", "--layouts", "raw,staging,paged", "--sizes", "4k,64k", "--counts", "1,16"])
+        .args([
+            "--systems",
+            "kvxfer-ucx,kvxfer-ucx-ab",
+            "--layouts",
+            "raw,staging,paged",
+            "--sizes",
+            "4k,64k",
+            "--counts",
+            "1,16",
+        ])
         .args(["--models", "llama3-8b", "--tp", "8", "--prompts", "256", "--time", "0.02", "--latency-iters", "50"])
         .args(["--reg-count", "50", "--reg-large", "1m", "--pool", "8m", "--csv"])
         .arg(&csv)
@@ -22,7 +31,9 @@ fn kvxfer_bench_runs_and_reports_every_case() {
     let rows: Vec<&str> = table.lines().skip(1).collect();
     // 2 sizes x 2 counts + staging + paged, for WRITE and READ; latency; 2 registration rows.
     let transfers = rows.iter().filter(|r| r.contains(",transfer,")).count();
-    assert_eq!(transfers, 12, "{table}");
+    // kvxfer-ucx, and the same cases with counting on and off (kvxfer-ucx-ab-on, -ab-off).
+    assert_eq!(transfers, 3 * 12, "{table}");
+    assert!(text.contains("Cost of counting, kvxfer-ucx") && text.contains("ns of CPU"), "{text}");
     assert!(rows.iter().any(|r| r.contains(",latency,")), "{table}");
     assert_eq!(rows.iter().filter(|r| r.contains(",register,")).count(), 2, "{table}");
     let header: Vec<&str> = table.lines().next().unwrap().split(',').collect();

@@ -64,6 +64,9 @@ struct Counts {
     connection_calls: AtomicU64,
     registrations: AtomicU64,
     bytes_checked: AtomicU64,
+    /// Bytes a wrote to b and read back, as kvxfer's counters must report them.
+    bytes_written: AtomicU64,
+    bytes_read: AtomicU64,
 }
 
 /// A buffer of `THREADS` slots that peers write into behind Rust's back, so
@@ -100,10 +103,10 @@ impl Shared {
 
 /// Run the mix: `ops` per thread, or until `seconds` have passed when non-zero.
 fn run_load(ops: u64, seconds: u64) {
-    let a = Agent::try_new_on(UCX, "load-a", true, 0).unwrap();
-    let b = Agent::try_new_on(UCX, "load-b", true, 0).unwrap();
-    let churn = Agent::try_new_on(UCX, "load-churn", true, 0).unwrap();
-    let (cm_a, cm_b) = (Cm::try_new_on(UCX, 0).unwrap(), Cm::try_new_on(UCX, 0).unwrap());
+    let a = Agent::try_new_on(AUTO, "load-a", true, 0).unwrap();
+    let b = Agent::try_new_on(AUTO, "load-b", true, 0).unwrap();
+    let churn = Agent::try_new_on(AUTO, "load-churn", true, 0).unwrap();
+    let (cm_a, cm_b) = (Cm::try_new_on(AUTO, 0).unwrap(), Cm::try_new_on(AUTO, 0).unwrap());
     let (a_src, a_back, b_dst) =
         (Shared::new(THREADS * SLOT), Shared::new(THREADS * SLOT), Shared::new(THREADS * SLOT));
     a.register(&[a_src.bytes(), a_back.bytes()]);
@@ -227,6 +230,8 @@ fn run_load(ops: u64, seconds: u64) {
                                 counts.writes.fetch_add(1, Ordering::Relaxed);
                                 counts.reads.fetch_add(1, Ordering::Relaxed);
                                 counts.bytes_checked.fetch_add(2 * len as u64, Ordering::Relaxed);
+                                counts.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
+                                counts.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
                             }
                             // A notification carrying its own checksum.
                             3 => {
@@ -289,6 +294,7 @@ fn run_load(ops: u64, seconds: u64) {
                                 ok(a.deregister(&d));
                                 counts.registrations.fetch_add(1, Ordering::Relaxed);
                                 counts.bytes_checked.fetch_add(len as u64, Ordering::Relaxed);
+                                counts.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
                             }
                         }
                         i += 1;
@@ -324,6 +330,25 @@ fn run_load(ops: u64, seconds: u64) {
         c(&counts.registrations),
         c(&counts.bytes_checked)
     );
+    // kvxfer's own counters agree with what the load did.
+    let num = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"));
+    let stats = a.stats();
+    // The backend the environment selects (TRTLLM_USE_NIXL_KVCACHE=1: NIXL), as the CI run on NIXL expects.
+    assert_eq!(stats["backend"], backend_under_test().name(), "{stats}");
+    let to_b = &stats["peers"]["load-b"];
+    let transfers = c(&counts.writes) + c(&counts.reads) + c(&counts.registrations);
+    assert_eq!(num(&to_b["transfers_started"]), transfers, "{to_b}");
+    assert_eq!(num(&to_b["transfers_completed"]), transfers, "{to_b}");
+    assert_eq!(to_b["transfers_failed"], serde_json::json!({}), "{to_b}");
+    assert_eq!(num(&to_b["transfers_in_flight"]), 0);
+    assert_eq!(num(&to_b["bytes_written"]), c(&counts.bytes_written));
+    assert_eq!(num(&to_b["bytes_read"]), c(&counts.bytes_read));
+    assert_eq!(num(&to_b["notifications_sent"]), c(&counts.notifications));
+    assert_eq!(num(&b.stats()["peers"]["load-a"]["notifications_received"]), got);
+    let latency: u64 = stats["latency_seconds"].as_object().unwrap().values().map(|h| num(&h["count"])).sum();
+    assert_eq!(latency, num(&stats["counters"]["transfers_completed"]), "every completion is in a histogram");
+    assert_eq!(num(&cm_a.stats()["peers"][&addr_b]["messages_sent"]), c(&counts.messages));
+    assert_eq!(num(&cm_b.stats()["peers"][&addr_a]["messages_received"]), c(&counts.messages));
     let rss = rss.into_inner().unwrap();
     if seconds > 0 && rss.len() >= 4 {
         // Flat: the last samples may not exceed the first quarter's peak by more than 10%.

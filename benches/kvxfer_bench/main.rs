@@ -25,7 +25,9 @@ const HELP: &str = "\
 kvxfer-bench [OPTIONS]            run the comparison (driver)
 
 Systems and memory:
-  --systems LIST     ucx_perftest,kvxfer-ucx,kvxfer-nixl,nixl,nixl-prep (default: all)
+  --systems LIST     ucx_perftest,kvxfer-ucx,kvxfer-ucx-ab,kvxfer-nixl,kvxfer-nixl-ab,nixl,nixl-prep
+                     (default: all). *-ab: the cost of counting: every case alternates requests
+                     with counters on and off (KVX_STATS) in one process, reported as -ab-on / -ab-off
                      nixl: a new request per transfer (createXferReq, as TensorRT-LLM);
                      nixl-prep: prepared lists + indices (makeXferReq, as vLLM)
   --backend ucx|nixl kvxfer backend(s) to include (default: both)
@@ -276,6 +278,62 @@ fn measure(o: &Opts, mut once: impl FnMut() -> Result<(Duration, Duration), Stri
         total_us.push(total.as_secs_f64() * 1e6);
     }
     Ok(Timings { total_us, post_us, wall: started.elapsed().as_secs_f64() })
+}
+
+/// The CPU cost of counting one transfer (its record started and finished,
+/// with the peer's and the agent's counters and a histogram), measured alone.
+fn counting_cost(system: &str) -> Row {
+    use kvxfer::core::stats::{kvx_xfer_path, Scope, ScopeKind, TransferRecord};
+    let scope = Scope::new(ScopeKind::Agent, "bench", "counting-cost");
+    let peer = scope.peer("peer");
+    let transport = std::sync::Arc::new(CString::new("bench").unwrap());
+    let op = kvxfer::core::request::kvx_transfer_op::KVX_OP_WRITE;
+    let mut best = f64::MAX;
+    // The best of five rounds: the least disturbed by other load on the machine.
+    for _ in 0..5 {
+        let (n, started) = (100_000u32, Instant::now());
+        for _ in 0..n {
+            let record = TransferRecord::start(&peer, op, 4096, 4, 1, kvx_xfer_path::KVX_PATH_UCX, transport.clone());
+            record.finish(&Ok(()));
+        }
+        best = best.min(started.elapsed().as_secs_f64() * 1e9 / n as f64);
+    }
+    let mut row = Row::default();
+    row.set("system", format!("{system}-on"))
+        .set("kind", "counting")
+        .set("id", "counting-ns")
+        .set("ns", format!("{best:.0}"));
+    row
+}
+
+/// As `measure`, alternating requests with kvxfer's counters on and off
+/// (`KVX_STATS`) so load drifting on a shared machine hits both alike: (on, off).
+fn measure_ab(
+    o: &Opts,
+    mut once: impl FnMut() -> Result<(Duration, Duration), String>,
+) -> Result<(Timings, Timings), String> {
+    let budget = Duration::from_secs_f64(2.0 * o.num("time", "0.3"));
+    let max_iters = 2 * o.num("max-iters", "5000") as usize;
+    once()?;
+    let started = Instant::now();
+    let mut sides: [(Vec<f64>, Vec<f64>, f64); 2] = Default::default();
+    let mut i = 0usize;
+    while i < 6 || (started.elapsed() < budget && i < max_iters) {
+        let side = i % 2;
+        kvxfer::core::stats::set_enabled(side == 0);
+        let (post, total) = once()?;
+        sides[side].0.push(total.as_secs_f64() * 1e6);
+        sides[side].1.push(post.as_secs_f64() * 1e6);
+        sides[side].2 += total.as_secs_f64();
+        i += 1;
+    }
+    kvxfer::core::stats::set_enabled(true);
+    let [on, off] = sides;
+    // Wall time of each side: the sum of its requests (they never overlap).
+    Ok((
+        Timings { total_us: on.0, post_us: on.1, wall: on.2 },
+        Timings { total_us: off.0, post_us: off.1, wall: off.2 },
+    ))
 }
 
 // ---------------------------------------------------------------- target
@@ -555,6 +613,27 @@ impl Initiator {
         Ok(row)
     }
 
+    /// A kvxfer case with counters on and off, alternating (see `measure_ab`).
+    fn transfer_ab(&self, o: &Opts, case: &Case, lbase: u64, rbase: u64) -> Result<(Timings, Timings), String> {
+        let Initiator::Kvx(agent) = self else { return Err("only kvxfer counts".into()) };
+        let local: Vec<kvx_memory_desc> =
+            case.pieces.iter().map(|p| kvx_memory_desc { addr: lbase + p.0, len: p.2, device_id: 0 }).collect();
+        let remote: Vec<kvx_memory_desc> =
+            case.pieces.iter().map(|p| kvx_memory_desc { addr: rbase + p.1, len: p.2, device_id: 0 }).collect();
+        let op = if case.op == Op::Write { harness::WRITE } else { harness::READ };
+        measure_ab(o, || {
+            let t = Instant::now();
+            let x = agent
+                .submit(op, &local, &remote, "bench-target", None)
+                .map_err(|(s, e)| format!("submit: {s:?} {e}"))?;
+            let post = t.elapsed();
+            if x.wait(60_000) != kvx_transfer_state::KVX_TRANSFER_SUCCESS {
+                return Err(format!("transfer failed: {}", x.status_text()));
+            }
+            Ok((post, t.elapsed()))
+        })
+    }
+
     fn transfer(&self, o: &Opts, case: &Case, lbase: u64, rbase: u64) -> Result<Timings, String> {
         let write = case.op == Op::Write;
         let deadline = || Instant::now() + Duration::from_secs(60);
@@ -632,6 +711,40 @@ fn initiator(o: &Opts) {
         println!("{}", row.line());
         std::io::stdout().flush().unwrap();
     };
+    if system.ends_with("-ab") {
+        emit(&counting_cost(&system));
+        for case in &all {
+            eprint!("\r[{system}] {:<48} ", case.id);
+            let mut rows = [Row::default(), Row::default()];
+            for (row, side) in rows.iter_mut().zip(["on", "off"]) {
+                row.set("system", format!("{system}-{side}"))
+                    .set("kind", "transfer")
+                    .set("id", &case.id)
+                    .set("layout", case.layout)
+                    .set("model", &case.model)
+                    .set("op", case.op.name())
+                    .set("desc_size", case.desc_size)
+                    .set("descs", case.pieces.len())
+                    .set("bytes", case.bytes());
+            }
+            match lib.transfer_ab(o, case, lbase, target.base) {
+                Ok((on, off)) => {
+                    let [r_on, r_off] = &mut rows;
+                    on.row(r_on, case.bytes());
+                    off.row(r_off, case.bytes());
+                }
+                Err(e) => {
+                    rows.iter_mut().for_each(|r| {
+                        r.set("error", &e);
+                    });
+                    eprintln!("\n{system} {}: {e}", case.id);
+                }
+            }
+            rows.iter().for_each(emit);
+        }
+        eprintln!();
+        return;
+    }
     match lib.registration(o, &system) {
         Ok(rows) => rows.iter().for_each(emit),
         Err(e) => eprintln!("{system}: registration: {e}"),
@@ -700,13 +813,14 @@ fn driver(o: &Opts) {
     }
     let tls = o.get("tls", "sm,self");
     std::env::set_var("UCX_TLS", &tls);
-    let mut systems = o.list("systems", "ucx_perftest,kvxfer-ucx,kvxfer-nixl,nixl,nixl-prep");
+    let mut systems =
+        o.list("systems", "ucx_perftest,kvxfer-ucx,kvxfer-ucx-ab,kvxfer-nixl,kvxfer-nixl-ab,nixl,nixl-prep");
     if let Some(b) = o.0.get("backend") {
         let keep = format!("kvxfer-{b}");
         if b != "ucx" && b != "nixl" {
             fail("--backend: ucx or nixl");
         }
-        systems.retain(|s| !s.starts_with("kvxfer-") || *s == keep);
+        systems.retain(|s| !s.starts_with("kvxfer-") || *s == keep || *s == format!("{keep}-ab"));
     }
     let child_opts = o.without("json").without("csv").without("systems").without("backend");
     let all = cases(o);
@@ -726,7 +840,9 @@ fn driver(o: &Opts) {
             eprintln!("== {system}, round {round}/{rounds} ({:.0}s)", started.elapsed().as_secs_f64());
             let got = match system.as_str() {
                 "ucx_perftest" => report::perftest(o),
-                "kvxfer-ucx" | "kvxfer-nixl" | "nixl" | "nixl-prep" => run_initiator(&child_opts, system),
+                "kvxfer-ucx" | "kvxfer-ucx-ab" | "kvxfer-nixl" | "kvxfer-nixl-ab" | "nixl" | "nixl-prep" => {
+                    run_initiator(&child_opts, system)
+                }
                 other => fail(&format!("unknown system {other:?}")),
             };
             rows.extend(got.into_iter().map(|mut r| {
@@ -764,10 +880,13 @@ fn cores() -> usize {
 fn run_initiator(o: &Opts, system: &str) -> Vec<Row> {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.arg("initiator").args(o.args()).args(["--system", system]).stdout(Stdio::piped());
-    match system {
-        "kvxfer-nixl" => cmd.env("TRTLLM_USE_NIXL_KVCACHE", "1").env_remove("TRTLLM_USE_UCX_KVCACHE"),
-        _ => cmd.env("TRTLLM_USE_UCX_KVCACHE", "1"),
-    };
+    if system.starts_with("kvxfer-nixl") {
+        cmd.env("TRTLLM_USE_NIXL_KVCACHE", "1").env_remove("TRTLLM_USE_UCX_KVCACHE");
+    } else {
+        cmd.env("TRTLLM_USE_UCX_KVCACHE", "1");
+    }
+    // Counting on; the -ab systems turn it off for every other request themselves.
+    cmd.env("KVX_STATS", "1");
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -140,7 +140,17 @@ pub fn perftest(o: &Opts) -> Vec<Row> {
     rows
 }
 
-const SYSTEMS: [&str; 5] = ["ucx_perftest", "kvxfer-ucx", "kvxfer-nixl", "nixl", "nixl-prep"];
+const SYSTEMS: [&str; 9] = [
+    "ucx_perftest",
+    "kvxfer-ucx",
+    "kvxfer-ucx-ab-on",
+    "kvxfer-ucx-ab-off",
+    "kvxfer-nixl",
+    "kvxfer-nixl-ab-on",
+    "kvxfer-nixl-ab-off",
+    "nixl",
+    "nixl-prep",
+];
 
 /// NIXL used directly, both ways; goals compare against the faster one per case.
 const NIXL_DIRECT: [&str; 2] = ["nixl", "nixl-prep"];
@@ -393,12 +403,59 @@ pub fn print(o: &Opts, rows: &[Row]) {
             println!("  ratio kvxfer-ucx / nixl register time, {} regions: {:.2}x", n.unwrap_or("?"), k / b);
         }
     }
+    print_counting_cost(rows);
     println!("\nRatios (kvxfer / reference, measured in this run):");
     for g in goals(rows) {
         for (what, ratio) in &g.ratios {
             println!("  {:<70} {:<60} {ratio:.2}x", g.name, what);
         }
         println!("GOAL {}: {}", g.name, g.verdict());
+    }
+}
+
+/// Counting on against off (requests alternating in one process), per case and
+/// as a geometric mean over cases: throughput ratio (1.00 = no loss) and p50 latency ratio.
+fn print_counting_cost(rows: &[Row]) {
+    for backend in ["kvxfer-ucx", "kvxfer-nixl"] {
+        let (on_name, off) = (format!("{backend}-ab-on"), format!("{backend}-ab-off"));
+        let mut pairs: Vec<(String, f64, f64)> = Vec::new();
+        for on in rows.iter().filter(|r| r.get("system") == Some(&on_name) && r.get("kind") == Some("transfer")) {
+            let id = on.get("id").unwrap_or_default();
+            let Some(off) = find(rows, &off, id) else { continue };
+            if let (Some(g1), Some(g0), Some(l1), Some(l0)) =
+                (on.num("gbps"), off.num("gbps"), on.num("p50_us"), off.num("p50_us"))
+            {
+                if g0 > 0.0 && l0 > 0.0 {
+                    pairs.push((id.to_owned(), g1 / g0, l1 / l0));
+                }
+            }
+        }
+        if pairs.is_empty() {
+            continue;
+        }
+        println!("\nCost of counting, {backend} with counters / without (alternating requests): GB/s, p50 latency");
+        if let Some(ns) = find(rows, &on_name, "counting-ns").and_then(|r| r.num("ns")) {
+            println!("  counting one transfer alone (record, peer and agent counters, histogram): {ns:.0} ns of CPU");
+        }
+        for (id, g, l) in &pairs {
+            println!("  {id:<52} {g:.3}x  {l:.3}x");
+        }
+        let geo = |f: &dyn Fn(&(String, f64, f64)) -> f64| {
+            (pairs.iter().map(|p| f(p).ln()).sum::<f64>() / pairs.len() as f64).exp()
+        };
+        println!(
+            "  geometric mean over {} cases: throughput {:.3}x, p50 latency {:.3}x",
+            pairs.len(),
+            geo(&|p| p.1),
+            geo(&|p| p.2)
+        );
+        // The median over cases resists the outliers a busy machine produces.
+        let median = |f: &dyn Fn(&(String, f64, f64)) -> f64| {
+            let mut v: Vec<f64> = pairs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!("  median over cases: throughput {:.3}x, p50 latency {:.3}x", median(&|p| p.1), median(&|p| p.2));
     }
 }
 

@@ -2,7 +2,13 @@
 //!
 //! `kvxfer-demo [--size BYTES] [--iters N]` starts a target process (itself,
 //! as `kvxfer-demo target`), WRITEs and READs between the two, verifies the
-//! data through a sync message and prints GB/s for each direction.
+//! data through a sync message and prints GB/s for each direction;
+//! `--stats` then prints the initiator's counters (`kvx_agent_stats`).
+//!
+//! `kvxfer-demo info [--stats [IP:PORT]]`: the backend the environment
+//! selects; with `--stats`, this process's counters (`kvx_stats_snapshot`),
+//! or those of a running process whose `KVX_METRICS_ADDR` is IP:PORT (its
+//! `/stats` page), pretty-printed.
 
 use kvxfer::dispatch::kvx_transfer_state;
 use kvxfer::harness::*;
@@ -48,8 +54,35 @@ fn target(size: usize) {
     }
 }
 
+/// `info [--stats [IP:PORT]]`.
+fn info(args: &[String]) {
+    println!(
+        "kvxfer {} on {}",
+        unsafe { std::ffi::CStr::from_ptr(kvxfer::ffi::library::kvx_version()).to_string_lossy() },
+        backend_line()
+    );
+    let Some(at) = args.iter().position(|a| a == "--stats") else { return };
+    let snapshot: serde_json::Value = match args.get(at + 1) {
+        Some(addr) => {
+            use std::io::Read;
+            let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+            write!(s, "GET /stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+            let mut response = String::new();
+            s.read_to_string(&mut response).unwrap();
+            let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{addr}/stats is not JSON: {e}"))
+        }
+        None => process_stats(),
+    };
+    println!("{}", serde_json::to_string_pretty(&snapshot).unwrap());
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("info") {
+        return info(&args[2..]);
+    }
     let size = arg(&args, "--size", 64 << 20) as usize;
     if args.get(1).map(String::as_str) == Some("target") {
         return target(size);
@@ -57,6 +90,8 @@ fn main() {
     let iters = arg(&args, "--iters", 20).max(1);
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["target", "--size", &size.to_string()])
+        // One endpoint per process and address: the initiator serves KVX_METRICS_ADDR.
+        .env_remove("KVX_METRICS_ADDR")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -101,6 +136,9 @@ fn main() {
     let read_gbps = run(READ, None);
     let read_ok = src == pattern(size, 7);
     println!("READ:  {read_gbps:.2} GB/s  (data check: {})", if read_ok { "ok" } else { "BAD" });
+    if args.iter().any(|a| a == "--stats") {
+        println!("{}", serde_json::to_string_pretty(&agent.stats()).unwrap());
+    }
     writeln!(to_child, "quit").unwrap();
     let _ = child.wait();
     if !verdict.ends_with("ok") || !read_ok {

@@ -14,15 +14,15 @@ use std::ffi::{c_char, c_void};
 /// A transfer agent. Create with `kvx_agent_create`, free with `kvx_agent_destroy`.
 #[allow(non_camel_case_types)]
 pub struct kvx_agent {
-    table: &'static kvx_backend_table,
-    object: *mut c_void,
+    pub(super) table: &'static kvx_backend_table,
+    pub(super) object: *mut c_void,
 }
 
 /// One submitted transfer (TensorRT-LLM's `TransferStatus`). Free with `kvx_xfer_destroy`.
 #[allow(non_camel_case_types)]
 pub struct kvx_xfer {
-    table: &'static kvx_backend_table,
-    object: *mut c_void,
+    pub(super) table: &'static kvx_backend_table,
+    pub(super) object: *mut c_void,
 }
 
 // SAFETY: backend objects are Send + Sync (required by the dispatch traits).

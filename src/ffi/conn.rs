@@ -14,8 +14,8 @@ use std::ffi::{c_char, c_void};
 /// A connection manager. Create with `kvx_cm_create`, free with `kvx_cm_destroy`.
 #[allow(non_camel_case_types)]
 pub struct kvx_cm {
-    table: &'static kvx_backend_table,
-    object: *mut c_void,
+    pub(super) table: &'static kvx_backend_table,
+    pub(super) object: *mut c_void,
     /// One stable handle per backend connection, so the same peer always
     /// yields the same `kvx_conn` pointer.
     handles: Mutex<HashMap<usize, Box<kvx_conn>>>,
@@ -25,7 +25,7 @@ pub struct kvx_cm {
 /// is destroyed, never freed by the caller.
 #[allow(non_camel_case_types)]
 pub struct kvx_conn {
-    table: &'static kvx_backend_table,
+    pub(super) table: &'static kvx_backend_table,
     object: *const c_void,
 }
 

@@ -4,4 +4,5 @@
 pub mod agent;
 pub mod conn;
 pub mod library;
+pub mod observe;
 pub mod status;

@@ -473,7 +473,11 @@ TEST(TransferAgent, DeadPeerIsAnError)
             failed = status->wait(5000) == TransferState::kFAILURE;
             if (failed)
             {
-                EXPECT_FALSE(status->getLastStatusStr().empty());
+                // The failure names the peer and its status, with the transfer's facts.
+                std::string text = status->getLastStatusStr();
+                EXPECT_NE(text.find("peer " + pair.name1), std::string::npos) << text;
+                EXPECT_NE(text.find("KVX_ERR_"), std::string::npos) << text;
+                EXPECT_NE(text.find("4096 bytes"), std::string::npos) << text;
             }
         }
         catch (std::exception const&)

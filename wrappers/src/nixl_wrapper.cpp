@@ -76,6 +76,26 @@ std::string nixlBackendParams(std::unordered_map<std::string, std::string> const
     return out;
 }
 
+char const* pathName(uint32_t path)
+{
+    switch (path)
+    {
+    case KVX_PATH_UCX: return "UCX";
+    case KVX_PATH_CUDA_IPC_BATCH: return "batched CUDA IPC";
+    case KVX_PATH_NIXL: return "NIXL";
+    default: return "unknown path";
+    }
+}
+
+std::string describe(kvx_xfer_info const& info)
+{
+    return std::string("peer ") + (info.peer ? info.peer : "?") + ", " + kvx_status_str(info.status) + ", "
+           + (info.op == KVX_OP_WRITE ? "write" : "read") + " of " + std::to_string(info.bytes) + " bytes in "
+           + std::to_string(info.descs) + " descriptor(s), " + std::to_string(info.posted_descs) + " posted, over "
+           + pathName(info.path) + " (" + (info.transport ? info.transport : "") + "), after "
+           + std::to_string(info.duration_ns / 1000) + " us";
+}
+
 // Thread safety: isCompleted, wait and getLastStatusStr from any threads at
 // once; release and destruction by the owner only.
 class KvxTransferStatus final : public kvc::TransferStatus
@@ -123,12 +143,19 @@ public:
         return released;
     }
 
+    // On failure the text also carries the transfer's facts (kvx_xfer_info):
+    // peer, status, size, path and how long it ran, for TensorRT-LLM's logs.
     [[nodiscard]] std::string getLastStatusStr() const override
     {
         OwnedBytes text;
         if (kvx_xfer_last_status(mXfer, text.out()) != KVX_OK)
             return std::string("kvx_xfer_last_status failed: ") + kvx_last_error();
-        return text.str();
+        std::string out = text.str();
+        kvx_xfer_info info{};
+        info.struct_size = sizeof(info);
+        if (kvx_xfer_info_get(mXfer, &info) == KVX_OK && info.state == KVX_TRANSFER_FAILURE)
+            out += " [" + describe(info) + "]";
+        return out;
     }
 
 private:

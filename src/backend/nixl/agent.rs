@@ -16,12 +16,14 @@ use crate::core::error::{kvx_status, Error, Result};
 use crate::core::memory::{kvx_memory_desc, kvx_memory_type, Registrations};
 use crate::core::net;
 use crate::core::notify::NotificationQueue;
+use crate::core::stats::{kvx_xfer_path, PeerStats, Scope, ScopeKind, TransferRecord};
 use crate::core::wire;
 use crate::dispatch::{kvx_transfer_op, kvx_transfer_state, AgentSettings, Transfer, TransferAgent, TransferRequest};
 use once_cell::sync::OnceCell;
 use parking_lot::Mutex;
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -34,6 +36,7 @@ struct RemoteAgent {
     /// Why the peer failed (a transfer to it failed or timed out): later calls
     /// fail closed until it is invalidated and loaded again.
     failed: Option<String>,
+    stats: Arc<PeerStats>,
 }
 
 struct AgentCore {
@@ -56,6 +59,11 @@ struct AgentCore {
     /// it failed to load half-registered (later loads of it fail, invalidate
     /// finds nothing), so the next load of that peer uses a fresh NIXL name.
     load_generations: Mutex<HashMap<String, u32>>,
+    /// The poller's last failure, so one that repeats every round is logged once.
+    poll_failure: crate::core::log::OnChange,
+    stats: Arc<Scope>,
+    /// NIXL's plugin, the transport of every transfer.
+    transport: Arc<CString>,
 }
 
 pub struct NixlAgent {
@@ -153,7 +161,10 @@ impl AgentCore {
 
     fn mark_failed(&self, name: &str, why: &Error) {
         if let Some(remote) = self.remotes.lock().get_mut(name) {
-            remote.failed.get_or_insert_with(|| why.message.clone());
+            if remote.failed.is_none() {
+                remote.failed = Some(why.message.clone());
+                remote.stats.failed(&why.message);
+            }
         }
     }
 
@@ -179,18 +190,29 @@ impl AgentCore {
         }
     }
 
-    /// Record a peer NIXL now knows.
-    fn remember(&self, name: &str, metadata: Option<Vec<u8>>) {
-        self.remotes.lock().insert(name.to_owned(), RemoteAgent { metadata, pending: Vec::new(), failed: None });
+    /// Record a peer NIXL now knows, whose setup began at `started`.
+    fn remember(&self, name: &str, metadata: Option<Vec<u8>>, started: Instant) {
+        let stats = self.stats.peer(name);
+        stats.set_transport(&self.handle.plugin);
+        stats.loaded();
+        self.stats.connection_setup(&stats, started, true);
+        self.remotes.lock().insert(name.to_owned(), RemoteAgent { metadata, pending: Vec::new(), failed: None, stats });
+    }
+
+    /// A peer load that failed: counted, and logged once per peer and status.
+    fn load_failed(&self, name: &str, started: Instant, e: &Error) {
+        let peer = self.stats.peer(name);
+        self.stats.connection_setup(&peer, started, false);
+        peer.log_failure(crate::core::log::Level::Warn, "load_failed", e.status, &e.message, Vec::new());
     }
 }
 
 /// One poller round: collect notifications (driving NIXL's progress too) and reap orphans.
 fn tick(core: &AgentCore) -> bool {
-    let got = core.drain_notifications().unwrap_or_else(|e| {
-        crate::log_at!(Warn, "NIXL agent {:?}: {e}", core.handle.name);
-        false
-    });
+    let drained = core.drain_notifications();
+    let failure = drained.as_ref().err().map(|e| format!("NIXL agent {:?}: {e}", core.handle.name));
+    core.poll_failure.report(crate::core::log::Level::Warn, failure);
+    let got = drained.unwrap_or(false);
     core.drive_transfers();
     // Brisk while transfers run: what is left in flight after this round.
     got || !core.inflight.lock().is_empty()
@@ -316,7 +338,12 @@ impl NixlAgent {
 
     /// Load a peer's (sealed) metadata. `just_fetched`: it came from the peer's
     /// listener a moment ago, so the peer was alive and the metadata is current.
-    fn load_descriptor(&self, name: &str, descriptor: &[u8], just_fetched: bool) -> Result<()> {
+    fn load_descriptor(&self, name: &str, descriptor: &[u8], just_fetched: bool, started: Instant) -> Result<()> {
+        self.load_descriptor_inner(name, descriptor, just_fetched, started)
+            .inspect_err(|e| self.core.load_failed(name, started, e))
+    }
+
+    fn load_descriptor_inner(&self, name: &str, descriptor: &[u8], just_fetched: bool, started: Instant) -> Result<()> {
         if name == self.core.handle.name {
             return Ok(()); // NIXL serves loop-back transfers without loading itself.
         }
@@ -383,8 +410,8 @@ impl NixlAgent {
             }
             return Err(Error::invalid(format!("descriptor belongs to agent {loaded:?}, not {name:?}")));
         }
-        self.core.remember(name, Some(descriptor.to_vec()));
         self.core.connect_early(name);
+        self.core.remember(name, Some(descriptor.to_vec()), started);
         Ok(())
     }
 
@@ -449,6 +476,7 @@ impl TransferAgent for NixlAgent {
                 NixlOptions::resolve(settings.progress_thread, settings.num_workers, &settings.backend_params, None);
             (NixlHandle::create(&settings.name, &options)?, None)
         };
+        let transport = Arc::new(CString::new(handle.plugin.clone()).unwrap_or_default());
         let core = Arc::new(AgentCore {
             handle,
             timeout: Duration::from_millis(settings.timeout_ms),
@@ -461,6 +489,9 @@ impl TransferAgent for NixlAgent {
             waker: Arc::new(Waker::default()),
             auth: settings.auth.clone(),
             load_generations: Mutex::new(HashMap::new()),
+            poll_failure: Default::default(),
+            stats: Scope::new(ScopeKind::Agent, "NIXL", &settings.name),
+            transport,
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
         let (metadata_server, connection_info) = match &nixl_listener {
@@ -518,7 +549,7 @@ impl TransferAgent for NixlAgent {
     }
 
     fn load_remote(&self, name: &str, descriptor: &[u8]) -> Result<()> {
-        self.load_descriptor(name, descriptor, false)
+        self.load_descriptor(name, descriptor, false, Instant::now())
     }
 
     fn load_remote_by_connection_info(
@@ -527,6 +558,7 @@ impl TransferAgent for NixlAgent {
         connection_info: &str,
         deadline: Option<Instant>,
     ) -> Result<()> {
+        let started = Instant::now();
         let addr = net::parse_connection_info(connection_info)?;
         let known = self.core.remotes.lock().get(name).map(|r| r.failed.is_none());
         // Already loaded and healthy; a restarted peer is picked up after `invalidate_remote`.
@@ -540,8 +572,9 @@ impl TransferAgent for NixlAgent {
                 connection_info,
                 &self.core.auth,
                 deadline.saturating_duration_since(Instant::now()),
-            )?;
-            return self.load_descriptor(name, &descriptor, true);
+            )
+            .inspect_err(|e| self.core.load_failed(name, started, e))?;
+            return self.load_descriptor(name, &descriptor, true, started);
         }
         if known == Some(false) {
             let _ = self.core.drop_peer(name, "failed and is loaded again");
@@ -571,14 +604,15 @@ impl TransferAgent for NixlAgent {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.core.remember(name, None);
         self.core.connect_early(name);
+        self.core.remember(name, None, started);
         Ok(())
     }
 
     fn invalidate_remote(&self, name: &str) -> Result<()> {
-        if !self.core.remotes.lock().contains_key(name) {
-            return Err(Error::not_found(format!("remote agent {name:?} is not loaded")));
+        match self.core.remotes.lock().get(name) {
+            None => return Err(Error::not_found(format!("remote agent {name:?} is not loaded"))),
+            Some(remote) => remote.stats.invalidated(),
         }
         self.core.drop_peer(name, "was invalidated")
     }
@@ -619,12 +653,25 @@ impl TransferAgent for NixlAgent {
             &core.nixl_name(req.remote_name),
             req.sync_message,
         )?;
+        // Posted: from here on it is a transfer (a refusal above is counted by the dispatch layer).
+        let peer = core.remotes.lock().get(req.remote_name).map(|r| r.stats.clone());
+        let peer = peer.unwrap_or_else(|| core.stats.peer(req.remote_name));
+        let record = TransferRecord::start(
+            &peer,
+            req.op,
+            local.iter().map(|d| d.len).sum(),
+            req.local.len(),
+            local.len(),
+            kvx_xfer_path::KVX_PATH_NIXL,
+            core.transport.clone(),
+        );
         let shared = Arc::new(TransferShared {
             request: Mutex::new(Some(request)),
             outcome: Mutex::new(None),
             deadline: Instant::now() + core.timeout,
             remote: req.remote_name.to_owned(),
             orphaned: AtomicBool::new(false),
+            record,
         });
         if posted == NIXL_CAPI_SUCCESS {
             shared.settle(core, Ok(()));
@@ -656,7 +703,15 @@ impl TransferAgent for NixlAgent {
     fn take_notifications(&self) -> Result<Vec<(String, Vec<u8>)>> {
         // Deliver anything already arrived before reporting.
         self.core.drain_notifications()?;
-        Ok(self.core.notifications.drain())
+        let arrived = self.core.notifications.drain();
+        for (sender, _) in &arrived {
+            self.core.stats.peer(sender).notification_received();
+        }
+        Ok(arrived)
+    }
+
+    fn stats(&self) -> &Arc<Scope> {
+        &self.core.stats
     }
 }
 
@@ -680,6 +735,7 @@ struct TransferShared {
     remote: String,
     /// Its handle was destroyed: the poller releases it when it ends.
     orphaned: AtomicBool,
+    record: TransferRecord,
 }
 
 // SAFETY: the request pointer is only used under its lock, through a thread-safe NIXL agent.
@@ -694,7 +750,11 @@ impl TransferShared {
                 core.mark_failed(&self.remote, e);
             }
         }
-        self.outcome.lock().get_or_insert(outcome);
+        let mut slot = self.outcome.lock();
+        if slot.is_none() {
+            self.record.finish(&outcome);
+            *slot = Some(outcome);
+        }
     }
 
     /// Fail a transfer still running: NIXL aborts it when released.
@@ -791,6 +851,10 @@ impl Transfer for NixlTransfer {
             Some(Ok(())) => "success".into(),
             Some(Err(e)) => e.to_string(),
         }
+    }
+
+    fn record(&self) -> &TransferRecord {
+        &self.shared.record
     }
 }
 

@@ -16,6 +16,7 @@ use crate::core::control::{self, ControlHandler, ControlServer};
 use crate::core::error::{kvx_status, Error, Result};
 use crate::core::net;
 use crate::core::notify::MAX_QUEUED_BYTES;
+use crate::core::stats::{PeerStats, Scope, ScopeKind};
 use crate::core::wire::{ControlMessage, Reader, Writer};
 use crate::dispatch::{Connection, ConnectionManager, ConnectionManagerSettings};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -81,6 +82,7 @@ pub struct NixlConnection {
     core: Weak<CmCore>,
     timeout: Duration,
     failure: Mutex<Option<String>>,
+    stats: Arc<PeerStats>,
 }
 
 struct CmCore {
@@ -98,6 +100,9 @@ struct CmCore {
     epoch: Instant,
     waker: Arc<Waker>,
     auth: PeerAuth,
+    /// The poller's last failure, so one that repeats every round is logged once.
+    poll_failure: crate::core::log::OnChange,
+    stats: Arc<Scope>,
 }
 
 pub struct NixlConnectionManager {
@@ -122,9 +127,8 @@ fn tick(core: &CmCore) -> bool {
         }
         Err(e) => crate::log_at!(Error, "malformed message from {sender:?} dropped: {e}"),
     });
-    if let Err(e) = result {
-        crate::log_at!(Warn, "NIXL connection manager: {e}");
-    }
+    let failure = result.err().map(|e| format!("NIXL connection manager: {e}"));
+    core.poll_failure.report(crate::core::log::Level::Warn, failure);
     if got {
         core.arrived.notify_all();
     }
@@ -147,8 +151,14 @@ impl CmCore {
         peer_id: u32,
         peer_metadata: &[u8],
         peer_address: String,
+        started: Instant,
     ) -> Result<Arc<NixlConnection>> {
-        let peer_name = self.handle.load_metadata(peer_metadata)?;
+        let stats = self.stats.peer(&peer_address);
+        let peer_name = self.handle.load_metadata(peer_metadata).inspect_err(|_| {
+            self.stats.connection_setup(&stats, started, false);
+        })?;
+        stats.set_transport(&self.handle.plugin);
+        self.stats.connection_setup(&stats, started, true);
         let conn = Arc::new(NixlConnection {
             local_id,
             peer_id,
@@ -159,6 +169,7 @@ impl CmCore {
             core: Arc::downgrade(self),
             timeout: self.timeout,
             failure: Mutex::new(None),
+            stats,
         });
         self.by_id.write().insert(local_id, conn.clone());
         // Messages may have arrived before the connection was known: let waiters look again.
@@ -209,10 +220,11 @@ impl ControlHandler for Listener {
         let Some(core) = self.0.upgrade() else {
             return ControlMessage::Refused { reason: "connection manager is shutting down".into() };
         };
+        let started = Instant::now();
         answer_connect(request, core.check_running().is_ok(), |peer_id, endpoint, client_address| {
             let metadata = core.handle.local_metadata()?;
             let local_id = core.next_id.fetch_add(1, Ordering::Relaxed);
-            let conn = core.new_connection(local_id, peer_id, endpoint, client_address.clone())?;
+            let conn = core.new_connection(local_id, peer_id, endpoint, client_address.clone(), started)?;
             core.cache.insert_accepted(client_address, conn);
             Ok((local_id, metadata))
         })
@@ -230,6 +242,7 @@ fn unique_agent_name() -> String {
 impl NixlConnectionManager {
     fn connect(&self, address: &str, deadline: Option<Instant>) -> Result<Arc<NixlConnection>> {
         let core = &self.core;
+        let started = Instant::now();
         let addr = net::parse_connection_info(address)?;
         let local_id = core.next_id.fetch_add(1, Ordering::Relaxed);
         let timeout = deadline.map_or(core.timeout, |d| d.saturating_duration_since(Instant::now()));
@@ -238,13 +251,18 @@ impl NixlConnectionManager {
             endpoint: core.handle.local_metadata()?,
             client_address: core.address.lock().clone(),
         };
-        let reply = control::request(addr, &request, &core.auth, timeout)
-            .map_err(|e| e.context(&format!("connecting to {address}")))?;
+        let reply = control::request(addr, &request, &core.auth, timeout).map_err(|e| {
+            let peer = core.stats.peer(address);
+            core.stats.connection_setup(&peer, started, false);
+            let e = e.context(&format!("connecting to {address}"));
+            peer.log_failure(crate::core::log::Level::Warn, "connect_failed", e.status, &e.message, Vec::new());
+            e
+        })?;
         let ControlMessage::Accept { server_conn_id, endpoint } = reply else {
             return Err(Error::malformed(format!("unexpected reply from {address}")));
         };
         let peer_id = u32::try_from(server_conn_id).map_err(|_| Error::malformed("peer connection id out of range"))?;
-        core.new_connection(local_id, peer_id, &endpoint, address.to_owned())
+        core.new_connection(local_id, peer_id, &endpoint, address.to_owned(), started)
     }
 }
 
@@ -267,6 +285,8 @@ impl ConnectionManager for NixlConnectionManager {
             epoch: Instant::now(),
             waker: Arc::new(Waker::default()),
             auth: settings.auth.clone(),
+            poll_failure: Default::default(),
+            stats: Scope::new(ScopeKind::ConnectionManager, "NIXL", ""),
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
         let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_NIXL_INTERFACE")?;
@@ -278,6 +298,7 @@ impl ConnectionManager for NixlConnectionManager {
             "kvx-cm-listen",
         )?;
         *core.address.lock() = net::format_connection_info(&server.local_addr());
+        core.stats.set_name(&core.address.lock());
         Ok(NixlConnectionManager { listener: Mutex::new(Some(server)), poller: Some(poller), core })
     }
 
@@ -333,6 +354,10 @@ impl ConnectionManager for NixlConnectionManager {
         self.core.running.store(false, Ordering::Release);
         self.listener.lock().take();
         self.core.arrived.notify_all();
+    }
+
+    fn stats(&self) -> &Arc<Scope> {
+        &self.core.stats
     }
 }
 
@@ -443,6 +468,10 @@ impl Connection for NixlConnection {
 
     fn peer_address(&self) -> String {
         self.peer_address.clone()
+    }
+
+    fn stats(&self) -> &Arc<PeerStats> {
+        &self.stats
     }
 }
 

@@ -132,6 +132,8 @@ pub struct NixlHandle {
     agent: nixl_capi_agent_t,
     backend: nixl_capi_backend_t,
     pub name: String,
+    /// NIXL's transport plugin ("UCX", "LIBFABRIC").
+    pub plugin: String,
     pub progress_thread: bool,
     /// Reused between polls; NIXL fills it and we copy out.
     notif_map: Mutex<Owned>,
@@ -170,6 +172,7 @@ impl NixlHandle {
             agent,
             backend: std::ptr::null_mut(),
             name: name.to_owned(),
+            plugin: options.plugin.clone(),
             progress_thread: options.progress_thread,
             notif_map: Mutex::new(Owned { ptr: std::ptr::null_mut(), destroy: api.nixl_capi_destroy_notif_map }),
         };

@@ -8,18 +8,18 @@ use super::sys::*;
 use super::worker::{ucx_error, Endpoint, Worker, WorkerOwner};
 use crate::core::auth::PeerAuth;
 use crate::core::coalesce;
-use crate::core::completion::Completion;
 use crate::core::control::ControlServer;
 use crate::core::descriptor_service::{self, DescribedAgent};
 use crate::core::error::{kvx_status, Error, Result};
 use crate::core::memory::{kvx_memory_desc, kvx_memory_type, RegionLookup, RegionMap, Registrations};
 use crate::core::notify::NotificationQueue;
 use crate::core::select::kvx_backend;
+use crate::core::stats::{kvx_xfer_path, PeerStats, Scope, ScopeKind, TrackedCompletion, TransferRecord};
 use crate::core::wire::{self, AgentDescriptor, RemoteRegion};
 use crate::dispatch::{kvx_transfer_op, kvx_transfer_state, AgentSettings, Transfer, TransferAgent, TransferRequest};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::ffi::c_void;
+use std::ffi::{c_void, CString};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,9 @@ struct RemoteAgent {
     ipc: Option<ipc::PeerIpc>,
     /// Transfers in flight to this peer, failed together when the peer fails.
     pending: Mutex<Vec<Weak<TransferShared>>>,
+    stats: Arc<PeerStats>,
+    /// The transports UCX selected for this peer's endpoint.
+    transport: Arc<CString>,
 }
 
 unsafe impl Send for RemoteAgent {}
@@ -79,6 +82,7 @@ struct AgentCore {
     remotes: RwLock<HashMap<String, Arc<RemoteAgent>>>,
     notifications: Arc<NotificationQueue>,
     auth: PeerAuth,
+    stats: Arc<Scope>,
 }
 
 unsafe impl Send for AgentCore {}
@@ -144,7 +148,7 @@ impl AgentCore {
         }
         if name == self.name {
             // Loop-back transfers and self-notifications need no explicit load.
-            self.load(name, &self.descriptor().encode())?;
+            self.load(name, &self.descriptor().encode(), Instant::now())?;
             return self.remote(name);
         }
         Err(Error::not_found(format!("remote agent {name:?} is not loaded")))
@@ -157,7 +161,8 @@ impl AgentCore {
         drop(stale);
     }
 
-    fn load(&self, name: &str, bytes: &[u8]) -> Result<()> {
+    /// Load a peer from its descriptor; `started` is when its setup began (for the setup time).
+    fn load(&self, name: &str, bytes: &[u8], started: Instant) -> Result<()> {
         let desc = AgentDescriptor::decode(bytes)?;
         if desc.backend != kvx_backend::KVX_BACKEND_UCX as u8 {
             return Err(Error::invalid(format!(
@@ -175,7 +180,11 @@ impl AgentCore {
                 return Ok(());
             }
         }
-        let endpoint = Endpoint::connect(&self.worker, &desc.endpoint)?;
+        let peer = self.stats.peer(name);
+        let endpoint = Endpoint::connect(&self.worker, &desc.endpoint).inspect_err(|e| {
+            self.stats.connection_setup(&peer, started, false);
+            peer.log_failure(crate::core::log::Level::Warn, "load_failed", e.status, &e.message, Vec::new());
+        })?;
         let mut regions: RegionMap<RemoteKey> = RegionMap::default();
         {
             let _g = self.worker.lock();
@@ -204,13 +213,34 @@ impl AgentCore {
                 regions.insert(r.addr, r.len, RemoteKey { rkey, mem_type: r.mem_type });
             }
         }
+        let transports = endpoint.transports().unwrap_or_default();
+        let ipc = ipc::PeerIpc::from_descriptor(&desc);
+        let device_memory = desc.regions.iter().any(|r| r.mem_type == kvx_memory_type::KVX_MEMORY_VRAM)
+            || self.local.lock().iter().any(|(_, r)| r.mem_type == kvx_memory_type::KVX_MEMORY_VRAM);
+        if let Some(why) = staging_warning(&transports, device_memory, ipc.is_some()) {
+            // Once per peer and process: a reload of the same peer says nothing new.
+            if peer.transport() != transports {
+                peer.log_failure(
+                    crate::core::log::Level::Warn,
+                    "device_memory_staged",
+                    kvx_status::KVX_ERR_TRANSPORT,
+                    &why,
+                    vec![("transports", serde_json::Value::from(transports.as_str()))],
+                );
+            }
+        }
+        peer.set_transport(&transports);
+        peer.loaded();
+        self.stats.connection_setup(&peer, started, true);
         let remote = Arc::new(RemoteAgent {
             name: name.to_owned(),
             descriptor: bytes.to_vec(),
             regions,
             endpoint,
-            ipc: ipc::PeerIpc::from_descriptor(&desc),
+            ipc,
             pending: Mutex::new(Vec::new()),
+            stats: peer,
+            transport: Arc::new(CString::new(transports.replace('\0', "")).unwrap_or_default()),
         });
         // When the peer fails (or is invalidated), force-close its endpoint so UCX
         // lets go of every buffer, then fail whatever UCX did not complete itself.
@@ -222,6 +252,9 @@ impl AgentCore {
                 if let Some(remote) = weak.upgrade() {
                     remote.endpoint.close(true);
                     let reason = remote.endpoint.state.check(&remote.name).err();
+                    if let Some(why) = &reason {
+                        remote.stats.failed(&why.message);
+                    }
                     for shared in remote.pending.lock().drain(..).filter_map(|w| w.upgrade()) {
                         let why =
                             reason.clone().unwrap_or_else(|| Error::peer(format!("peer {}: failed", remote.name)));
@@ -321,7 +354,16 @@ impl UcxAgent {
     /// completion (after the sync message, if any) completes the transfer.
     fn post(&self, req: &TransferRequest<'_>, remote: &Arc<RemoteAgent>, ops: &[RmaOp]) -> Result<UcxTransfer> {
         let worker = self.core.worker.0.clone();
-        let shared = TransferShared::tracked(remote, self.core.timeout);
+        let record = TransferRecord::start(
+            &remote.stats,
+            req.op,
+            ops.iter().map(|o| o.len).sum(),
+            req.local.len(),
+            ops.len(),
+            kvx_xfer_path::KVX_PATH_UCX,
+            remote.transport.clone(),
+        );
+        let shared = TransferShared::tracked(remote, self.core.timeout, record);
         let api = worker.api();
         let _g = worker.lock();
         let ep = remote.endpoint.handle_locked(&remote.name)?;
@@ -445,6 +487,7 @@ impl TransferAgent for UcxAgent {
             remotes: RwLock::new(HashMap::new()),
             notifications,
             auth: settings.auth.clone(),
+            stats: Scope::new(ScopeKind::Agent, "UCX", &settings.name),
         });
         let listener = descriptor_service::serve(settings, &core)?;
         Ok(UcxAgent { listener, core })
@@ -492,7 +535,7 @@ impl TransferAgent for UcxAgent {
     }
 
     fn load_remote(&self, name: &str, descriptor: &[u8]) -> Result<()> {
-        self.core.load(name, descriptor_service::open(&self.core.auth, name, descriptor)?)
+        self.core.load(name, descriptor_service::open(&self.core.auth, name, descriptor)?, Instant::now())
     }
 
     fn load_remote_by_connection_info(
@@ -501,15 +544,22 @@ impl TransferAgent for UcxAgent {
         connection_info: &str,
         deadline: Option<Instant>,
     ) -> Result<()> {
-        let timeout = deadline.map_or(self.core.timeout, |d| d.saturating_duration_since(Instant::now()));
-        let sealed = descriptor_service::fetch(name, connection_info, &self.core.auth, timeout)?;
-        self.core.load(name, descriptor_service::open(&self.core.auth, name, &sealed)?)
+        let started = Instant::now();
+        let timeout = deadline.map_or(self.core.timeout, |d| d.saturating_duration_since(started));
+        let descriptor =
+            descriptor_service::fetch(name, connection_info, &self.core.auth, timeout).inspect_err(|e| {
+                let peer = self.core.stats.peer(name);
+                self.core.stats.connection_setup(&peer, started, false);
+                peer.log_failure(crate::core::log::Level::Warn, "load_failed", e.status, &e.message, Vec::new());
+            })?;
+        self.core.load(name, descriptor_service::open(&self.core.auth, name, &descriptor)?, started)
     }
 
     fn invalidate_remote(&self, name: &str) -> Result<()> {
         let removed = self.core.remotes.write().remove(name);
         match removed {
             Some(remote) => {
+                remote.stats.invalidated();
                 remote.endpoint.state.fail(format!("agent {name:?} was invalidated"));
                 Ok(())
             }
@@ -578,8 +628,36 @@ impl TransferAgent for UcxAgent {
     fn take_notifications(&self) -> Result<Vec<(String, Vec<u8>)>> {
         // Deliver anything already arrived before reporting.
         self.core.worker.pump();
-        Ok(self.core.notifications.drain())
+        let arrived = self.core.notifications.drain();
+        for (sender, _) in &arrived {
+            self.core.stats.peer(sender).notification_received();
+        }
+        Ok(arrived)
     }
+
+    fn stats(&self) -> &Arc<Scope> {
+        &self.core.stats
+    }
+}
+
+/// Why device memory to a peer would be staged through host memory or TCP,
+/// or None when it travels as expected (CUDA IPC, RDMA, or kvxfer's own
+/// batched CUDA IPC path, which bypasses UCX's transports).
+fn staging_warning(transports: &str, device_memory: bool, batched_ipc: bool) -> Option<String> {
+    if !device_memory || batched_ipc || transports.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = transports.split(',').map(|t| t.split('/').next().unwrap_or(t)).collect();
+    let direct =
+        |t: &str| t == "cuda_ipc" || t == "gdr_copy" || ["rc", "dc", "ud", "ib"].iter().any(|p| t.starts_with(p));
+    if names.iter().any(|t| direct(t)) {
+        return None;
+    }
+    let how = if names.contains(&"tcp") { "TCP" } else { "host staging (cuda_copy over shared memory)" };
+    Some(format!(
+        "device memory to this peer would travel through {how}: UCX selected {transports}, not CUDA IPC or RDMA (UCX_TLS={})",
+        std::env::var("UCX_TLS").unwrap_or_else(|_| "unset".into())
+    ))
 }
 
 /// Map one region with UCX and pack its remote key (and CUDA IPC handle, for device memory).
@@ -632,16 +710,16 @@ impl Drop for UcxAgent {
 }
 
 struct TransferShared {
-    done: Completion<()>,
+    done: TrackedCompletion,
     deadline: Instant,
     remote: Mutex<Option<Arc<RemoteAgent>>>,
 }
 
 impl TransferShared {
     /// A new transfer to `remote`, listed among the peer's pending transfers so a peer failure fails it.
-    fn tracked(remote: &Arc<RemoteAgent>, timeout: Duration) -> Arc<TransferShared> {
+    fn tracked(remote: &Arc<RemoteAgent>, timeout: Duration, record: TransferRecord) -> Arc<TransferShared> {
         let shared = Arc::new(TransferShared {
-            done: Completion::default(),
+            done: TrackedCompletion::new(record),
             deadline: Instant::now() + timeout,
             remote: Mutex::new(Some(remote.clone())),
         });
@@ -709,5 +787,26 @@ impl Transfer for UcxTransfer {
             Some(Ok(())) => "success".into(),
             Some(Err(e)) => e.to_string(),
         }
+    }
+
+    fn record(&self) -> &TransferRecord {
+        &self.shared.done.record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::staging_warning;
+
+    #[test]
+    fn device_memory_over_tcp_or_host_staging_is_named() {
+        let tcp = staging_warning("tcp/lo,cuda_copy/cuda", true, false).unwrap();
+        assert!(tcp.contains("TCP") && tcp.contains("tcp/lo"), "{tcp}");
+        let staged = staging_warning("sysv/memory,cma/memory,cuda_copy/cuda", true, false).unwrap();
+        assert!(staged.contains("host staging"), "{staged}");
+        assert_eq!(staging_warning("cuda_ipc/cuda,sysv/memory", true, false), None);
+        assert_eq!(staging_warning("rc_mlx5/mlx5_0:1,tcp/eth0", true, false), None);
+        assert_eq!(staging_warning("tcp/lo", false, false), None, "host memory: nothing to say");
+        assert_eq!(staging_warning("tcp/lo", true, true), None, "kvxfer's batched IPC path carries it");
     }
 }

@@ -14,6 +14,7 @@ use crate::core::connections::{answer_connect, ConnectionCache};
 use crate::core::control::{self, ControlHandler, ControlServer};
 use crate::core::error::{kvx_status, Error, Result};
 use crate::core::net;
+use crate::core::stats::{PeerStats, Scope, ScopeKind};
 use crate::core::wire::ControlMessage;
 use crate::dispatch::{Connection, ConnectionManager, ConnectionManagerSettings};
 use parking_lot::{Mutex, RwLock};
@@ -37,6 +38,7 @@ pub struct UcxConnection {
     pending_recvs: Mutex<Vec<Weak<Op>>>,
     /// The manager's: after `kvx_cm_shutdown`, sends and receives are cancelled.
     manager_running: Arc<AtomicBool>,
+    stats: Arc<PeerStats>,
 }
 
 unsafe impl Send for UcxConnection {}
@@ -53,6 +55,7 @@ struct CmCore {
     /// `recv_connect` calls in flight, cancelled by shutdown.
     waiting: Mutex<Vec<Weak<Op>>>,
     auth: PeerAuth,
+    stats: Arc<Scope>,
 }
 
 pub struct UcxConnectionManager {
@@ -74,8 +77,14 @@ impl CmCore {
         peer_id: u32,
         peer_address: String,
         endpoint: &[u8],
+        started: Instant,
     ) -> Result<Arc<UcxConnection>> {
-        let endpoint = Endpoint::connect(&self.worker, endpoint)?;
+        let stats = self.stats.peer(&peer_address);
+        let endpoint = Endpoint::connect(&self.worker, endpoint).inspect_err(|_| {
+            self.stats.connection_setup(&stats, started, false);
+        })?;
+        stats.set_transport(&endpoint.transports().unwrap_or_default());
+        self.stats.connection_setup(&stats, started, true);
         let conn = Arc::new(UcxConnection {
             local_id,
             peer_id,
@@ -84,6 +93,7 @@ impl CmCore {
             timeout: self.timeout,
             pending_recvs: Mutex::new(Vec::new()),
             manager_running: self.running.clone(),
+            stats,
         });
         // When the peer fails, cancel this connection's receives so they end now.
         let weak = Arc::downgrade(&conn);
@@ -92,6 +102,9 @@ impl CmCore {
             let weak = weak.clone();
             worker.defer(move |_| {
                 if let Some(c) = weak.upgrade() {
+                    if let Err(e) = c.endpoint.state.check(&c.peer_address) {
+                        c.stats.failed(&e.message);
+                    }
                     for op in c.pending_recvs.lock().drain(..).filter_map(|w| w.upgrade()) {
                         op.cancel_locked();
                     }
@@ -114,9 +127,10 @@ impl ControlHandler for Listener {
         let Some(core) = self.0.upgrade() else {
             return ControlMessage::Refused { reason: "connection manager is shutting down".into() };
         };
+        let started = Instant::now();
         answer_connect(request, core.check_running().is_ok(), |peer_id, endpoint, client_address| {
             let local_id = core.allocate_id();
-            let conn = core.new_connection(local_id, peer_id, client_address.clone(), endpoint)?;
+            let conn = core.new_connection(local_id, peer_id, client_address.clone(), endpoint, started)?;
             core.cache.insert_accepted(client_address, conn);
             Ok((local_id, core.worker.address().to_vec()))
         })
@@ -126,6 +140,7 @@ impl ControlHandler for Listener {
 impl UcxConnectionManager {
     fn connect(&self, address: &str, deadline: Option<Instant>) -> Result<Arc<UcxConnection>> {
         let core = &self.core;
+        let started = Instant::now();
         let addr = net::parse_connection_info(address)?;
         let local_id = core.allocate_id();
         let timeout = deadline.map_or(core.timeout, |d| d.saturating_duration_since(Instant::now()));
@@ -135,13 +150,18 @@ impl UcxConnectionManager {
             endpoint: core.worker.address().to_vec(),
             client_address: own_address,
         };
-        let reply = control::request(addr, &request, &core.auth, timeout)
-            .map_err(|e| e.context(&format!("connecting to {address}")))?;
+        let reply = control::request(addr, &request, &core.auth, timeout).map_err(|e| {
+            let peer = core.stats.peer(address);
+            core.stats.connection_setup(&peer, started, false);
+            let e = e.context(&format!("connecting to {address}"));
+            peer.log_failure(crate::core::log::Level::Warn, "connect_failed", e.status, &e.message, Vec::new());
+            e
+        })?;
         let ControlMessage::Accept { server_conn_id, endpoint } = reply else {
             return Err(Error::malformed(format!("unexpected reply from {address}")));
         };
         let peer_id = u32::try_from(server_conn_id).map_err(|_| Error::malformed("peer connection id out of range"))?;
-        core.new_connection(local_id, peer_id, address.to_owned(), &endpoint)
+        core.new_connection(local_id, peer_id, address.to_owned(), &endpoint, started)
     }
 }
 
@@ -184,6 +204,7 @@ impl ConnectionManager for UcxConnectionManager {
             running: Arc::new(AtomicBool::new(true)),
             waiting: Mutex::new(Vec::new()),
             auth: settings.auth.clone(),
+            stats: Scope::new(ScopeKind::ConnectionManager, "UCX", ""),
         });
         let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_UCX_INTERFACE")?;
         let server = ControlServer::start(
@@ -194,6 +215,7 @@ impl ConnectionManager for UcxConnectionManager {
             "kvx-cm-listen",
         )?;
         *core.address.lock() = net::format_connection_info(&server.local_addr());
+        core.stats.set_name(&core.address.lock());
         Ok(UcxConnectionManager { listener: Mutex::new(Some(server)), core })
     }
 
@@ -254,6 +276,10 @@ impl ConnectionManager for UcxConnectionManager {
         for op in waiting {
             op.cancel_locked();
         }
+    }
+
+    fn stats(&self) -> &Arc<Scope> {
+        &self.core.stats
     }
 }
 
@@ -351,5 +377,9 @@ impl Connection for UcxConnection {
 
     fn peer_address(&self) -> String {
         self.peer_address.clone()
+    }
+
+    fn stats(&self) -> &Arc<PeerStats> {
+        &self.stats
     }
 }

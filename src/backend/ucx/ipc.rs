@@ -18,12 +18,14 @@ use crate::backend::ucx::worker::Worker;
 use crate::core::error::{Error, Result};
 use crate::core::memory::{kvx_memory_type, RegionMap, Registered};
 use crate::core::request::Bounds;
+use crate::core::stats::{kvx_xfer_path, TransferRecord};
 use crate::core::wire::{AgentDescriptor, IpcRegion, IpcSection};
 use crate::core::{coalesce, parallel};
 use crate::cuda::{batch, ipc as cuda_ipc};
 use crate::dispatch::{kvx_transfer_op, TransferRequest};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
+use std::ffi::CString;
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -268,11 +270,13 @@ pub(super) fn try_submit(
             batch::Copy { src: r, dst: l, len }
         }
     };
-    let pending = if let Some((device, shift)) = single_region(&mut resolver, &req.bounds) {
+    // The copy-list entries reserved (one per descriptor at most: runs merge them).
+    let (pending, entries) = if let Some((device, shift)) = single_region(&mut resolver, &req.bounds) {
         // Each thread lists its slice of the request into its own range of one
         // batch (a run of merged descriptors takes one entry, so a slice's
         // length bounds its entries) and issues while it lists.
-        let batch = batch::Batch::new(device, req.local.len())?;
+        let entries = req.local.len();
+        let batch = batch::Batch::new(device, entries)?;
         let parts = parallel::slices(req.local.len());
         let results = parallel::on_threads(parts.len(), |i| {
             let range = parts[i].clone();
@@ -282,7 +286,7 @@ pub(super) fn try_submit(
             }
             writer.finish()
         });
-        batch.finish(results.into_iter().collect())?
+        (batch.finish(results.into_iter().collect())?, entries)
     } else {
         // Several regions: check every descriptor before anything moves.
         let mut count = 0usize;
@@ -299,11 +303,21 @@ pub(super) fn try_submit(
                 .ok_or_else(|| Error::invalid("registrations changed during submit"))?;
             Ok(copy(l, r, run.len()))
         });
-        batch::submit(device, count, copies)?
+        (batch::submit(device, count, copies)?, count)
     };
     let mappings = std::mem::take(&mut resolver.mappings);
     drop(local);
-    let shared = TransferShared::tracked(remote, agent.core.timeout);
+    static ROUTE: Lazy<Arc<CString>> = Lazy::new(|| Arc::new(CString::new("cuda_ipc_batch").unwrap()));
+    let record = TransferRecord::start(
+        &remote.stats,
+        req.op,
+        req.local.iter().map(|d| d.len).sum(),
+        req.local.len(),
+        entries,
+        kvx_xfer_path::KVX_PATH_CUDA_IPC_BATCH,
+        ROUTE.clone(),
+    );
+    let shared = TransferShared::tracked(remote, agent.core.timeout, record);
     let worker = agent.core.worker.0.clone();
     let job = Job {
         pending,

@@ -181,6 +181,33 @@ pub struct ucp_am_handler_param_t {
     pub _reserved: [u64; 8],
 }
 
+pub const UCP_EP_ATTR_FIELD_TRANSPORTS: u64 = 1 << 3;
+
+#[repr(C)]
+pub struct ucp_transport_entry_t {
+    pub transport_name: *const c_char,
+    pub device_name: *const c_char,
+}
+
+#[repr(C)]
+pub struct ucp_transports_t {
+    pub entries: *mut ucp_transport_entry_t,
+    pub num_entries: c_uint,
+    pub entry_size: usize,
+}
+
+#[repr(C)]
+pub struct ucp_ep_attr_t {
+    pub field_mask: u64,
+    pub name: [c_char; 32],
+    /// Two `struct sockaddr_storage`.
+    pub local_sockaddr: [u64; 16],
+    pub remote_sockaddr: [u64; 16],
+    pub transports: ucp_transports_t,
+    pub user_data: *mut c_void,
+    pub _reserved: [u64; 16],
+}
+
 #[repr(C)]
 pub struct ucp_am_recv_param_t {
     pub recv_attr: u64,
@@ -209,6 +236,7 @@ crate::native_api! {
     ucp_ep_create: fn(ucp_worker_h, *const ucp_ep_params_t, *mut ucp_ep_h) -> ucs_status_t;
     ucp_ep_close_nbx: fn(ucp_ep_h, *const ucp_request_param_t) -> *mut c_void;
     ucp_ep_flush_nbx: fn(ucp_ep_h, *const ucp_request_param_t) -> *mut c_void;
+    ucp_ep_query: fn(ucp_ep_h, *mut ucp_ep_attr_t) -> ucs_status_t;
     ucp_mem_map: fn(ucp_context_h, *const ucp_mem_map_params_t, *mut ucp_mem_h) -> ucs_status_t;
     ucp_mem_unmap: fn(ucp_context_h, ucp_mem_h) -> ucs_status_t;
     ucp_rkey_pack: fn(ucp_context_h, ucp_mem_h, *mut *mut c_void, *mut usize) -> ucs_status_t;
@@ -273,5 +301,7 @@ mod tests {
         assert!(size_of::<ucp_request_param_t>() >= 96);
         assert_eq!(offset_of!(ucp_am_handler_param_t, cb), 16);
         assert_eq!(size_of::<ucp_tag_recv_info_t>(), 16);
+        assert_eq!(offset_of!(ucp_ep_attr_t, transports), 296);
+        assert_eq!(offset_of!(ucp_transports_t, entry_size), 16);
     }
 }

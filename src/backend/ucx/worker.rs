@@ -447,6 +447,39 @@ impl Endpoint {
         Ok(handle)
     }
 
+    /// The transports UCX selected for this endpoint, as "transport/device"
+    /// entries joined by ",", e.g. "tcp/eth0,cma/memory" (None when UCX cannot say).
+    pub fn transports(&self) -> Option<String> {
+        const MAX: usize = 32;
+        let mut entries: Vec<ucp_transport_entry_t> = (0..MAX).map(|_| zeroed()).collect();
+        let mut attr: ucp_ep_attr_t = zeroed();
+        attr.field_mask = UCP_EP_ATTR_FIELD_TRANSPORTS;
+        attr.transports.entries = entries.as_mut_ptr();
+        attr.transports.num_entries = MAX as u32;
+        attr.transports.entry_size = std::mem::size_of::<ucp_transport_entry_t>();
+        let _g = self.worker.lock();
+        let handle = self.handle.load(Ordering::Acquire);
+        if handle.is_null() || self.worker.is_released() {
+            return None;
+        }
+        // SAFETY: a live endpoint under the worker lock; UCX fills at most `num_entries` entries.
+        if unsafe { (self.worker.api().ucp_ep_query)(handle, &mut attr) } != UCS_OK {
+            return None;
+        }
+        let text = |p: *const std::ffi::c_char| {
+            // SAFETY: UCX's static transport and device names.
+            (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        };
+        let list: Vec<String> = entries[..(attr.transports.num_entries as usize).min(MAX)]
+            .iter()
+            .filter_map(|e| {
+                let t = text(e.transport_name)?;
+                Some(text(e.device_name).map_or(t.clone(), |d| format!("{t}/{d}")))
+            })
+            .collect();
+        Some(list.join(","))
+    }
+
     /// Close the endpoint once; later calls (and drop) do nothing.
     pub fn close(&self, force: bool) {
         let handle = {
