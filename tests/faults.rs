@@ -470,7 +470,12 @@ fn kill_mid_transfer(l: &Launcher) -> Report {
     drop(inflight);
     ok(agent.invalidate("victim"));
     assert_released(baseline, "after SIGKILL + invalidate");
-    reconnect_and_verify(&agent, l, "victim", &local, &src, &back, &back_d);
+    // Reaching a restarted peer is this scenario's SIGKILL form's to check (and
+    // where the open restarted-peer stall of docs/failure-model.md is tracked);
+    // the crash form is about noticing the crash.
+    if l.core_dir.is_none() {
+        reconnect_and_verify(&agent, l, "victim", &local, &src, &back, &back_d);
+    }
     format!(
         "inflight_failed={failed}/8 settle_ms={} detect_ms={} chunks_kept={}{crash}",
         settle.as_millis(),
