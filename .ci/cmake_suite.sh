@@ -88,6 +88,31 @@ run_suite() {
   (cd "$BUILD_ROOT/$build" && ctest --output-on-failure -j "$JOBS" $CTEST_ARGS) || tests_rc=$?
 }
 
+section "the shim vtable check fails on headers that gain one defaulted virtual"
+# A copy of the compat headers whose BaseTransferAgent gains one virtual with a
+# default body (as a public fork's drainContextKvTransferFailureEventIds): it
+# compiles, so only the check can refuse it, naming the shim and the count.
+proof="$BUILD_ROOT/vtable_proof"
+rm -rf "$proof"
+mkdir -p "$proof"
+cp -r "$ROOT/wrappers/compat/include" "$proof/include"
+python3 - "$proof/include/tensorrt_llm/executor/transferAgent.h" <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+start = text.index("class BaseTransferAgent")
+end = text.index("};", start)
+extra = "    virtual std::vector<std::string> drainContextKvTransferFailureEventIds()\n    {\n        return {};\n    }\n"
+open(path, "w").write(text[:end] + extra + text[end:])
+PY
+if cmake -S "$ROOT" -B "$proof/build" -DTRTLLM_INCLUDE_DIR="$proof/include" >"$proof/configure.log" 2>&1; then
+  echo "configure accepted headers with an unhandled defaulted virtual" >&2
+  exit 1
+fi
+grep -q "KvxTransferAgent: 1 virtual(s) not overridden: .*drainContextKvTransferFailureEventIds" "$proof/configure.log" \
+  || { cat "$proof/configure.log" >&2; echo "the refusal does not name the shim, the count and the virtual" >&2; exit 1; }
+echo "ok: refused, naming KvxTransferAgent and the 1 unhandled virtual"
+
 section "build + run the GoogleTest suite (tests/cpp) against the installed package"
 test_args=()
 if [[ -n "${KVXFER_TEST_UCX_TLS:-}" ]]; then test_args+=("-DKVXFER_TEST_UCX_TLS=$KVXFER_TEST_UCX_TLS"); fi

@@ -531,6 +531,24 @@ kvx_status kvx_xfer_wait(const kvx_xfer *xfer,
 kvx_status kvx_xfer_release(kvx_xfer *xfer,
                             bool *out_released);
 
+// Release a transfer even while it is in flight (TensorRT-LLM's cancel
+// path: `wait(short)` then `release()`). A finished transfer is released as
+// by `kvx_xfer_release`. One still running is cancelled: it ends as FAILURE
+// with `KVX_ERR_CANCELED` in `kvx_xfer_last_status` (never as SUCCESS), its
+// sync message is not sent where the backend still holds it, and
+// `*out_released` is true only once the backend no longer reads or writes
+// the local memory. What was posted may still have reached the peer's
+// memory. Operations that cannot be stopped are given up to 2 s to drain;
+// past that the peer is marked failed (load it again to reconnect). False
+// means the memory could not be freed from the transport in time; the
+// status text says why. Blocks for at most about 4 s.
+//
+// Thread safety: any thread; the transfer may be waited on concurrently.
+//
+// # Safety
+// `xfer` must be NULL or a live handle from `kvx_agent_submit`; `out_released` NULL or writable.
+kvx_status kvx_xfer_cancel(kvx_xfer *xfer, bool *out_released);
+
 // Text describing the transfer's state or failure. Free with `kvx_bytes_free`.
 //
 // # Safety
@@ -698,7 +716,8 @@ const char *kvx_version(void);
 // Resolve `requested` (a `kvx_backend` value) to the backend kvxfer will
 // use: an explicit choice wins; AUTO follows `TRTLLM_USE_UCX_KVCACHE` /
 // `TRTLLM_USE_NIXL_KVCACHE` (exactly "1"; UCX first; neither = UCX).
-// Loads nothing.
+// `KVX_ERR_UNSUPPORTED` when `TRTLLM_USE_MOONCAKE_KVCACHE=1` is what selects:
+// kvxfer does not serve Mooncake. Loads nothing.
 //
 // # Safety
 // `out_backend` is NULL (refused) or valid for writing one value.

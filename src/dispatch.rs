@@ -24,7 +24,7 @@ pub use crate::core::request::{
 };
 
 /// Version of the table layout below; bump when appending entries.
-pub const TABLE_VERSION: u32 = 2;
+pub const TABLE_VERSION: u32 = 3;
 
 pub trait TransferAgent: Send + Sync + Sized + 'static {
     type Transfer: Transfer;
@@ -58,6 +58,11 @@ pub trait Transfer: Send + Sync + 'static {
     fn last_status(&self) -> String;
     /// The transfer's facts (bytes, descriptors, path, times, outcome).
     fn record(&self) -> &TransferRecord;
+    /// Release even while in flight (TensorRT-LLM's cancel path): a transfer
+    /// still running ends as failed (`KVX_ERR_CANCELED`), never as a success,
+    /// and true means the backend no longer touches the local memory. False
+    /// only when that cannot be assured; `last_status` says why.
+    fn cancel(&self) -> bool;
 }
 
 pub trait ConnectionManager: Send + Sync + Sized + 'static {
@@ -175,6 +180,9 @@ pub struct kvx_backend_table {
     pub agent_stats: unsafe extern "C" fn(agent: *mut c_void, out: *mut kvx_bytes),
     /// JSON snapshot of the manager's counters.
     pub cm_stats: unsafe extern "C" fn(cm: *mut c_void, out: *mut kvx_bytes),
+
+    // Version 3.
+    pub xfer_cancel: unsafe extern "C" fn(xfer: *mut c_void) -> bool,
 }
 
 impl kvx_backend_table {
@@ -328,6 +336,9 @@ macro_rules! backend_table {
         unsafe extern "C" fn xfer_release(x: *mut c_void) -> bool {
             (*(x as *const X)).release()
         }
+        unsafe extern "C" fn xfer_cancel(x: *mut c_void) -> bool {
+            (*(x as *const X)).cancel()
+        }
         unsafe extern "C" fn xfer_last_status(x: *mut c_void, out: *mut kvx_bytes) {
             *out = kvx_bytes::from_vec((*(x as *const X)).last_status().into_bytes())
         }
@@ -456,6 +467,7 @@ macro_rules! backend_table {
             xfer_info,
             agent_stats,
             cm_stats,
+            xfer_cancel,
         }
     }};
 }

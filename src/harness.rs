@@ -330,6 +330,12 @@ impl Xfer {
         unsafe { ok(kvx_xfer_release(self.raw, &mut out)) };
         out
     }
+    /// TensorRT-LLM's `release()`: cancels a transfer still in flight.
+    pub fn cancel(&self) -> bool {
+        let mut out = false;
+        unsafe { ok(kvx_xfer_cancel(self.raw, &mut out)) };
+        out
+    }
     pub fn is_completed(&self) -> bool {
         let mut out = false;
         unsafe { ok(kvx_xfer_is_completed(self.raw, &mut out)) };
@@ -397,6 +403,10 @@ impl Cm {
     pub fn connect(&self, addrs: &[String]) -> Vec<Conn> {
         self.try_connect(addrs, TIMEOUT_MS).unwrap_or_else(|(s, e)| panic!("connect: {s:?} {e}"))
     }
+    pub fn shutdown(&self) {
+        unsafe { ok(kvx_cm_shutdown(self.raw)) };
+    }
+    /// `connect`, returning the failure instead of panicking.
     pub fn try_connect(&self, addrs: &[String], ms: i64) -> Result<Vec<Conn>, (kvx_status, String)> {
         let c: Vec<CString> = addrs.iter().map(|a| CString::new(a.as_str()).unwrap()).collect();
         let ptrs: Vec<*const std::ffi::c_char> = c.iter().map(|s| s.as_ptr()).collect();
@@ -406,9 +416,6 @@ impl Cm {
             return Err((st, last_error()));
         }
         Ok(out.into_iter().map(Conn).collect())
-    }
-    pub fn shutdown(&self) {
-        unsafe { ok(kvx_cm_shutdown(self.raw)) };
     }
     pub fn recv_connect(&self, tag: u32, buf: &mut [u8], ms: i64) -> Result<Conn, (kvx_status, String)> {
         let mut out = std::ptr::null();
@@ -450,4 +457,144 @@ pub use crate::core::rng::XorShift;
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = XorShift::new(seed);
     (0..len).map(|_| rng.next_u64() as u8).collect()
+}
+
+/// Measuring one process against many peers (the scale benchmark and tests):
+/// its own CPU time, descriptors, threads and memory, and peer processes run
+/// from the `kvxfer-scale` program.
+pub mod scale {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Child, ChildStdin, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// CPU time of this process (user + system), in seconds.
+    pub fn cpu_seconds() -> f64 {
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage fills the struct.
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(usage.ru_utime) + tv(usage.ru_stime)
+    }
+
+    pub fn open_descriptors() -> i64 {
+        std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64 - 1)
+    }
+
+    pub fn status_field(key: &str) -> i64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn threads() -> i64 {
+        status_field("Threads:")
+    }
+
+    pub fn rss_kib() -> i64 {
+        status_field("VmRSS:")
+    }
+
+    /// The kernel's count of connections dropped because a listen queue was full (all listeners on this host).
+    pub fn listen_overflows() -> i64 {
+        let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+        if lines.len() < 2 {
+            return 0;
+        }
+        let names: Vec<&str> = lines[0].split_whitespace().collect();
+        let values: Vec<&str> = lines[1].split_whitespace().collect();
+        names.iter().position(|n| *n == "ListenOverflows").and_then(|i| values.get(i)?.parse().ok()).unwrap_or(0)
+    }
+
+    /// Open descriptors once they are back at `base`, or after `SETTLE` (sockets a
+    /// transport closes in the background, after the call returned, count as released).
+    pub fn settled_descriptors(base: i64) -> i64 {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let now = open_descriptors();
+            if now <= base || Instant::now() >= deadline {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub const SETTLE: Duration = Duration::from_secs(3);
+
+    pub struct PeerProcess {
+        child: Child,
+        stdin: ChildStdin,
+        lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+        /// (name, connection info or manager address) of each handle it holds.
+        pub handles: Vec<(String, String)>,
+    }
+
+    impl PeerProcess {
+        /// Start `program peer ROLE BACKEND COUNT PREFIX` and read the handles it announces.
+        pub fn spawn(program: &std::path::Path, role: &str, backend: &str, count: usize, prefix: &str) -> PeerProcess {
+            let mut child = Command::new(program)
+                .args(["peer", role, backend, &count.to_string(), prefix])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("starting a peer process");
+            let stdin = child.stdin.take().unwrap();
+            let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut p = PeerProcess { child, stdin, lines, handles: Vec::new() };
+            loop {
+                let line = p.next_line();
+                let mut words = line.split_whitespace();
+                match words.next() {
+                    Some("H") => p.handles.push((words.next().unwrap().into(), words.next().unwrap().into())),
+                    Some("READY") => break,
+                    _ => panic!("peer said {line:?}"),
+                }
+            }
+            p
+        }
+
+        pub fn next_line(&mut self) -> String {
+            self.lines.next().expect("peer process ended").expect("peer output")
+        }
+
+        pub fn say(&mut self, line: &str) {
+            writeln!(self.stdin, "{line}").and_then(|_| self.stdin.flush()).expect("peer process gone");
+        }
+    }
+
+    impl Drop for PeerProcess {
+        fn drop(&mut self) {
+            let _ = writeln!(self.stdin, "quit");
+            let _ = self.stdin.flush();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// `n` peer handles spread over at most `max_processes` processes of `program`.
+    pub fn spawn_peers(
+        program: &std::path::Path,
+        role: &str,
+        backend: &str,
+        n: usize,
+        max_processes: usize,
+    ) -> Vec<PeerProcess> {
+        let processes = n.min(max_processes).max(1);
+        let mut out = Vec::new();
+        for p in 0..processes {
+            let count = n / processes + usize::from(p < n % processes);
+            out.push(PeerProcess::spawn(program, role, backend, count, &format!("peer{n}-{p}-{}", std::process::id())));
+        }
+        out
+    }
 }

@@ -139,3 +139,59 @@ fn loopback_transfer_sees_memory_registered_after_first_use() {
     let (st, _) = a.submit(WRITE, &ls, &d1, "loop", None).err().unwrap();
     assert_eq!(st, KVX_ERR_NOT_REGISTERED);
 }
+
+/// TensorRT-LLM's cancel path: `wait(short)` finds the transfer running, then
+/// `release()` must return true, the transfer must end failed, and the same
+/// peer must carry a correct transfer right after, with nothing reloaded.
+/// UCX only (two agents of one process still transfer asynchronously over
+/// shared memory); tests/two_process.rs covers both backends across processes.
+#[test]
+fn release_mid_transfer_cancels_and_the_peer_stays_usable() {
+    const MAX: usize = 256 << 20;
+    if backend_under_test() != kvxfer::core::select::kvx_backend::KVX_BACKEND_UCX {
+        // NIXL completes a transfer between two agents of one process inside the post.
+        eprintln!("cancel under NIXL: see tests/two_process.rs");
+        return;
+    }
+    let a0 = Agent::new("cancel0");
+    let a1 = Agent::new("cancel1");
+    let src = pattern(MAX, 21);
+    let dst = vec![0u8; MAX];
+    let d0 = a0.register(&[&src]);
+    let d1 = a1.register(&[&dst]);
+    ok(a0.load("cancel1", &a1.desc()));
+    let prefix = |d: &[kvxfer::core::memory::kvx_memory_desc], len: usize| {
+        let mut d = d.to_vec();
+        d[0].len = len as u64;
+        d
+    };
+    // Big enough that a 1 ms wait finds it still running; larger until one does.
+    let mut caught = None;
+    for len in [MAX / 4, MAX / 2, MAX] {
+        let x = a0.submit(WRITE, &prefix(&d0, len), &prefix(&d1, len), "cancel1", Some(b"cancelled")).unwrap();
+        if x.wait(1) != KVX_TRANSFER_IN_PROGRESS {
+            x.expect_success();
+            continue;
+        }
+        assert!(x.cancel(), "release() of a running transfer must succeed: {}", x.status_text());
+        assert_eq!(x.wait(0), KVX_TRANSFER_FAILURE, "a cancelled transfer never reports success");
+        assert!(!x.is_completed());
+        let text = x.status_text();
+        assert!(text.contains("KVX_ERR_CANCELED") && text.contains("canceled by release()"), "{text}");
+        assert!(x.cancel(), "releasing again is harmless");
+        caught = Some(text);
+        break;
+    }
+    let text = caught.expect("no transfer was still running after 1 ms, even at 256 MiB");
+    assert!(text.contains("peer stays usable"), "a live peer keeps its connection: {text}");
+    // UCX holds the sync message until the data is flushed: a cancelled transfer never sends it.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(a1.notifications().iter().all(|(_, m)| m != b"cancelled"), "{text}");
+    // The same peer, its descriptor not reloaded: a fresh pattern arrives whole.
+    let fresh = pattern(1 << 20, 22);
+    let ds = a0.register(&[&fresh]);
+    a0.submit(WRITE, &ds, &prefix(&d1, 1 << 20), "cancel1", Some(b"after")).unwrap().expect_success();
+    assert!(dst[..1 << 20] == fresh[..], "the transfer after a cancel must deliver its data");
+    let got = a1.wait_notifications(1, 10_000);
+    assert!(got.iter().any(|(s, m)| s == "cancel0" && m == b"after"), "{got:?}");
+}

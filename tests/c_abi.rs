@@ -39,6 +39,9 @@ fn null_arguments_are_errors_with_messages() {
             KVX_ERR_INVALID_ARGUMENT
         );
         assert_eq!(kvx_xfer_wait(std::ptr::null(), 0, std::ptr::null_mut()), KVX_ERR_INVALID_ARGUMENT);
+        let mut released = true;
+        assert_eq!(kvx_xfer_cancel(std::ptr::null_mut(), &mut released), KVX_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("xfer is NULL"));
         assert_eq!(
             kvx_cm_recv_connect(std::ptr::null_mut(), 0, std::ptr::null_mut(), 0, 0, std::ptr::null_mut()),
             KVX_ERR_INVALID_ARGUMENT

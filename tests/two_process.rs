@@ -153,3 +153,80 @@ fn killed_peer_fails_pending_and_later_transfers() {
     writeln!(again.stdin, "quit").unwrap();
     again.child.wait().unwrap();
 }
+
+/// TensorRT-LLM's cancel path against a peer in another process (TCP, so a
+/// 64 MiB write takes long enough to be caught running): `wait(1)` then
+/// `release()` is true, the transfer ends failed, and the same peer then
+/// receives a correct transfer, checked by the peer itself.
+#[test]
+fn release_mid_transfer_cancels_and_the_peer_takes_the_next_transfer() {
+    let mut target = start_target(Some("tcp"));
+    let agent = Agent::new("canceller");
+    ok(agent.load_by_info("kvxfer-demo-target", &target.info));
+    let junk = pattern(TARGET_SIZE, 99);
+    let lj = agent.register(&[&junk]);
+    let full = [kvx_memory_desc { addr: target.addr, len: TARGET_SIZE as u64, device_id: 0 }];
+    let mut caught = None;
+    for _ in 0..5 {
+        let x = agent.submit(WRITE, &lj, &full, "kvxfer-demo-target", None).unwrap();
+        if x.wait(1) != KVX_TRANSFER_IN_PROGRESS {
+            x.expect_success();
+            continue;
+        }
+        assert!(x.cancel(), "release() of a running transfer must succeed: {}", x.status_text());
+        assert_eq!(x.wait(0), KVX_TRANSFER_FAILURE, "a cancelled transfer never reports success");
+        let text = x.status_text();
+        assert!(text.contains("KVX_ERR_CANCELED"), "{text}");
+        caught = Some(text);
+        break;
+    }
+    let text = caught.expect("no 64 MiB write over TCP was still running after 1 ms");
+    assert!(text.contains("peer stays usable"), "{text}");
+    // Released means the memory is ours again: overwrite it and send it whole.
+    ok(agent.deregister(&lj));
+    drop(junk);
+    let data = pattern(TARGET_SIZE, 7);
+    let ld = agent.register(&[&data]);
+    agent.submit(WRITE, &ld, &full, "kvxfer-demo-target", Some(b"written 7")).unwrap().expect_success();
+    writeln!(target.stdin, "verify 7").unwrap();
+    assert_eq!(target.lines.next().unwrap().unwrap(), "VERIFIED ok", "after: {text}");
+    writeln!(target.stdin, "quit").unwrap();
+    target.child.wait().unwrap();
+}
+
+/// The cancel path when posted work cannot drain: the peer process is stopped
+/// (SIGSTOP), so a 64 MiB write over TCP stalls. `release()` must still return
+/// true within its bound (the transport let go of the memory), end the
+/// transfer failed and mark the peer failed instead of leaving it half used.
+#[test]
+fn release_of_a_stalled_transfer_gives_the_memory_back_and_fails_the_peer() {
+    let mut target = start_target(Some("tcp"));
+    let agent = Agent::new("stalled-canceller");
+    ok(agent.load_by_info("kvxfer-demo-target", &target.info));
+    let data = pattern(TARGET_SIZE, 3);
+    let ld = agent.register(&[&data]);
+    let full = [kvx_memory_desc { addr: target.addr, len: TARGET_SIZE as u64, device_id: 0 }];
+    agent.submit(WRITE, &ld, &full, "kvxfer-demo-target", None).unwrap().expect_success();
+    let pid = target.child.id().to_string();
+    let signal = |sig: &str| assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    signal("-STOP");
+    // Several writes, so the stopped peer's socket buffers cannot take them all.
+    let xfers: Vec<_> = (0..4).map(|_| agent.submit(WRITE, &ld, &full, "kvxfer-demo-target", None).unwrap()).collect();
+    let stalled = xfers.iter().filter(|x| x.wait(200) == KVX_TRANSFER_IN_PROGRESS).count();
+    let started = Instant::now();
+    let released: Vec<bool> = xfers.iter().map(|x| x.cancel()).collect();
+    let took = started.elapsed();
+    let texts: Vec<String> = xfers.iter().map(|x| x.status_text()).collect();
+    signal("-CONT");
+    assert!(stalled > 0, "no write stalled against a stopped peer: {texts:?}");
+    assert!(released.iter().all(|&r| r), "release() of a stalled transfer failed: {texts:?}");
+    assert!(took < Duration::from_secs(12), "cancelling {} transfers took {took:?}", xfers.len());
+    for x in &xfers {
+        assert_eq!(x.wait(0), KVX_TRANSFER_FAILURE, "{}", x.status_text());
+    }
+    assert!(texts.iter().any(|t| t.contains("marked failed")), "{texts:?}");
+    // Released: the memory is the caller's again, so deregistering it is safe now.
+    ok(agent.deregister(&ld));
+    writeln!(target.stdin, "quit").unwrap();
+    target.child.wait().unwrap();
+}

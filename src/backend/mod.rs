@@ -13,7 +13,7 @@ use crate::dispatch::kvx_backend_table;
 /// The table for `backend` (resolved from the environment when AUTO), loading
 /// that backend's native library first; no other backend's library is loaded.
 pub fn table_for(backend: kvx_backend) -> Result<&'static kvx_backend_table> {
-    match select::resolve(backend) {
+    match select::resolve(backend)? {
         kvx_backend::KVX_BACKEND_UCX => ucx::table(),
         kvx_backend::KVX_BACKEND_NIXL => nixl::table(),
         kvx_backend::KVX_BACKEND_AUTO => Err(Error::new(kvx_status::KVX_ERR_INTERNAL, "backend left unresolved")),

@@ -1,6 +1,8 @@
 //! A one-shot completion that transport callbacks fill in and callers wait on
-//! with a deadline. Waiters may drive progress themselves while they wait
-//! (`pump`), which saves a thread hand-off on the fast path.
+//! with a deadline. Waiters may drive progress themselves for a moment
+//! (`pump`), which saves a thread hand-off on the fast path, then sleep on a
+//! condition variable that only the outcome (or the deadline) ends: a waiter
+//! blocked for long costs no wake-ups.
 
 use super::error::Result;
 use parking_lot::{Condvar, Mutex};
@@ -20,8 +22,6 @@ impl<T: Clone> Default for Completion<T> {
 /// How long a waiter spins on `pump` before sleeping on the condition
 /// variable; short, so an idle wait costs no CPU.
 const SPIN: Duration = Duration::from_micros(50);
-/// Upper bound of one sleep, so a missed wake-up only delays, never hangs.
-const MAX_SLEEP: Duration = Duration::from_millis(5);
 
 impl<T: Clone> Completion<T> {
     /// Record the outcome; the first one wins. Returns whether this call won.
@@ -44,6 +44,8 @@ impl<T: Clone> Completion<T> {
     }
 
     /// Wait until done or `deadline` (None = no deadline); `None` on timeout.
+    /// The outcome is set and signalled under the lock the sleeper checks it
+    /// under, so no wake-up is lost and the sleep needs no upper bound.
     pub fn wait(&self, deadline: Option<Instant>, mut pump: impl FnMut()) -> Option<Result<T>> {
         let spin_until = Instant::now() + SPIN;
         loop {
@@ -54,17 +56,24 @@ impl<T: Clone> Completion<T> {
             if deadline.is_some_and(|d| now >= d) {
                 return None;
             }
-            pump();
-            if now < spin_until {
-                std::hint::spin_loop();
-                continue;
+            if now >= spin_until {
+                break;
             }
-            let mut slot = self.outcome.lock();
-            if slot.is_none() {
-                let sleep = deadline.map_or(MAX_SLEEP, |d| d.saturating_duration_since(now).min(MAX_SLEEP));
-                self.cv.wait_for(&mut slot, sleep);
+            pump();
+            std::hint::spin_loop();
+        }
+        let mut slot = self.outcome.lock();
+        while slot.is_none() {
+            match deadline {
+                Some(d) => {
+                    if self.cv.wait_until(&mut slot, d).timed_out() {
+                        break;
+                    }
+                }
+                None => self.cv.wait(&mut slot),
             }
         }
+        slot.clone()
     }
 }
 

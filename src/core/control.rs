@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -55,6 +55,40 @@ impl Gate {
     }
 }
 
+/// Listen queue length unless `KVX_LISTEN_BACKLOG` says otherwise: room for
+/// hundreds of peers connecting at one moment (the kernel caps it at
+/// `net.core.somaxconn`).
+pub const DEFAULT_BACKLOG: i32 = 1024;
+
+/// The listen queue length: `KVX_LISTEN_BACKLOG` when it is a positive number, else the default.
+pub fn backlog() -> i32 {
+    backlog_from(std::env::var("KVX_LISTEN_BACKLOG").ok().as_deref())
+}
+
+fn backlog_from(value: Option<&str>) -> i32 {
+    match value.map(|v| v.trim().parse::<i32>()) {
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => {
+            crate::log_at!(Warn, "KVX_LISTEN_BACKLOG={:?} is not a positive number; using {DEFAULT_BACKLOG}", value);
+            DEFAULT_BACKLOG
+        }
+        None => DEFAULT_BACKLOG,
+    }
+}
+
+/// Clients waiting for a serving thread, and how many threads serve.
+#[derive(Default)]
+struct Clients {
+    queue: std::collections::VecDeque<TcpStream>,
+    serving: usize,
+}
+
+/// Threads serving one listener's clients at most; more clients wait in a
+/// queue those threads drain, so the accepting thread never serves anyone.
+const MAX_CLIENT_THREADS: usize = 32;
+/// Accepted clients waiting beyond this are closed at once (they retry or fail at their timeout).
+const MAX_QUEUED_CLIENTS: usize = 8192;
+
 impl ControlServer {
     pub fn start(
         ip: IpAddr,
@@ -77,9 +111,15 @@ impl ControlServer {
         let gate = Arc::new(Gate { auth, allowed, seen: Mutex::new(HashMap::new()) });
         let listener = TcpListener::bind(SocketAddr::new(ip, port))
             .map_err(|e| Error::system(&format!("cannot listen on {ip}:{port}"), e))?;
+        // Listening again on a listening socket sets its queue length (std's is 128).
+        // SAFETY: a valid socket descriptor owned by `listener`.
+        if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), backlog()) } != 0 {
+            return Err(Error::system("setting the listen queue length", std::io::Error::last_os_error()));
+        }
         let local = listener.local_addr().map_err(|e| Error::system("listener address", e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
+        let clients = Arc::new(Mutex::new(Clients::default()));
         let thread = std::thread::Builder::new()
             .name(thread_name.into())
             .spawn(move || {
@@ -97,22 +137,7 @@ impl ControlServer {
                         }
                         Err(_) => continue,
                     }
-                    // One short-lived thread per client so a slow client cannot stall others;
-                    // past the cap, clients are served inline.
-                    if ACTIVE_CLIENTS.fetch_add(1, Ordering::AcqRel) < MAX_CLIENT_THREADS {
-                        let handler = handler.clone();
-                        let gate = gate.clone();
-                        let spawned = std::thread::Builder::new().name("kvx-ctl-client".into()).spawn(move || {
-                            serve_logged(stream, handler.as_ref(), &gate);
-                            ACTIVE_CLIENTS.fetch_sub(1, Ordering::AcqRel);
-                        });
-                        if spawned.is_err() {
-                            ACTIVE_CLIENTS.fetch_sub(1, Ordering::AcqRel);
-                        }
-                    } else {
-                        ACTIVE_CLIENTS.fetch_sub(1, Ordering::AcqRel);
-                        serve_logged(stream, handler.as_ref(), &gate);
-                    }
+                    dispatch(stream, &clients, &handler, &gate);
                 }
             })
             .map_err(|e| Error::system("cannot start listener thread", e))?;
@@ -121,6 +146,36 @@ impl ControlServer {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+}
+
+/// Hand an accepted client to a serving thread: a new one while fewer than
+/// `MAX_CLIENT_THREADS` serve (a slow client cannot stall others), else the queue.
+fn dispatch(stream: TcpStream, clients: &Arc<Mutex<Clients>>, handler: &Arc<dyn ControlHandler>, gate: &Arc<Gate>) {
+    let mut state = clients.lock();
+    if state.serving >= MAX_CLIENT_THREADS {
+        if state.queue.len() < MAX_QUEUED_CLIENTS {
+            state.queue.push_back(stream);
+        }
+        return;
+    }
+    state.serving += 1;
+    drop(state);
+    let (clients2, handler, gate) = (clients.clone(), handler.clone(), gate.clone());
+    let spawned = std::thread::Builder::new().name("kvx-ctl-client".into()).spawn(move || {
+        let mut next = Some(stream);
+        while let Some(stream) = next {
+            serve_logged(stream, handler.as_ref(), &gate);
+            let mut state = clients2.lock();
+            next = state.queue.pop_front();
+            if next.is_none() {
+                state.serving -= 1;
+            }
+        }
+    });
+    if spawned.is_err() {
+        // The stream went with the closure: that client sees its connection closed.
+        clients.lock().serving -= 1;
     }
 }
 
@@ -134,9 +189,6 @@ impl Drop for ControlServer {
         }
     }
 }
-
-static ACTIVE_CLIENTS: AtomicUsize = AtomicUsize::new(0);
-const MAX_CLIENT_THREADS: usize = 64;
 
 fn serve_logged(stream: TcpStream, handler: &dyn ControlHandler, gate: &Gate) {
     if let Err(e) = serve_one(stream, handler, gate) {
@@ -402,6 +454,56 @@ mod tests {
             ControlMessage::Refused { reason } => assert!(reason.contains("replay"), "{reason}"),
             other => panic!("replay served: {other:?}"),
         }
+    }
+
+    #[test]
+    fn backlog_is_configurable_and_defaults_large() {
+        assert_eq!(backlog_from(None), DEFAULT_BACKLOG);
+        const { assert!(DEFAULT_BACKLOG >= 512) };
+        assert_eq!(backlog_from(Some("2048")), 2048);
+        assert_eq!(backlog_from(Some("0")), DEFAULT_BACKLOG);
+        assert_eq!(backlog_from(Some("many")), DEFAULT_BACKLOG);
+    }
+
+    /// A handler as slow as a handshake: more clients than serving threads all get answers.
+    struct Slow;
+    impl ControlHandler for Slow {
+        fn handle(&self, request: ControlMessage, from: SocketAddr) -> ControlMessage {
+            std::thread::sleep(Duration::from_millis(20));
+            Echo.handle(request, from)
+        }
+    }
+
+    #[test]
+    fn a_storm_of_clients_is_served_without_refusals() {
+        let server =
+            ControlServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, Arc::new(Slow), PeerAuth::none(), "test-ctl")
+                .unwrap();
+        let addr = server.local_addr();
+        let clients = 4 * MAX_CLIENT_THREADS;
+        let barrier = Arc::new(std::sync::Barrier::new(clients));
+        let started = Instant::now();
+        let answers: Vec<_> = (0..clients)
+            .map(|i| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let name = format!("client-{i}");
+                    let reply = request(
+                        addr,
+                        &ControlMessage::GetAgentDesc { expected_name: name.clone() },
+                        &PeerAuth::none(),
+                        Duration::from_secs(20),
+                    );
+                    reply.map(|r| r == ControlMessage::AgentDesc { desc: name.into_bytes() })
+                })
+            })
+            .collect();
+        for a in answers {
+            assert_eq!(a.join().unwrap().map_err(|e| e.to_string()), Ok(true));
+        }
+        // Served by MAX_CLIENT_THREADS threads at once: about 4 rounds of 20 ms, far from serial (2.6 s).
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     }
 
     #[test]

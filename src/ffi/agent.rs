@@ -494,6 +494,36 @@ pub unsafe extern "C" fn kvx_xfer_release(xfer: *mut kvx_xfer, out_released: *mu
     })
 }
 
+/// Release a transfer even while it is in flight (TensorRT-LLM's cancel
+/// path: `wait(short)` then `release()`). A finished transfer is released as
+/// by `kvx_xfer_release`. One still running is cancelled: it ends as FAILURE
+/// with `KVX_ERR_CANCELED` in `kvx_xfer_last_status` (never as SUCCESS), its
+/// sync message is not sent where the backend still holds it, and
+/// `*out_released` is true only once the backend no longer reads or writes
+/// the local memory. What was posted may still have reached the peer's
+/// memory. Operations that cannot be stopped are given up to 2 s to drain;
+/// past that the peer is marked failed (load it again to reconnect). False
+/// means the memory could not be freed from the transport in time; the
+/// status text says why. Blocks for at most about 4 s.
+///
+/// Thread safety: any thread; the transfer may be waited on concurrently.
+///
+/// # Safety
+/// `xfer` must be NULL or a live handle from `kvx_agent_submit`; `out_released` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn kvx_xfer_cancel(xfer: *mut kvx_xfer, out_released: *mut bool) -> kvx_status {
+    guard(|| {
+        let x = xfer_ref(xfer)?;
+        non_null(out_released, "out_released")?;
+        // Tables only grow: an older one has no cancel entry.
+        if !x.table.has(std::mem::offset_of!(kvx_backend_table, xfer_cancel)) {
+            return Err(Error::new(kvx_status::KVX_ERR_UNSUPPORTED, "this backend's table predates cancel"));
+        }
+        *out_released = (x.table.xfer_cancel)(x.object);
+        Ok(())
+    })
+}
+
 /// Text describing the transfer's state or failure. Free with `kvx_bytes_free`.
 ///
 /// # Safety

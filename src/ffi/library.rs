@@ -33,7 +33,8 @@ pub struct kvx_backend_info {
 /// Resolve `requested` (a `kvx_backend` value) to the backend kvxfer will
 /// use: an explicit choice wins; AUTO follows `TRTLLM_USE_UCX_KVCACHE` /
 /// `TRTLLM_USE_NIXL_KVCACHE` (exactly "1"; UCX first; neither = UCX).
-/// Loads nothing.
+/// `KVX_ERR_UNSUPPORTED` when `TRTLLM_USE_MOONCAKE_KVCACHE=1` is what selects:
+/// kvxfer does not serve Mooncake. Loads nothing.
 ///
 /// # Safety
 /// `out_backend` is NULL (refused) or valid for writing one value.
@@ -43,7 +44,7 @@ pub struct kvx_backend_info {
 pub unsafe extern "C" fn kvx_backend_resolve(requested: u32, out_backend: *mut u32) -> kvx_status {
     guard(|| {
         non_null(out_backend, "out_backend")?;
-        let chosen = select::resolve(kvx_backend::from_raw(requested)?);
+        let chosen = select::resolve(kvx_backend::from_raw(requested)?)?;
         *out_backend = chosen as u32;
         Ok(())
     })
@@ -64,7 +65,7 @@ pub unsafe extern "C" fn kvx_backend_info_get(requested: u32, out: *mut kvx_back
         if (*out).struct_size < std::mem::size_of::<kvx_backend_info>() {
             return Err(crate::core::error::Error::invalid("out->struct_size is smaller than kvx_backend_info"));
         }
-        let chosen = select::resolve(kvx_backend::from_raw(requested)?);
+        let chosen = select::resolve(kvx_backend::from_raw(requested)?)?;
         let (path, version) = crate::backend::library(chosen)?;
         (*out).backend = chosen as u32;
         (*out).name = static_str(chosen.name());

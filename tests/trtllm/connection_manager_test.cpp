@@ -5,7 +5,10 @@
 // all-gather and every CommState holds one socket.
 #include "trtllm_test_util.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
 #include <future>
@@ -194,8 +197,37 @@ TEST(ConnectionManager, ErrorsAreExceptions)
         (void)m->getConnections(kvc::CommState{std::vector<kvc::SocketState>{{80, "not an ip"}}, 0}), std::exception);
 }
 
+// TensorRT-LLM's newest fan-in / fan-out tests: 5 s handshake and control
+// bounds (payload too, here), and a 20 s watchdog over the whole exchange.
+namespace
+{
+void fanIn8();
+void fanOut8();
+} // namespace
+
+#define KVX_NEWEST_UCX_BOUNDS()                                                                                        \
+    ScopedEnv handshakeBound("TRTLLM_UCX_CONNECTION_HANDSHAKE_TIMEOUT_MS", "5000");                                    \
+    ScopedEnv hostControlBound("TRTLLM_UCX_HOST_CONTROL_TIMEOUT_MS", "5000");                                          \
+    ScopedEnv payloadBound("TRTLLM_UCX_PAYLOAD_TIMEOUT_MS", "5000")
+
 // Eight requesters, one receiver (concurrentRequestersToOneReceiver).
 TEST(ConnectionManager, FanIn8)
+{
+    KVX_NEWEST_UCX_BOUNDS();
+    withWatchdog(std::chrono::seconds(20), "FanIn8", [] { fanIn8(); });
+}
+
+// One requester, eight receivers (concurrentRequesterToMultipleReceivers).
+TEST(ConnectionManager, FanOut8)
+{
+    KVX_NEWEST_UCX_BOUNDS();
+    withWatchdog(std::chrono::seconds(20), "FanOut8", [] { fanOut8(); });
+}
+
+namespace
+{
+
+void fanIn8()
 {
     constexpr int kPeers = 8;
     Manager receiver = makeManager();
@@ -233,8 +265,7 @@ TEST(ConnectionManager, FanIn8)
         r.get();
 }
 
-// One requester, eight receivers (concurrentRequesterToMultipleReceivers).
-TEST(ConnectionManager, FanOut8)
+void fanOut8()
 {
     constexpr int kPeers = 8;
     std::vector<Manager> receivers;
@@ -274,6 +305,8 @@ TEST(ConnectionManager, FanOut8)
     for (auto& r : readers)
         r.get();
 }
+
+} // namespace
 
 // TensorRT-LLM's receive tasks ask for connections from many threads at once:
 // every caller gets the one connection per peer.
@@ -315,10 +348,7 @@ TEST(ConnectionManager, DeadPeerIsAnError)
     ASSERT_EQ(::posix_spawn(&pid, TRTLLM_PEER_PROGRAM, &actions, nullptr, argv, environ), 0);
     posix_spawn_file_actions_destroy(&actions);
     ::close(out[1]);
-    std::string line;
-    char ch = 0;
-    while (::read(out[0], &ch, 1) == 1 && ch != '\n')
-        line += ch;
+    std::string line = readAnnouncement(out[0]);
     ::close(out[0]);
     char ip[256] = {};
     unsigned port = 0;
@@ -343,4 +373,47 @@ TEST(ConnectionManager, DeadPeerIsAnError)
     EXPECT_LT(std::chrono::steady_clock::now() - start, kWaitLimit);
     auto data = randomBytes(kPayload, 9);
     EXPECT_THROW(sendHost(c, kHostTag, data), std::exception);
+}
+
+// TensorRT-LLM's UCX bounds by tag: TRTLLM_UCX_PAYLOAD_TIMEOUT_MS for data
+// tags, TRTLLM_UCX_HOST_CONTROL_TIMEOUT_MS for its control tags (here the
+// ready signal, 42). A receive nobody answers fails within its own bound.
+TEST(ConnectionManager, PayloadAndHostControlBoundsFollowTheirVariables)
+{
+    ScopedEnv payloadBound("TRTLLM_UCX_PAYLOAD_TIMEOUT_MS", "300");
+    ScopedEnv hostControlBound("TRTLLM_UCX_HOST_CONTROL_TIMEOUT_MS", "1200");
+    Manager a = makeManager();
+    Manager b = makeManager();
+    auto const* c = connectTo(*a, *b);
+    ASSERT_NO_FATAL_FAILURE(handshake(c, *b, 5));
+    auto timedRecv = [&](int tag)
+    {
+        auto start = std::chrono::steady_clock::now();
+        EXPECT_THROW(recvHost(c, tag, kPayload), std::exception) << "tag " << tag;
+        return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+    };
+    auto payload = timedRecv(kHostTag);
+    EXPECT_GE(payload.count(), 250);
+    EXPECT_LT(payload.count(), 1100) << "a payload receive must end at TRTLLM_UCX_PAYLOAD_TIMEOUT_MS";
+    auto control = timedRecv(42);
+    EXPECT_GE(control.count(), 1100) << "a control receive must wait TRTLLM_UCX_HOST_CONTROL_TIMEOUT_MS";
+    EXPECT_LT(control.count(), 5000);
+}
+
+// TRTLLM_UCX_CONNECTION_HANDSHAKE_TIMEOUT_MS bounds getConnections: a peer
+// that accepts TCP but never answers fails the call within it.
+TEST(ConnectionManager, HandshakeBoundFollowsItsVariable)
+{
+    ScopedEnv handshakeBound("TRTLLM_UCX_CONNECTION_HANDSHAKE_TIMEOUT_MS", "500");
+    uint16_t port = 0;
+    int silent = loopbackSocket(port, 8);
+    ASSERT_GE(silent, 0);
+    Manager m = makeManager();
+    auto start = std::chrono::steady_clock::now();
+    kvc::CommState state{std::vector<kvc::SocketState>{{port, "127.0.0.1"}}, 0};
+    EXPECT_THROW(m->getConnections(state), std::exception);
+    auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+    ::close(silent);
+    EXPECT_GE(took.count(), 400);
+    EXPECT_LT(took.count(), 3000) << "getConnections must end at TRTLLM_UCX_CONNECTION_HANDSHAKE_TIMEOUT_MS";
 }

@@ -4,10 +4,14 @@
 // Checks the CommState the collective factory returns, then exchanges an id
 // and a payload with every other rank. Exit codes: 0 ok, 1 wrong result,
 // 3 the factory threw (message on stderr).
-// With argument "die-after-id": prints its manager's "ip port" on stdout,
+// With argument "die-after-id": prints its manager's "ip port" on stdout (after kAnnounce),
 // waits for one id message and exits at once, as a crashing peer would.
+// With arguments "agent-target BYTES SEED": a transfer agent with a BYTES-long
+// host buffer; prints "name connection-info address" (after kAnnounce), waits for the sync
+// message "verify" and exits 0 if the buffer then holds bulkBytes(BYTES, SEED).
 #include "trtllm_test_util.hpp"
 
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <set>
@@ -28,7 +32,8 @@ uint32_t seedFor(int from, int to)
 
 int fail(std::string const& what)
 {
-    std::cerr << "rank " << std::getenv("KVX_RANK") << ": " << what << std::endl;
+    char const* rank = std::getenv("KVX_RANK");
+    std::cerr << "rank " << (rank ? rank : "-") << ": " << what << std::endl;
     return 1;
 }
 
@@ -38,17 +43,47 @@ int dieAfterId()
 {
     auto manager = makeUcxConnectionManager();
     auto const& self = manager->getCommState().getSocketState().at(0);
-    std::printf("%s %u\n", self.mIp.c_str(), static_cast<unsigned>(self.mPort));
+    std::printf("%s%s %u\n", kAnnounce, self.mIp.c_str(), static_cast<unsigned>(self.mPort));
     std::fflush(stdout);
     uint64_t id = 0;
     manager->recvConnect(kvc::DataContext{kIdTag}, &id, sizeof id);
     std::_Exit(0);
 }
 
+int agentTarget(size_t bytes, uint32_t seed)
+{
+    std::string name = uniqueName("target");
+    auto agent = makeTransferAgent(name);
+    std::vector<char> buffer(bytes, 0);
+    kvc::MemoryDescs descs{kvc::MemoryType::kDRAM, {kvc::MemoryDesc{buffer}}};
+    agent->registerMemory(descs);
+    std::printf("%s%s %s %llu\n", kAnnounce, name.c_str(), agent->getLocalConnectionInfo().c_str(),
+        static_cast<unsigned long long>(reinterpret_cast<uintptr_t>(buffer.data())));
+    std::fflush(stdout);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline)
+    {
+        for (auto const& [sender, messages] : agent->getNotifiedSyncMessages())
+            for (auto const& m : messages)
+                if (m == "verify")
+                {
+                    bool same = buffer == bulkBytes(bytes, seed);
+                    agent->deregisterMemory(descs);
+                    return same ? 0 : fail("buffer differs after the transfer from " + sender);
+                }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return fail("no \"verify\" message within 60 s");
+}
+
 int main(int argc, char** argv)
 {
+    // The test may stop reading stdout after the announcement; later transport logs must not kill us.
+    std::signal(SIGPIPE, SIG_IGN);
     if (argc > 1 && std::string(argv[1]) == "die-after-id")
         return dieAfterId();
+    if (argc > 3 && std::string(argv[1]) == "agent-target")
+        return agentTarget(std::strtoull(argv[2], nullptr, 10), static_cast<uint32_t>(std::atoi(argv[3])));
     int const rank = std::atoi(std::getenv("KVX_RANK") ? std::getenv("KVX_RANK") : "0");
     int const world = std::atoi(std::getenv("KVX_WORLD_SIZE") ? std::getenv("KVX_WORLD_SIZE") : "1");
     std::unique_ptr<kvc::ConnectionManager> manager;

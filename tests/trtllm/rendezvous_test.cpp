@@ -20,16 +20,12 @@ namespace
 // A port nobody listens on right now (the kernel's pick for port 0).
 int freePort()
 {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0
-        || ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+    uint16_t port = 0;
+    int fd = loopbackSocket(port, 0);
+    if (fd < 0)
         throw std::runtime_error("cannot pick a free port");
     ::close(fd);
-    return ntohs(addr.sin_port);
+    return port;
 }
 
 // Starts the peer program as one rank, with the caller's environment plus `extra`.

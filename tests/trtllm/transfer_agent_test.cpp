@@ -6,9 +6,17 @@
 // selects (CTest registers every test once per backend).
 #include "trtllm_test_util.hpp"
 
+#include <arpa/inet.h>
+#include <csignal>
 #include <cstdio>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <set>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+extern char** environ;
 
 using namespace trtllm_test;
 
@@ -487,4 +495,181 @@ TEST(TransferAgent, DeadPeerIsAnError)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     EXPECT_TRUE(failed) << "writes to a destroyed agent kept succeeding";
+}
+
+namespace
+{
+
+// A transfer agent in another process (trtllm_peer agent-target) that
+// reaches us over TCP only, so a 64 MiB write takes long enough to catch running.
+class TargetProcess
+{
+public:
+    TargetProcess(size_t bytes, uint32_t seed)
+    {
+        int out[2];
+        if (::pipe(out) != 0)
+            throw std::runtime_error("pipe failed");
+        posix_spawn_file_actions_t actions;
+        posix_spawn_file_actions_init(&actions);
+        posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+        posix_spawn_file_actions_addclose(&actions, out[0]);
+        std::vector<std::string> env;
+        for (char** e = environ; *e != nullptr; ++e)
+            if (std::strncmp(*e, "UCX_TLS=", 8) != 0)
+                env.emplace_back(*e);
+        env.emplace_back("UCX_TLS=tcp");
+        std::vector<char*> envp;
+        for (auto& e : env)
+            envp.push_back(e.data());
+        envp.push_back(nullptr);
+        std::string size = std::to_string(bytes);
+        std::string seedText = std::to_string(seed);
+        char mode[] = "agent-target";
+        char* argv[] = {const_cast<char*>(TRTLLM_PEER_PROGRAM), mode, size.data(), seedText.data(), nullptr};
+        int rc = ::posix_spawn(&mPid, TRTLLM_PEER_PROGRAM, &actions, nullptr, argv, envp.data());
+        posix_spawn_file_actions_destroy(&actions);
+        ::close(out[1]);
+        if (rc != 0)
+        {
+            ::close(out[0]);
+            throw std::runtime_error(std::string("posix_spawn: ") + std::strerror(rc));
+        }
+        std::string line = readAnnouncement(out[0]);
+        ::close(out[0]);
+        char name[256] = {};
+        char info[256] = {};
+        unsigned long long addr = 0;
+        if (std::sscanf(line.c_str(), "%255s %255s %llu", name, info, &addr) != 3)
+            throw std::runtime_error("the target process said '" + line + "'");
+        mName = name;
+        mInfo = info;
+        mAddr = static_cast<uintptr_t>(addr);
+    }
+
+    ~TargetProcess()
+    {
+        if (mPid > 0)
+        {
+            ::kill(mPid, SIGKILL);
+            ::waitpid(mPid, nullptr, 0);
+        }
+    }
+
+    TargetProcess(TargetProcess const&) = delete;
+    TargetProcess& operator=(TargetProcess const&) = delete;
+
+    // The target's exit status (0: it verified the data), waiting at most kWaitLimit.
+    int exitStatus()
+    {
+        auto deadline = std::chrono::steady_clock::now() + kWaitLimit;
+        int status = 0;
+        while (::waitpid(mPid, &status, WNOHANG) == 0)
+        {
+            if (std::chrono::steady_clock::now() > deadline)
+                return -1;
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        mPid = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -2;
+    }
+
+    std::string mName;
+    std::string mInfo;
+    uintptr_t mAddr = 0;
+
+private:
+    pid_t mPid = -1;
+};
+
+} // namespace
+
+// TensorRT-LLM's in-flight cancel: wait(short) finds the transfer running,
+// release() must be true and the transfer must end failed; the same peer then
+// receives a correct transfer, which the peer process verifies itself.
+TEST(TransferAgent, CancelMidSend)
+{
+    constexpr size_t kBytes = 64 << 20;
+    constexpr uint32_t kSeed = 7;
+    TargetProcess target(kBytes, kSeed);
+    auto agent = makeTransferAgent(uniqueName("canceller"));
+    MemoryDescs remote{MemoryType::kDRAM, {MemoryDesc{target.mAddr, kBytes, 0}}};
+    agent->loadRemoteAgent(target.mName, target.mInfo);
+    ASSERT_NO_FATAL_FAILURE(waitRemoteDescs(*agent, target.mName, remote));
+    std::string cancelled;
+    {
+        std::vector<char> junk(kBytes, 3);
+        Registered reg(*agent, hostDescs(junk));
+        for (int attempt = 0; attempt < 5 && cancelled.empty(); ++attempt)
+        {
+            auto status =
+                agent->submitTransferRequests(TransferRequest{TransferOp::kWRITE, reg.descs(), remote, target.mName});
+            if (status->wait(1) != TransferState::kIN_PROGRESS)
+            {
+                ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr();
+                continue;
+            }
+            ASSERT_TRUE(status->release()) << status->getLastStatusStr();
+            EXPECT_EQ(status->wait(0), TransferState::kFAILURE);
+            EXPECT_FALSE(status->isCompleted());
+            cancelled = status->getLastStatusStr();
+            EXPECT_NE(cancelled.find("canceled by release()"), std::string::npos) << cancelled;
+        }
+        ASSERT_FALSE(cancelled.empty()) << "no 64 MiB write over TCP was still running after 1 ms";
+    } // released: the memory may go now
+    auto payload = bulkBytes(kBytes, kSeed);
+    Registered reg(*agent, hostDescs(payload));
+    auto status = agent->submitTransferRequests(
+        TransferRequest{TransferOp::kWRITE, reg.descs(), remote, target.mName, std::string("verify")});
+    ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr() << " after: " << cancelled;
+    EXPECT_EQ(target.exitStatus(), 0) << "the target did not receive the transfer after the cancel: " << cancelled;
+    agent->invalidateRemoteAgent(target.mName);
+}
+
+// TRTLLM_USE_MOONCAKE_KVCACHE=1 alone selects Mooncake in TensorRT-LLM:
+// kvxfer refuses at once, naming it, instead of serving another transport.
+TEST(TransferAgent, MooncakeIsRefusedClearly)
+{
+    ScopedEnv noUcx("TRTLLM_USE_UCX_KVCACHE", nullptr);
+    ScopedEnv noNixl("TRTLLM_USE_NIXL_KVCACHE", nullptr);
+    ScopedEnv mooncake("TRTLLM_USE_MOONCAKE_KVCACHE", "1");
+    try
+    {
+        auto agent = makeTransferAgent(uniqueName("mooncake"));
+        FAIL() << "an agent was made although Mooncake was selected";
+    }
+    catch (std::exception const& e)
+    {
+        std::string what = e.what();
+        EXPECT_NE(what.find("TRTLLM_USE_MOONCAKE_KVCACHE=1"), std::string::npos) << what;
+        EXPECT_NE(what.find("does not serve"), std::string::npos) << what;
+    }
+}
+
+// TRTLLM_NIXL_PORT = P: this process's k-th listening agent (rank 0 of 1)
+// listens on P + k, as TensorRT-LLM's NIXL agents do.
+TEST(TransferAgent, ListenPortFollowsTrtllmNixlPort)
+{
+    // A base port with two free ports after it.
+    uint16_t base = 0;
+    for (int attempt = 0; attempt < 20 && base == 0; ++attempt)
+    {
+        uint16_t candidate = 0;
+        int probe = loopbackSocket(candidate, 0);
+        if (probe >= 0)
+            ::close(probe);
+        if (candidate != 0 && candidate < 65000)
+            base = candidate;
+    }
+    ASSERT_NE(base, 0);
+    ScopedEnv port("TRTLLM_NIXL_PORT", std::to_string(base).c_str());
+    auto first = makeTransferAgent(uniqueName("port0"));
+    auto second = makeTransferAgent(uniqueName("port1"));
+    auto endsWithPort = [](std::string const& info, int p)
+    {
+        std::string suffix = ":" + std::to_string(p);
+        return info.size() > suffix.size() && info.compare(info.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    EXPECT_TRUE(endsWithPort(first->getLocalConnectionInfo(), base)) << first->getLocalConnectionInfo();
+    EXPECT_TRUE(endsWithPort(second->getLocalConnectionInfo(), base + 1)) << second->getLocalConnectionInfo();
 }

@@ -10,14 +10,21 @@
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
 #include <dlfcn.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -74,6 +81,125 @@ inline std::shared_ptr<kvc::BaseLoopbackAgent> makeLoopbackAgent(std::string con
 // Bound for every wait in the suite: a broken transport fails, never hangs.
 constexpr auto kWaitLimit = std::chrono::seconds(10);
 
+// A TCP socket bound to 127.0.0.1 on a free port (listening when `backlog` > 0);
+// returns the descriptor (-1 on failure) and sets `port`.
+inline int loopbackSocket(uint16_t& port, int backlog)
+{
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0
+        || (backlog > 0 && ::listen(fd, backlog) != 0)
+        || ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+    {
+        if (fd >= 0)
+            ::close(fd);
+        return -1;
+    }
+    port = ntohs(addr.sin_port);
+    return fd;
+}
+
+// Marks the line a peer process announces itself with: transports may log to
+// the same stdout (UCX prints its warnings there).
+constexpr char const* kAnnounce = "KVX-PEER ";
+
+// The text after kAnnounce on the first line of `fd` that starts with it ("" at end of input).
+inline std::string readAnnouncement(int fd)
+{
+    std::string line;
+    char ch = 0;
+    while (::read(fd, &ch, 1) == 1)
+    {
+        if (ch != '\n')
+        {
+            line += ch;
+            continue;
+        }
+        if (line.rfind(kAnnounce, 0) == 0)
+            return line.substr(std::strlen(kAnnounce));
+        line.clear();
+    }
+    return {};
+}
+
+// Sets (or, with nullptr, unsets) an environment variable for one scope.
+class ScopedEnv
+{
+public:
+    ScopedEnv(char const* name, char const* value)
+        : mName(name)
+    {
+        char const* old = std::getenv(name);
+        mHad = old != nullptr;
+        if (mHad)
+            mOld = old;
+        if (value)
+            ::setenv(name, value, 1);
+        else
+            ::unsetenv(name);
+    }
+
+    ~ScopedEnv()
+    {
+        if (mHad)
+            ::setenv(mName.c_str(), mOld.c_str(), 1);
+        else
+            ::unsetenv(mName.c_str());
+    }
+
+    ScopedEnv(ScopedEnv const&) = delete;
+    ScopedEnv& operator=(ScopedEnv const&) = delete;
+
+private:
+    std::string mName;
+    std::string mOld;
+    bool mHad = false;
+};
+
+// Runs `body` and aborts the whole program if it is not done within `limit`
+// (TensorRT-LLM's newest connection tests use a 20 s watchdog the same way):
+// a hang is reported as a failure, never waited out.
+template <typename Body>
+void withWatchdog(std::chrono::seconds limit, char const* what, Body&& body)
+{
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool done = false;
+    std::thread watchdog(
+        [&]
+        {
+            std::unique_lock<std::mutex> lock(mutex);
+            if (!cv.wait_for(lock, limit, [&] { return done; }))
+            {
+                std::fprintf(
+                    stderr, "watchdog: %s did not finish within %lld s\n", what, static_cast<long long>(limit.count()));
+                std::abort();
+            }
+        });
+    auto finish = [&]
+    {
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            done = true;
+        }
+        cv.notify_all();
+        watchdog.join();
+    };
+    try
+    {
+        body();
+    }
+    catch (...)
+    {
+        finish();
+        throw;
+    }
+    finish();
+}
+
 inline std::vector<char> randomBytes(size_t n, uint32_t seed)
 {
     std::mt19937 gen(seed);
@@ -81,6 +207,22 @@ inline std::vector<char> randomBytes(size_t n, uint32_t seed)
     std::vector<char> v(n);
     for (auto& c : v)
         c = static_cast<char>(dist(gen));
+    return v;
+}
+
+// Like randomBytes for large buffers: a 64-bit xorshift, 8 bytes a step, so
+// tens of MiB take milliseconds even in an unoptimised build.
+inline std::vector<char> bulkBytes(size_t n, uint64_t seed)
+{
+    std::vector<char> v(n);
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (size_t i = 0; i < n; i += sizeof x)
+    {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::memcpy(v.data() + i, &x, std::min(sizeof x, n - i));
+    }
     return v;
 }
 

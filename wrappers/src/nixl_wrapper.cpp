@@ -11,6 +11,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -139,7 +141,7 @@ public:
     [[nodiscard]] bool release() override
     {
         bool released = false;
-        check(kvx_xfer_release(mXfer, &released), "TransferStatus::release");
+        check(kvx_xfer_cancel(mXfer, &released), "TransferStatus::release");
         return released;
     }
 
@@ -165,6 +167,25 @@ private:
 // Thread safety: every method may run concurrently from any threads (each is
 // one kvx_agent_* call, all documented any-thread), as TensorRT-LLM's
 // AgentConnectionManager does; destruction needs all other calls finished.
+// TensorRT-LLM's listener port: with TRTLLM_NIXL_PORT = P > 0, the k-th
+// listening agent of this process on rank r of w listens on P + r + k * w, so
+// ranks and agents never collide; unset or 0, any free port.
+uint16_t listenPortFor(kvc::BaseAgentConfig const& config)
+{
+    static std::atomic<int64_t> listeningAgents{0};
+    int64_t base = envNonNegative("TRTLLM_NIXL_PORT", 0);
+    if (base == 0)
+        return 0;
+    int64_t rank = config.rank.value_or(0);
+    int64_t world = std::max(1, config.worldSize.value_or(1));
+    int64_t port = base + rank + listeningAgents.fetch_add(1) * world;
+    if (rank < 0 || port > 65535)
+        throw std::invalid_argument("kvxfer: TRTLLM_NIXL_PORT=" + std::to_string(base) + " with rank "
+                                    + std::to_string(rank) + " of " + std::to_string(world) + " gives port "
+                                    + std::to_string(port) + ", outside 1..65535");
+    return static_cast<uint16_t>(port);
+}
+
 class KvxTransferAgent final : public kvc::BaseTransferAgent
 {
 public:
@@ -174,14 +195,15 @@ public:
         check(kvx_agent_config_init(&kvxConfig), "kvx_agent_config_init");
         kvxConfig.name = config.mName.c_str();
         kvxConfig.use_listen_thread = config.useListenThread;
+        if (config.useListenThread)
+            kvxConfig.listen_port = listenPortFor(config);
         // NIXL only. useProgThread asks for a progress thread: kvxfer's automatic
         // choice gives one where it helps (NIXL's spins, so not on small hosts);
         // without it kvxfer's own poller still drives transfers.
         kvxConfig.progress_thread = config.useProgThread ? 0 : 2;
         std::string params = nixlBackendParams(config.backendParams, kvxConfig.num_workers);
         kvxConfig.backend_params = params.empty() ? nullptr : params.c_str();
-        // multiThread, enableTelemetry, rank/worldSize and the bounce settings
-        // have no kvxfer counterpart.
+        // multiThread, enableTelemetry and the bounce settings have no kvxfer counterpart.
         kvx_agent* agent = nullptr;
         check(kvx_agent_create(&kvxConfig, &agent), "createNixlTransferAgent (kvx_agent_create)");
         mAgent.reset(agent);
@@ -380,6 +402,7 @@ extern "C" __attribute__((visibility("default"))) std::unique_ptr<kvc::BaseTrans
     kvc::BaseAgentConfig const* config)
 {
     using namespace kvxfer_trtllm;
+    requireMatchingRelease(kWrapperName);
     return std::make_unique<KvxTransferAgent>(requireConfig(config, "createNixlTransferAgent"));
 }
 
@@ -387,6 +410,7 @@ extern "C" __attribute__((visibility("default"))) std::shared_ptr<kvc::BaseLoopb
     kvc::BaseAgentConfig const* config)
 {
     using namespace kvxfer_trtllm;
+    requireMatchingRelease(kWrapperName);
     requireConfig(config, "createNixlLoopbackAgent");
     return std::make_shared<KvxLoopbackAgent>();
 }

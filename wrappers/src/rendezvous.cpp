@@ -1,4 +1,5 @@
 #include "rendezvous.hpp"
+#include "shim_common.hpp"
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -389,10 +390,8 @@ bool readIntEnv(char const* name, long long lo, long long hi, long long& out)
     char const* text = std::getenv(name);
     if (text == nullptr || *text == '\0')
         return false;
-    char* end = nullptr;
-    errno = 0;
-    long long v = std::strtoll(text, &end, 10);
-    if (errno != 0 || *end != '\0' || v < lo || v > hi)
+    long long v = 0;
+    if (!parseDecimal(text, v) || v < lo || v > hi)
         throw std::invalid_argument(std::string("kvxfer: ") + name + "='" + text + "' must be an integer in ["
                                     + std::to_string(lo) + ", " + std::to_string(hi) + "]");
     out = v;

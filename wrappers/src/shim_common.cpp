@@ -1,9 +1,17 @@
 #include "shim_common.hpp"
 
+#include <dlfcn.h>
+#include <link.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <mutex>
+#include <optional>
+#include <regex>
+#include <string>
 
 namespace kvxfer_trtllm
 {
@@ -17,6 +25,132 @@ void check(kvx_status status, char const* what)
     std::string message =
         std::string("kvxfer: ") + what + " failed: " + (detail && *detail ? detail : kvx_status_str(status));
     throw KvxError(status, message);
+}
+
+bool parseDecimal(char const* text, long long& out) noexcept
+{
+    char* end = nullptr;
+    errno = 0;
+    long long value = std::strtoll(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0')
+        return false;
+    out = value;
+    return true;
+}
+
+int64_t envNonNegative(char const* name, int64_t fallback)
+{
+    char const* value = std::getenv(name);
+    if (value == nullptr || *value == '\0')
+        return fallback;
+    long long parsed = 0;
+    if (!parseDecimal(value, parsed) || parsed < 0)
+    {
+        std::fprintf(stderr, "kvxfer: %s=\"%s\" is not a non-negative integer; using %lld\n", name, value,
+            static_cast<long long>(fallback));
+        return fallback;
+    }
+    return parsed;
+}
+
+namespace
+{
+
+// The release a TensorRT-LLM install says it is: `__version__ = "..."` in
+// tensorrt_llm/version.py, one folder above libs/ where its libraries live.
+std::optional<std::string> versionBeside(std::string const& libraryPath)
+{
+    auto slash = libraryPath.rfind('/');
+    if (slash == std::string::npos)
+        return std::nullopt;
+    std::ifstream file(libraryPath.substr(0, slash) + "/../version.py");
+    std::string line;
+    std::regex assignment(R"(^__version__\s*=\s*["']([^"']+)["'])");
+    std::smatch match;
+    while (std::getline(file, line))
+        if (std::regex_search(line, match, assignment))
+            return match[1].str();
+    return std::nullopt;
+}
+
+struct LoadedRelease
+{
+    std::string version;
+    std::string foundAt; // the version.py read
+};
+
+int findTrtllmLibrary(dl_phdr_info* info, size_t, void* out)
+{
+    std::string path = info->dlpi_name ? info->dlpi_name : "";
+    auto slash = path.rfind('/');
+    std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+    if (base.rfind("libtensorrt_llm.so", 0) != 0)
+        return 0;
+    *static_cast<std::string*>(out) = path;
+    return 1;
+}
+
+// Which TensorRT-LLM this process runs, where that can be told: from the
+// libtensorrt_llm.so loaded into it, else from the folder this wrapper was
+// loaded from (TensorRT-LLM's libs/, when the shipped file was replaced).
+std::optional<LoadedRelease> loadedRelease()
+{
+    std::string trtllm;
+    dl_iterate_phdr(findTrtllmLibrary, &trtllm);
+    std::vector<std::string> candidates;
+    if (!trtllm.empty())
+        candidates.push_back(trtllm);
+    Dl_info self{};
+    if (dladdr(reinterpret_cast<void*>(&requireMatchingRelease), &self) != 0 && self.dli_fname)
+        candidates.emplace_back(self.dli_fname);
+    for (auto const& path : candidates)
+        if (auto version = versionBeside(path))
+            return LoadedRelease{*version, path.substr(0, path.rfind('/')) + "/../version.py"};
+    return std::nullopt;
+}
+
+// Releases from 1.4 on have the interfaces of the compat headers; earlier ones
+// differ (DataContext without its termination flag, no isRunning, older
+// TransferStatus). Releases newer than the newest known line count as it.
+bool onBuiltLine(std::string const& version)
+{
+    std::smatch match;
+    if (!std::regex_search(version, match, std::regex(R"(^(\d+)\.(\d+))")))
+        return true; // unreadable: nothing to compare
+    int major = std::stoi(match[1].str());
+    int minor = std::stoi(match[2].str());
+    return major > 1 || (major == 1 && minor >= 4);
+}
+
+} // namespace
+
+void requireMatchingRelease(char const* wrapperName)
+{
+#ifdef KVXFER_TRTLLM_REAL_HEADERS
+    // Built against a release's own headers: that release is the line.
+    (void)wrapperName;
+#else
+    static std::optional<LoadedRelease> const release = loadedRelease();
+    if (!release || onBuiltLine(release->version))
+        return;
+    std::string problem =
+        std::string(wrapperName)
+        + " was built on kvxfer's compat headers, the plug-in interfaces of TensorRT-LLM 1.4 and later, but this "
+          "process runs TensorRT-LLM "
+        + release->version + " (" + release->foundAt
+        + "), whose interfaces differ: the objects' vtables would not match";
+    char const* skip = std::getenv("KVX_TRTLLM_SKIP_VERSION_CHECK");
+    if (skip != nullptr && std::strcmp(skip, "1") == 0)
+    {
+        static std::once_flag warned;
+        std::call_once(warned,
+            [&] { std::fprintf(stderr, "kvxfer: WARNING: KVX_TRTLLM_SKIP_VERSION_CHECK=1: %s\n", problem.c_str()); });
+        return;
+    }
+    throw std::runtime_error("kvxfer: " + problem + ". Rebuild the wrappers against that release's headers (cmake "
+                             + "-DTRTLLM_INCLUDE_DIR=<TensorRT-LLM " + release->version
+                             + ">/cpp/include), or set KVX_TRTLLM_SKIP_VERSION_CHECK=1 to load them anyway");
+#endif
 }
 
 char const* backendName(uint32_t backend) noexcept

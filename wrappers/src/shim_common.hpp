@@ -64,6 +64,18 @@ private:
     kvx_bytes mBytes{nullptr, 0};
 };
 
+// Whole decimal integer `text` (no sign-less garbage, no overflow) into `out`.
+bool parseDecimal(char const* text, long long& out) noexcept;
+
+// A non-negative integer from environment variable `name`; `fallback` when it
+// is unset or empty, and (with a warning on stderr) when it is not such a number.
+int64_t envNonNegative(char const* name, int64_t fallback);
+
+// Refuses (throws) when this process runs a TensorRT-LLM release whose plug-in
+// interfaces are not the ones this wrapper was built for; see shim_common.cpp.
+// KVX_TRTLLM_SKIP_VERSION_CHECK=1 turns the refusal into a warning on stderr.
+void requireMatchingRelease(char const* wrapperName);
+
 // Name of a kvx_backend value ("UCX", "NIXL").
 char const* backendName(uint32_t backend) noexcept;
 

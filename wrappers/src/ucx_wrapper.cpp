@@ -11,8 +11,10 @@
 #include <kvxfer.h>
 
 #include <chrono>
+#include <cstdio>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -50,26 +52,69 @@ kvc::SocketState socketStateOf(std::string const& address)
     return kvc::SocketState{static_cast<std::uint16_t>(port), ip};
 }
 
+// The bounds TensorRT-LLM's UCX transport reads, with its defaults, taken when
+// a manager is made. 0 means "no bound of TensorRT-LLM's own" and becomes
+// kvxfer's default timeout (KVX_TIMEOUT_MS, 60 s): kvxfer never waits unbounded.
+struct UcxTimeouts
+{
+    static constexpr int64_t kDefaultHandshakeMs = 5000;
+
+    int64_t handshakeMs;   // connecting: getConnections
+    int64_t hostControlMs; // id, request-info and ready-signal messages
+    int64_t payloadMs;     // every other tag: the KV payload
+
+    static UcxTimeouts fromEnvironment()
+    {
+        char const* handshakeVar = "TRTLLM_UCX_CONNECTION_HANDSHAKE_TIMEOUT_MS";
+        int64_t handshake = envNonNegative(handshakeVar, kDefaultHandshakeMs);
+        if (handshake == 0)
+        {
+            // TensorRT-LLM refuses an unbounded handshake the same way.
+            std::fprintf(stderr, "kvxfer: %s=0 is unsupported; using %lld ms\n", handshakeVar,
+                static_cast<long long>(kDefaultHandshakeMs));
+            handshake = kDefaultHandshakeMs;
+        }
+        return UcxTimeouts{handshake, orDefault(envNonNegative("TRTLLM_UCX_HOST_CONTROL_TIMEOUT_MS", 0)),
+            orDefault(envNonNegative("TRTLLM_UCX_PAYLOAD_TIMEOUT_MS", 30000))};
+    }
+
+    // TensorRT-LLM's TransceiverTag values of the small host-side control
+    // messages: kID_TAG, kINFO_SIZE_TAG, kINFO_TAG, kREADY_SIGNAL_TAG (also
+    // when encoded in a tag's low byte).
+    [[nodiscard]] int64_t forTag(int tag) const noexcept
+    {
+        bool hostControl = tag == 19 || tag == 22 || tag == 32 || tag == 42 || (tag & 0xFF) == 42;
+        return hostControl ? hostControlMs : payloadMs;
+    }
+
+private:
+    static int64_t orDefault(int64_t ms) noexcept
+    {
+        return ms == 0 ? KVX_TIMEOUT_DEFAULT : ms;
+    }
+};
+
 // Thread safety: send and recv from any threads at once (isThreadSafe() says so).
 class KvxConnection final : public kvc::Connection
 {
 public:
-    explicit KvxConnection(kvx_conn const* conn)
+    KvxConnection(kvx_conn const* conn, UcxTimeouts const& timeouts)
         : mConn(conn)
+        , mTimeouts(timeouts)
     {
     }
 
-    // Blocks until the buffer may be reused; fails within kvxfer's default
-    // timeout (KVX_TIMEOUT_MS) or as soon as the peer fails.
+    // Blocks until the buffer may be reused; fails within the tag's bound
+    // (UcxTimeouts) or as soon as the peer fails.
     void send(kvc::DataContext const& ctx, void const* data, size_t size) const override
     {
-        check(kvx_conn_send(mConn, static_cast<uint32_t>(ctx.getTag()), data, size, KVX_TIMEOUT_DEFAULT),
+        check(kvx_conn_send(mConn, static_cast<uint32_t>(ctx.getTag()), data, size, mTimeouts.forTag(ctx.getTag())),
             "Connection::send");
     }
 
     void recv(kvc::DataContext const& ctx, void* data, size_t size) const override
     {
-        check(kvx_conn_recv(mConn, static_cast<uint32_t>(ctx.getTag()), data, size, KVX_TIMEOUT_DEFAULT),
+        check(kvx_conn_recv(mConn, static_cast<uint32_t>(ctx.getTag()), data, size, mTimeouts.forTag(ctx.getTag())),
             "Connection::recv");
     }
 
@@ -79,8 +124,18 @@ public:
         return true;
     }
 
+    // Pre-assigned receive buffers belong to TensorRT-LLM's agent-based
+    // manager; a kvxfer connection receives into the caller's buffer.
+    void activateBuffer(uint8_t /*bufferKind*/) const override {}
+
+    [[nodiscard]] std::optional<size_t> getPreAssignedBufferId(uint8_t /*bufferKind*/) const override
+    {
+        return std::nullopt;
+    }
+
 private:
     kvx_conn const* mConn;
+    UcxTimeouts mTimeouts;
 };
 
 // Thread safety: recvConnect, getConnections, getCommState and isRunning from
@@ -89,6 +144,7 @@ class KvxConnectionManager final : public kvc::ConnectionManager
 {
 public:
     KvxConnectionManager()
+        : mTimeouts(UcxTimeouts::fromEnvironment())
     {
         RankInfo rankInfo = rankInfoFromEnvironment();
         kvx_cm_config config;
@@ -141,7 +197,7 @@ public:
             addressPtrs.push_back(a.c_str());
         std::vector<kvx_conn const*> conns(sockets.size(), nullptr);
         check(kvx_cm_get_connections(
-                  mCm.get(), addressPtrs.data(), addressPtrs.size(), KVX_TIMEOUT_DEFAULT, conns.data()),
+                  mCm.get(), addressPtrs.data(), addressPtrs.size(), mTimeouts.handshakeMs, conns.data()),
             "ConnectionManager::getConnections");
         std::vector<kvc::Connection const*> out;
         out.reserve(conns.size());
@@ -177,11 +233,12 @@ private:
         std::lock_guard<std::mutex> lock(mConnMutex);
         auto& slot = mConnections[conn];
         if (!slot)
-            slot = std::make_unique<KvxConnection>(conn);
+            slot = std::make_unique<KvxConnection>(conn, mTimeouts);
         return slot.get();
     }
 
-    // Declared first so it is destroyed last: connections point into it.
+    UcxTimeouts mTimeouts;
+    // Declared before the connections so it is destroyed after them: they point into it.
     std::unique_ptr<kvx_cm, CmDeleter> mCm;
     kvc::CommState mCommState;
     std::mutex mConnMutex;
@@ -195,5 +252,6 @@ private:
 // setup; several ranks meet through KVX_RANK / KVX_WORLD_SIZE / KVX_RENDEZVOUS.
 extern "C" __attribute__((visibility("default"))) std::unique_ptr<kvc::ConnectionManager> makeUcxConnectionManager()
 {
+    kvxfer_trtllm::requireMatchingRelease(kvxfer_trtllm::kWrapperName);
     return std::make_unique<kvxfer_trtllm::KvxConnectionManager>();
 }

@@ -44,6 +44,15 @@ struct AgentCore {
     timeout: Duration,
     local: Mutex<Registrations<()>>,
     remotes: Mutex<HashMap<String, RemoteAgent>>,
+    /// Live peers invalidated here but kept loaded in NIXL, by name, with the
+    /// descriptor they were loaded from. NIXL 1.5.1's `invalidateRemoteMD`
+    /// keeps the peer's UCX endpoint and its TCP connections (one per
+    /// interface) until the process exits, so every invalidate + reload of a
+    /// live peer would add descriptors for good; reloading the same
+    /// descriptor reuses the connection instead. Different metadata (a
+    /// restarted peer), a peer found gone, or more than `MAX_DORMANT` of them
+    /// make kvxfer invalidate in NIXL after all.
+    dormant: Mutex<HashMap<String, Vec<u8>>>,
     unreachable: Mutex<UnreachableMetadata>,
     /// Where peers fetch this agent's metadata (empty: nowhere), sealed into
     /// the metadata too; set once the listener is up.
@@ -64,6 +73,8 @@ struct AgentCore {
     stats: Arc<Scope>,
     /// NIXL's plugin, the transport of every transfer.
     transport: Arc<CString>,
+    /// `TRTLLM_NIXL_DISABLE_COALESCE` / `TRTLLM_NIXL_ENABLE_COALESCE`, read at creation.
+    coalesce: bool,
 }
 
 pub struct NixlAgent {
@@ -116,8 +127,11 @@ impl AgentCore {
         Ok(any)
     }
 
-    fn drive_transfers(&self) {
+    /// Poll every transfer in flight; whether any of them ended.
+    fn drive_transfers(&self) -> bool {
         let running: Vec<_> = self.inflight.lock().clone();
+        let unsettled = |all: &[Arc<TransferShared>]| all.iter().filter(|t| t.outcome.lock().is_none()).count();
+        let before = unsettled(&running);
         for t in &running {
             t.poll(self);
             if t.orphaned.load(Ordering::Acquire) {
@@ -127,6 +141,7 @@ impl AgentCore {
         self.inflight.lock().retain(|t| {
             t.outcome.lock().is_none() || (t.orphaned.load(Ordering::Acquire) && t.request.lock().is_some())
         });
+        unsettled(&running) < before
     }
 
     fn wake_poller(&self) {
@@ -180,7 +195,57 @@ impl AgentCore {
     /// Forget a peer here and in NIXL; its transfers in flight fail.
     fn drop_peer(&self, name: &str, why: &str) -> Result<()> {
         self.forget(name, why);
+        self.dormant.lock().remove(name);
         self.handle.invalidate(&self.nixl_name(name))
+    }
+
+    /// Forget a peer here; a healthy one loaded from a descriptor stays loaded in NIXL (see `dormant`).
+    fn put_to_sleep(&self, name: &str) -> Result<()> {
+        let removed = self.remotes.lock().get(name).map(|r| (r.failed.is_none(), r.metadata.clone()));
+        let Some((true, Some(descriptor))) = removed else {
+            return self.drop_peer(name, "was invalidated");
+        };
+        self.forget(name, "was invalidated");
+        let evicted = {
+            let mut dormant = self.dormant.lock();
+            let evicted = if dormant.len() >= MAX_DORMANT && !dormant.contains_key(name) {
+                dormant.keys().next().cloned().inspect(|k| {
+                    dormant.remove(k);
+                })
+            } else {
+                None
+            };
+            dormant.insert(name.to_owned(), descriptor);
+            evicted
+        };
+        if let Some(old) = evicted {
+            let _ = self.handle.invalidate(&self.nixl_name(&old));
+        }
+        Ok(())
+    }
+
+    /// A dormant peer of another descriptor, or one that is gone, is invalidated in NIXL now.
+    fn wake_dormant(&self, name: &str, descriptor: &[u8]) -> bool {
+        let mut dormant = self.dormant.lock();
+        match dormant.get(name) {
+            Some(d) if d == descriptor => {
+                dormant.remove(name);
+                true
+            }
+            Some(_) => {
+                dormant.remove(name);
+                drop(dormant);
+                let _ = self.handle.invalidate(&self.nixl_name(name));
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn release_dormant(&self, name: &str) {
+        if self.dormant.lock().remove(name).is_some() {
+            let _ = self.handle.invalidate(&self.nixl_name(name));
+        }
     }
 
     /// Connect now, so the first transfer does not pay for it (and a dead peer shows here).
@@ -208,14 +273,14 @@ impl AgentCore {
 }
 
 /// One poller round: collect notifications (driving NIXL's progress too) and reap orphans.
+/// Whether anything happened: the poller stays brisk while things do.
 fn tick(core: &AgentCore) -> bool {
     let drained = core.drain_notifications();
     let failure = drained.as_ref().err().map(|e| format!("NIXL agent {:?}: {e}", core.handle.name));
     core.poll_failure.report(crate::core::log::Level::Warn, failure);
     let got = drained.unwrap_or(false);
-    core.drive_transfers();
-    // Brisk while transfers run: what is left in flight after this round.
-    got || !core.inflight.lock().is_empty()
+    let ended = core.drive_transfers();
+    got || ended
 }
 
 /// Metadata whose agent could not be reached when it was loaded. NIXL 1.5.1
@@ -228,6 +293,9 @@ fn tick(core: &AgentCore) -> bool {
 struct UnreachableMetadata {
     recent: VecDeque<(u64, Instant)>,
 }
+
+/// Invalidated live peers kept loaded in NIXL at most (see `AgentCore::dormant`).
+const MAX_DORMANT: usize = 4096;
 
 const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
 const MAX_UNREACHABLE_REMEMBERED: usize = 1024;
@@ -370,6 +438,7 @@ impl NixlAgent {
         let listener = opened.listener.and_then(|l| net::parse_connection_info(l).ok());
         if let Some(listener) = listener {
             if control::listener_gone(listener) {
+                self.core.release_dormant(name);
                 self.core.unreachable.lock().record(fingerprint);
                 return Err(Error::peer(format!(
                     "agent {name:?} has exited: its listener {listener} refuses connections"
@@ -379,6 +448,11 @@ impl NixlAgent {
         let carried = wire::nixl_metadata_name(metadata)?;
         if carried != name {
             return Err(Error::invalid(format!("descriptor belongs to agent {carried:?}, not {name:?}")));
+        }
+        if self.core.wake_dormant(name, descriptor) {
+            // Still loaded in NIXL from the same descriptor: reuse its connection.
+            self.core.remember(name, Some(descriptor.to_vec()), started);
+            return Ok(());
         }
         let nixl_name = self.core.nixl_name(name).into_owned();
         let renamed;
@@ -482,6 +556,7 @@ impl TransferAgent for NixlAgent {
             timeout: Duration::from_millis(settings.timeout_ms),
             local: Mutex::new(Registrations::new(crate::cuda::locate_pointer)),
             remotes: Mutex::new(HashMap::new()),
+            dormant: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(UnreachableMetadata::default()),
             connection_info: OnceCell::new(),
             notifications: NotificationQueue::default(),
@@ -492,6 +567,7 @@ impl TransferAgent for NixlAgent {
             poll_failure: Default::default(),
             stats: Scope::new(ScopeKind::Agent, "NIXL", &settings.name),
             transport,
+            coalesce: super::handle::coalescing_from_env(),
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
         let (metadata_server, connection_info) = match &nixl_listener {
@@ -614,7 +690,7 @@ impl TransferAgent for NixlAgent {
             None => return Err(Error::not_found(format!("remote agent {name:?} is not loaded"))),
             Some(remote) => remote.stats.invalidated(),
         }
-        self.core.drop_peer(name, "was invalidated")
+        self.core.put_to_sleep(name)
     }
 
     fn check_remote_descs(&self, name: &str, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<bool> {
@@ -633,7 +709,11 @@ impl TransferAgent for NixlAgent {
         let is_self = req.remote_name == core.handle.name;
         // Merge runs contiguous on both sides (one NIXL descriptor each); a merged run
         // that crosses two registrations on either side falls back to the request as given.
-        let (merged_local, merged_remote) = coalesce(req.local, req.remote);
+        let (merged_local, merged_remote) = if core.coalesce {
+            coalesce(req.local, req.remote)
+        } else {
+            (Cow::Borrowed(req.local), Cow::Borrowed(req.remote))
+        };
         let (local, remote) = if matches!(merged_local, Cow::Owned(_))
             && self.validate(req, &merged_local, &merged_remote, is_self).is_ok()
         {
@@ -672,6 +752,7 @@ impl TransferAgent for NixlAgent {
             remote: req.remote_name.to_owned(),
             orphaned: AtomicBool::new(false),
             record,
+            cancel_note: Mutex::new(None),
         });
         if posted == NIXL_CAPI_SUCCESS {
             shared.settle(core, Ok(()));
@@ -736,6 +817,8 @@ struct TransferShared {
     /// Its handle was destroyed: the poller releases it when it ends.
     orphaned: AtomicBool,
     record: TransferRecord,
+    /// What a cancel did, shown after the transfer's outcome.
+    cancel_note: Mutex<Option<String>>,
 }
 
 // SAFETY: the request pointer is only used under its lock, through a thread-safe NIXL agent.
@@ -804,6 +887,10 @@ impl TransferShared {
     }
 }
 
+/// Bounds of the pause between looks of a transfer wait.
+const WAIT_PAUSE_LEAST: Duration = Duration::from_micros(20);
+const WAIT_PAUSE_MOST: Duration = Duration::from_millis(20);
+
 pub struct NixlTransfer {
     shared: Arc<TransferShared>,
     core: Arc<AgentCore>,
@@ -832,11 +919,15 @@ impl Transfer for NixlTransfer {
                 }
                 return state;
             }
-            // Polling drives NIXL's progress: spin briefly for small transfers, then back off gently.
-            if started.elapsed() < Duration::from_micros(200) {
+            // Polling drives NIXL's progress: spin briefly for small transfers, then pause for
+            // about 1% of the time waited so far, so a transfer stalled on a silent peer costs
+            // a few wake-ups a second.
+            let waited = started.elapsed();
+            if waited < Duration::from_micros(200) {
                 std::thread::yield_now();
             } else {
-                std::thread::sleep(Duration::from_micros(20));
+                let pause = super::poller::pause_after(waited, WAIT_PAUSE_LEAST, WAIT_PAUSE_MOST);
+                std::thread::sleep(pause.min(limit.saturating_duration_since(Instant::now())));
             }
         }
     }
@@ -846,15 +937,78 @@ impl Transfer for NixlTransfer {
     }
 
     fn last_status(&self) -> String {
-        match &*self.shared.outcome.lock() {
+        let outcome = match &*self.shared.outcome.lock() {
             None => "in progress".into(),
             Some(Ok(())) => "success".into(),
             Some(Err(e)) => e.to_string(),
+        };
+        match self.shared.cancel_note.lock().as_ref() {
+            Some(note) => format!("{outcome}; {note}"),
+            None => outcome,
         }
     }
 
     fn record(&self) -> &TransferRecord {
         &self.shared.record
+    }
+
+    fn cancel(&self) -> bool {
+        let canceled = {
+            let mut outcome = self.shared.outcome.lock();
+            let first = outcome.is_none();
+            if first {
+                let why =
+                    Err(Error::new(kvx_status::KVX_ERR_CANCELED, "transfer canceled by release() while in flight"));
+                self.shared.record.finish(&why);
+                *outcome = Some(why);
+            }
+            first
+        };
+        if !canceled {
+            return self.shared.finish_if_settled(&self.core);
+        }
+        let (released, note) = self.drain_and_release();
+        *self.shared.cancel_note.lock() = Some(note);
+        released
+    }
+}
+
+/// How long a cancel lets NIXL finish what it posted before it aborts the request.
+const CANCEL_DRAIN: Duration = Duration::from_secs(2);
+
+impl NixlTransfer {
+    /// Let NIXL finish the posted request for a short while (the peer stays
+    /// usable), else abort it by releasing it and mark the peer failed, as
+    /// an aborted request may leave the connection in an unknown state.
+    fn drain_and_release(&self) -> (bool, String) {
+        let drain_until = Instant::now() + CANCEL_DRAIN;
+        let mut request = self.shared.request.lock();
+        let Some(req) = *request else {
+            return (true, "the request was already released".into());
+        };
+        // SAFETY: the request is this transfer's and still in its slot, whose lock we hold.
+        let poll = || unsafe { self.core.handle.transfer_status(req) };
+        let mut status = poll();
+        while status == NIXL_CAPI_IN_PROG && Instant::now() < drain_until {
+            std::thread::sleep(Duration::from_micros(50));
+            status = poll();
+        }
+        request.take();
+        // SAFETY: taken out of the slot under its lock: this is the request's last use.
+        let released = unsafe { self.core.handle.release(req) };
+        drop(request);
+        if status != NIXL_CAPI_IN_PROG {
+            let how = if status == NIXL_CAPI_SUCCESS { "finished" } else { "ended" };
+            return (true, format!("what was already posted {how} in NIXL; the peer stays usable"));
+        }
+        let why = Error::peer("a transfer to this peer was canceled and NIXL had to abort it");
+        self.core.mark_failed(&self.shared.remote, &why);
+        if released == NIXL_CAPI_SUCCESS {
+            (true, "NIXL aborted the request; the peer is marked failed (invalidate and load it again)".into())
+        } else {
+            let name = status_name(released);
+            (false, format!("NIXL could not abort the request (status {released}, {name}); the peer is marked failed"))
+        }
     }
 }
 

@@ -56,6 +56,32 @@ impl NixlOptions {
     }
 }
 
+/// Whether descriptors are coalesced: on unless `TRTLLM_NIXL_DISABLE_COALESCE`
+/// (newer TensorRT-LLM) is true or `TRTLLM_NIXL_ENABLE_COALESCE` (its older
+/// opt-in name) is explicitly false; the newer name wins when both are set.
+pub fn coalescing_from_env() -> bool {
+    coalesce_from(|v| std::env::var(v).ok())
+}
+
+fn coalesce_from(get: impl Fn(&str) -> Option<String>) -> bool {
+    let flag = |var: &str| {
+        let value = get(var)?;
+        match value.to_ascii_lowercase().as_str() {
+            "1" | "true" | "on" | "yes" => Some(true),
+            "0" | "false" | "off" | "no" | "" => Some(false),
+            _ => {
+                crate::log_at!(Warn, "{var}={value:?} is not a boolean; ignored");
+                None
+            }
+        }
+    };
+    match (flag("TRTLLM_NIXL_DISABLE_COALESCE"), flag("TRTLLM_NIXL_ENABLE_COALESCE")) {
+        (Some(disable), _) => !disable,
+        (None, Some(enable)) => enable,
+        (None, None) => true,
+    }
+}
+
 /// The plugin `TRTLLM_NIXL_KVCACHE_BACKEND` names, as TensorRT-LLM reads it.
 fn plugin_from(value: Option<&str>) -> String {
     match value {
@@ -579,6 +605,24 @@ mod tests {
         assert_eq!(plugin_from(Some("LIBFABRIC")), "LIBFABRIC");
         assert_eq!(plugin_from(Some("ucx")), "UCX", "names are exact, anything else falls back to UCX");
         assert_eq!(plugin_from(Some("GDS")), "UCX");
+    }
+
+    #[test]
+    fn coalescing_follows_both_trtllm_variables() {
+        let env = |disable: Option<&str>, enable: Option<&str>| {
+            coalesce_from(|v| match v {
+                "TRTLLM_NIXL_DISABLE_COALESCE" => disable.map(String::from),
+                "TRTLLM_NIXL_ENABLE_COALESCE" => enable.map(String::from),
+                _ => None,
+            })
+        };
+        assert!(env(None, None), "on by default, as in the newest TensorRT-LLM");
+        assert!(!env(Some("1"), None));
+        assert!(env(Some("0"), None));
+        assert!(!env(None, Some("0")));
+        assert!(env(None, Some("1")));
+        assert!(!env(Some("true"), Some("1")), "the newer variable wins");
+        assert!(env(Some("maybe"), None), "an unreadable value is ignored");
     }
 
     #[test]

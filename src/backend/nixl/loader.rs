@@ -45,10 +45,12 @@ pub fn load() -> Result<&'static LoadedNixl> {
 /// `cuda_ipc` GET option goes there, once, before NIXL is loaded, and only when
 /// the user has not set it (`UCX_CUDA_IPC_ENABLE_GET_ZCOPY=auto` restores UCX's
 /// default). It is process-wide: another UCX user in the process sees it too.
+/// Without a CUDA driver UCX loads no `cuda_ipc` transport and would print an
+/// "unused environment variable" warning on stdout, so it is left out there.
 fn enable_cuda_ipc_get() {
     let (key, value) = locate::UCX_CUDA_IPC_GET;
     let name = format!("UCX_{key}");
-    if std::env::var_os(&name).is_none() {
+    if std::env::var_os(&name).is_none() && crate::cuda::driver_available() {
         // Set before NIXL (and its UCX copy) exists; the C library's getenv is not
         // synchronised with this, which is why it happens once, at first load.
         std::env::set_var(&name, value);

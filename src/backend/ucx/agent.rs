@@ -8,6 +8,7 @@ use super::sys::*;
 use super::worker::{ucx_error, Endpoint, Worker, WorkerOwner};
 use crate::core::auth::PeerAuth;
 use crate::core::coalesce;
+use crate::core::completion::Completion;
 use crate::core::control::ControlServer;
 use crate::core::descriptor_service::{self, DescribedAgent};
 use crate::core::error::{kvx_status, Error, Result};
@@ -390,6 +391,7 @@ impl UcxAgent {
                     let e = ucx_error(worker.ucx, "posting transfer", st);
                     fail_closed(remote, &e);
                     shared.done.complete(Err(e.clone()));
+                    shared.quiet.complete(Ok(()));
                     return Ok(UcxTransfer { shared, worker: worker.clone() });
                 }
             }
@@ -401,21 +403,27 @@ impl UcxAgent {
         let after = shared.clone();
         let remote_for_sync = remote.clone();
         let worker_for_sync = worker.clone();
-        flush.then(move |w, outcome| match (outcome, sync) {
-            (Ok(_), Some(message)) => {
-                // Data is visible at the target: now the sync message.
-                let note = Op::new(&worker_for_sync, "sync message");
-                let done = after.clone();
-                note.then(move |_, r| {
-                    done.done.complete(r.map(|_| ()));
-                });
-                post_notification(w, &remote_for_sync, &sender, message, &note);
-            }
-            (outcome, _) => {
-                if let Err(e) = &outcome {
-                    fail_closed(&remote_for_sync, e);
+        flush.then(move |w, outcome| {
+            // Everything posted has ended: the local memory is the caller's again.
+            after.quiet.complete(Ok(()));
+            match (outcome, sync) {
+                // Cancelled meanwhile: the peer must not be told the data is there.
+                (Ok(_), Some(_)) if after.done.is_done() => {}
+                (Ok(_), Some(message)) => {
+                    // Data is visible at the target: now the sync message.
+                    let note = Op::new(&worker_for_sync, "sync message");
+                    let done = after.clone();
+                    note.then(move |_, r| {
+                        done.done.complete(r.map(|_| ()));
+                    });
+                    post_notification(w, &remote_for_sync, &sender, message, &note);
                 }
-                after.done.complete(outcome.map(|_| ()));
+                (outcome, _) => {
+                    if let Err(e) = &outcome {
+                        fail_closed(&remote_for_sync, e);
+                    }
+                    after.done.complete(outcome.map(|_| ()));
+                }
             }
         });
         let fparam = flush.param(false);
@@ -711,6 +719,11 @@ impl Drop for UcxAgent {
 
 struct TransferShared {
     done: TrackedCompletion,
+    /// Set once UCX (or the GPU) no longer touches the local memory: the
+    /// flush or the batched copy ended, or nothing was posted.
+    quiet: Completion<()>,
+    /// What a cancel did, shown after the transfer's outcome.
+    cancel_note: Mutex<Option<String>>,
     deadline: Instant,
     remote: Mutex<Option<Arc<RemoteAgent>>>,
 }
@@ -720,6 +733,8 @@ impl TransferShared {
     fn tracked(remote: &Arc<RemoteAgent>, timeout: Duration, record: TransferRecord) -> Arc<TransferShared> {
         let shared = Arc::new(TransferShared {
             done: TrackedCompletion::new(record),
+            quiet: Completion::default(),
+            cancel_note: Mutex::new(None),
             deadline: Instant::now() + timeout,
             remote: Mutex::new(Some(remote.clone())),
         });
@@ -782,15 +797,64 @@ impl Transfer for UcxTransfer {
     }
 
     fn last_status(&self) -> String {
-        match self.shared.done.peek() {
+        let outcome = match self.shared.done.peek() {
             None => "in progress".into(),
             Some(Ok(())) => "success".into(),
             Some(Err(e)) => e.to_string(),
+        };
+        match self.shared.cancel_note.lock().as_ref() {
+            Some(note) => format!("{outcome}; {note}"),
+            None => outcome,
         }
     }
 
     fn record(&self) -> &TransferRecord {
         &self.shared.done.record
+    }
+
+    fn cancel(&self) -> bool {
+        let canceled = self
+            .shared
+            .done
+            .complete(Err(Error::new(kvx_status::KVX_ERR_CANCELED, "transfer canceled by release() while in flight")));
+        let note = match self.quiesce() {
+            Ok(how) if canceled => how,
+            Ok(_) => {
+                self.shared.remote.lock().take();
+                return true;
+            }
+            Err(why) => {
+                *self.shared.cancel_note.lock() = Some(why);
+                return false;
+            }
+        };
+        *self.shared.cancel_note.lock() = Some(note.into());
+        self.shared.remote.lock().take();
+        true
+    }
+}
+
+/// How long a cancel lets posted operations drain before it closes the peer's endpoint, and then again after.
+const CANCEL_DRAIN: Duration = Duration::from_secs(2);
+
+impl UcxTransfer {
+    /// Wait until UCX lets go of the local memory. RMA operations cannot be
+    /// cancelled one by one: let them drain (the peer stays usable), and
+    /// only if they do not, close the endpoint, which ends them all.
+    fn quiesce(&self) -> std::result::Result<&'static str, String> {
+        let pump = || self.worker.pump();
+        if self.shared.quiet.wait(Some(Instant::now() + CANCEL_DRAIN), pump).is_some() {
+            return Ok("what was already posted finished; no sync message was sent; the peer stays usable");
+        }
+        let Some(remote) = self.shared.remote.lock().clone() else {
+            return Err("cancel: the transfer's peer is gone but UCX still holds the local memory".into());
+        };
+        remote.endpoint.state.fail("a transfer to this peer was canceled and did not drain".into());
+        self.worker.wake();
+        if self.shared.quiet.wait(Some(Instant::now() + CANCEL_DRAIN), pump).is_some() {
+            return Ok("posted operations did not drain: the peer's endpoint was closed and the peer marked failed (load it again)");
+        }
+        Err("cancel: UCX did not let go of the local memory even after the peer's endpoint was closed".into())
     }
 }
 

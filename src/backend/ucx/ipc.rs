@@ -223,7 +223,14 @@ fn complete(job: Job) {
         Err(e) => Err(e),
     };
     drop(job.pending);
+    // A copy that timed out may still run on the GPU; any other end leaves the memory alone.
+    let still_copying = matches!(&outcome, Err(e) if e.status == crate::core::error::kvx_status::KVX_ERR_TIMEOUT);
+    if !still_copying {
+        job.shared.quiet.complete(Ok(()));
+    }
     match (outcome, job.sync) {
+        // Cancelled meanwhile: the peer must not be told the data is there.
+        (Ok(()), Some(_)) if job.shared.done.is_done() => {}
         (Ok(()), Some((sender, message))) => {
             // The copy is complete on the GPU: now the sync message.
             let note = Op::new(&job.worker, "sync message");

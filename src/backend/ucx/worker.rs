@@ -3,9 +3,11 @@
 //! so any thread may post; completion callbacks run inside progress, under
 //! the same lock, and must not block.
 //!
-//! Progress: a thread drives the worker and sleeps on UCX's event fd when
-//! nothing happens (no spinning while idle); threads waiting on an operation
-//! also drive progress briefly before sleeping (no hand-off on the fast path).
+//! Progress: a thread drives the worker and sleeps on UCX's event fd
+//! (`ucp_worker_arm`) whenever a round finds nothing to do, also while
+//! operations are outstanding: a receive or transfer waiting on a peer costs
+//! no wake-ups until the peer's bytes arrive. Threads waiting on an operation
+//! drive progress briefly before sleeping (no hand-off on the fast path).
 
 use super::loader::{self, LoadedUcx};
 use super::sys::*;
@@ -16,10 +18,11 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// Poll interval of the idle progress thread: the bound on a lost event-fd
-/// wake-up. With operations outstanding the thread polls more often.
-const IDLE_POLL_MS: i32 = 100;
-const BUSY_POLL_MS: i32 = 1;
+/// The longest sleep on the event fd: the bound on a wake-up UCX never
+/// signals. Right after activity the thread looks again within `FIRST_POLL_MS`,
+/// doubling the sleep with each quiet round up to this.
+const MAX_POLL_MS: i32 = 100;
+const FIRST_POLL_MS: i32 = 1;
 
 type Deferred = Box<dyn FnOnce(&Worker) + Send>;
 
@@ -34,7 +37,7 @@ pub struct Worker {
     efd: i32,
     deferred: Mutex<Vec<Deferred>>,
     stop: AtomicBool,
-    /// Operations in flight; the progress thread polls faster while nonzero.
+    /// Operations in flight (a release waits for them to settle).
     pub busy: AtomicUsize,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// UCX's worker and context are destroyed: every later UCX call on them is skipped.
@@ -201,11 +204,12 @@ impl Worker {
         }
     }
 
-    /// Progress until idle and run deferred jobs. Caller holds the lock.
-    fn progress_locked(&self) {
+    /// Progress until idle and run deferred jobs; whether anything happened. Caller holds the lock.
+    fn progress_locked(&self) -> bool {
+        let mut any = false;
         loop {
             if self.is_released() {
-                return;
+                return any;
             }
             // SAFETY: the caller holds the worker lock.
             let mut events = 0;
@@ -214,8 +218,9 @@ impl Worker {
             }
             let jobs = std::mem::take(&mut *self.deferred.lock());
             if jobs.is_empty() && events == 0 {
-                return;
+                return any;
             }
+            any = true;
             for job in jobs {
                 job(self);
             }
@@ -230,22 +235,25 @@ impl Worker {
     }
 
     fn progress_thread(self: Arc<Self>) {
+        let mut timeout = FIRST_POLL_MS;
         while !self.stop.load(Ordering::Acquire) {
-            let armed = {
+            let (progressed, armed) = {
                 let _guard = self.lock.lock();
-                self.progress_locked();
+                let progressed = self.progress_locked();
                 // SAFETY: under the lock; arm returns BUSY if events are pending.
                 let st = unsafe { (self.api().ucp_worker_arm)(self.handle) };
-                st == UCS_OK
+                (progressed, st == UCS_OK)
             };
             if !armed {
                 std::thread::yield_now();
                 continue;
             }
-            let timeout = if self.busy.load(Ordering::Relaxed) > 0 { BUSY_POLL_MS } else { IDLE_POLL_MS };
+            timeout = if progressed { FIRST_POLL_MS } else { (timeout * 2).min(MAX_POLL_MS) };
             let mut pfd = libc::pollfd { fd: self.efd, events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, timeout) };
+            if unsafe { libc::poll(&mut pfd, 1, timeout) } > 0 {
+                timeout = FIRST_POLL_MS;
+            }
         }
     }
 
