@@ -62,6 +62,9 @@ typedef enum {
   KVX_ERR_SYSTEM = -14,
   // Anything else; a bug in kvxfer.
   KVX_ERR_INTERNAL = -15,
+  // A peer's bytes failed authentication: no MAC, another key, forged, or
+  // outside the freshness window (see docs/security.md).
+  KVX_ERR_AUTH = -16,
 } kvx_status;
 
 // State of a transfer, as TensorRT-LLM's `TransferState`.
@@ -161,6 +164,14 @@ typedef struct {
   // NIXL only: plugin parameters as `key=value;key=value` (TensorRT-LLM's
   // `backendParams`), applied over the plugin defaults; NULL for none.
   const char *backend_params;
+  // Deployment secret authenticating peers (`auth_key_len` bytes); NULL or
+  // length 0 = `auth_key_file`, else `KVX_AUTH_KEY`, else `KVX_AUTH_KEY_FILE`,
+  // else peers are not authenticated. At least 16 bytes. Copied at create.
+  const uint8_t *auth_key;
+  size_t auth_key_len;
+  // File holding the secret (one key per line: the first signs, all are
+  // accepted, for rotation); NULL for none. Not with `auth_key`.
+  const char *auth_key_file;
 } kvx_agent_config;
 
 // One contiguous piece of memory: `addr` and `len` in bytes, `device_id` the
@@ -212,6 +223,11 @@ typedef struct {
   uint16_t listen_port;
   // Bound for blocking calls given a negative timeout, in ms; 0 = default.
   uint64_t timeout_ms;
+  // Deployment secret, as in `kvx_agent_config`.
+  const uint8_t *auth_key;
+  size_t auth_key_len;
+  // Key file, as in `kvx_agent_config`.
+  const char *auth_key_file;
 } kvx_cm_config;
 
 // Details of a backend after loading its native library.

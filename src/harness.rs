@@ -81,6 +81,29 @@ impl Agent {
 
     /// An agent on a chosen backend; `timeout_ms` 0 keeps the default.
     pub fn try_new_on(backend: u32, name: &str, listen: bool, timeout_ms: u64) -> Result<Agent, (kvx_status, String)> {
+        Self::try_new_keyed(backend, name, listen, timeout_ms, None)
+    }
+
+    /// As `try_new_on`, with the config's deployment secret (None: the environment's).
+    pub fn try_new_keyed(
+        backend: u32,
+        name: &str,
+        listen: bool,
+        timeout_ms: u64,
+        auth_key: Option<&[u8]>,
+    ) -> Result<Agent, (kvx_status, String)> {
+        Self::try_new_at(backend, name, listen, 0, timeout_ms, auth_key)
+    }
+
+    /// As `try_new_keyed`, listening on `port` (0: any).
+    pub fn try_new_at(
+        backend: u32,
+        name: &str,
+        listen: bool,
+        port: u16,
+        timeout_ms: u64,
+        auth_key: Option<&[u8]>,
+    ) -> Result<Agent, (kvx_status, String)> {
         let cname = CString::new(name).unwrap();
         let ip = CString::new(listen_ip()).unwrap();
         let mut cfg: kvx_agent_config = unsafe { std::mem::zeroed() };
@@ -88,8 +111,13 @@ impl Agent {
         cfg.name = cname.as_ptr();
         cfg.listen_ip = ip.as_ptr();
         cfg.use_listen_thread = listen;
+        cfg.listen_port = port;
         cfg.backend = backend;
         cfg.timeout_ms = timeout_ms;
+        if let Some(key) = auth_key {
+            cfg.auth_key = key.as_ptr();
+            cfg.auth_key_len = key.len();
+        }
         let mut raw = std::ptr::null_mut();
         let st = unsafe { kvx_agent_create(&cfg, &mut raw) };
         if st != kvx_status::KVX_OK {
@@ -131,9 +159,13 @@ impl Agent {
     }
 
     pub fn load_by_info(&self, name: &str, info: &str) -> kvx_status {
+        self.load_by_info_within(name, info, TIMEOUT_MS)
+    }
+
+    pub fn load_by_info_within(&self, name: &str, info: &str, timeout_ms: i64) -> kvx_status {
         let n = CString::new(name).unwrap();
         let i = CString::new(info).unwrap();
-        unsafe { kvx_agent_load_remote_by_connection_info(self.raw, n.as_ptr(), i.as_ptr(), TIMEOUT_MS) }
+        unsafe { kvx_agent_load_remote_by_connection_info(self.raw, n.as_ptr(), i.as_ptr(), timeout_ms) }
     }
 
     pub fn invalidate(&self, name: &str) -> kvx_status {
@@ -341,12 +373,21 @@ impl Cm {
 
     /// A manager on a chosen backend; `timeout_ms` 0 keeps the default.
     pub fn try_new_on(backend: u32, timeout_ms: u64) -> Result<Cm, (kvx_status, String)> {
+        Self::try_new_keyed(backend, timeout_ms, None)
+    }
+
+    /// As `try_new_on`, with the config's deployment secret (None: the environment's).
+    pub fn try_new_keyed(backend: u32, timeout_ms: u64, auth_key: Option<&[u8]>) -> Result<Cm, (kvx_status, String)> {
         let ip = CString::new(listen_ip()).unwrap();
         let mut cfg: kvx_cm_config = unsafe { std::mem::zeroed() };
         unsafe { ok(kvx_cm_config_init(&mut cfg)) };
         cfg.listen_ip = ip.as_ptr();
         cfg.backend = backend;
         cfg.timeout_ms = timeout_ms;
+        if let Some(key) = auth_key {
+            cfg.auth_key = key.as_ptr();
+            cfg.auth_key_len = key.len();
+        }
         let mut raw = std::ptr::null_mut();
         let st = unsafe { kvx_cm_create(&cfg, &mut raw) };
         if st != kvx_status::KVX_OK {
@@ -360,11 +401,10 @@ impl Cm {
         String::from_utf8(take_bytes(b)).unwrap()
     }
     pub fn connect(&self, addrs: &[String]) -> Vec<Conn> {
-        let c: Vec<CString> = addrs.iter().map(|a| CString::new(a.as_str()).unwrap()).collect();
-        let ptrs: Vec<*const std::ffi::c_char> = c.iter().map(|s| s.as_ptr()).collect();
-        let mut out = vec![std::ptr::null(); addrs.len()];
-        unsafe { ok(kvx_cm_get_connections(self.raw, ptrs.as_ptr(), ptrs.len(), TIMEOUT_MS, out.as_mut_ptr())) };
-        out.into_iter().map(Conn).collect()
+        self.try_connect(addrs, TIMEOUT_MS).unwrap_or_else(|(s, e)| panic!("connect: {s:?} {e}"))
+    }
+    pub fn shutdown(&self) {
+        unsafe { ok(kvx_cm_shutdown(self.raw)) };
     }
     /// `connect`, returning the failure instead of panicking.
     pub fn try_connect(&self, addrs: &[String], ms: i64) -> Result<Vec<Conn>, (kvx_status, String)> {

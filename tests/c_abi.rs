@@ -65,6 +65,14 @@ fn bad_values_from_c_are_refused() {
         assert_eq!(kvx_agent_register_memory(agent.raw, 7, d.as_ptr(), 1), KVX_ERR_INVALID_ARGUMENT);
         let zero = [kvxfer::core::memory::kvx_memory_desc { addr: 4096, len: 0, device_id: 0 }];
         assert_eq!(kvx_agent_register_memory(agent.raw, 0, zero.as_ptr(), 1), KVX_ERR_INVALID_ARGUMENT);
+        // Memory this process cannot read: a PROT_NONE page, then the same page unmapped.
+        let page =
+            libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        let guard = [kvxfer::core::memory::kvx_memory_desc { addr: page as u64, len: 4096, device_id: 0 }];
+        assert_eq!(kvx_agent_register_memory(agent.raw, 0, guard.as_ptr(), 1), KVX_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("not mapped readable"), "{}", last_error());
+        libc::munmap(page, 4096);
+        assert_eq!(kvx_agent_register_memory(agent.raw, 0, guard.as_ptr(), 1), KVX_ERR_INVALID_ARGUMENT);
         let wrap = [kvxfer::core::memory::kvx_memory_desc { addr: u64::MAX - 2, len: 10, device_id: 0 }];
         assert_eq!(kvx_agent_register_memory(agent.raw, 0, wrap.as_ptr(), 1), KVX_ERR_INVALID_ARGUMENT);
         let mut backend = 0u32;
@@ -75,6 +83,16 @@ fn bad_values_from_c_are_refused() {
     ok(agent.load("validate", &agent.desc()));
     let (st, msg) = agent.submit(WRITE, &d, &descs_of(&[&other]), "validate", None).err().unwrap();
     assert_eq!(st, KVX_ERR_INVALID_ARGUMENT, "{msg}");
+    // And requests without descriptors.
+    let (st, msg) = agent.submit(WRITE, &[], &[], "validate", Some(b"note")).err().unwrap();
+    assert_eq!(st, KVX_ERR_INVALID_ARGUMENT, "{msg}");
+    // So are empty ranges, inside registered memory or not, on every backend.
+    let empty = [kvxfer::core::memory::kvx_memory_desc { len: 0, ..d[0] }];
+    for op in [READ, WRITE] {
+        let (st, msg) = agent.submit(op, &empty, &empty, "validate", None).err().unwrap();
+        assert_eq!(st, KVX_ERR_INVALID_ARGUMENT, "{msg}");
+        assert!(msg.contains("length 0"), "{msg}");
+    }
 }
 
 #[test]

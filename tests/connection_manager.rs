@@ -132,3 +132,27 @@ fn send_that_times_out_closes_the_connection() {
     assert!(last_error().contains("connection closed"));
     assert_eq!(c.send(DATA_TAG, &[1]), KVX_ERR_PEER, "a timed-out connection must stay failed");
 }
+
+#[test]
+fn shutdown_cancels_blocked_and_later_sends_and_receives() {
+    let m1 = Cm::new();
+    let m2 = Cm::new();
+    let c = m2.connect(&[m1.address()]).pop().unwrap();
+    ok(c.send(ID_TAG, &1u64.to_le_bytes()));
+    let mut id = [0u8; 8];
+    let p = m1.recv_connect(ID_TAG, &mut id, TIMEOUT_MS).unwrap();
+    let started = std::time::Instant::now();
+    let (blocked_recv, blocked_connect) = std::thread::scope(|s| {
+        let recv = s.spawn(|| p.recv(DATA_TAG, &mut [0u8; 16], 10_000));
+        let connect = s.spawn(|| m1.recv_connect(ID_TAG + 1, &mut [0u8; 8], 10_000).err().map(|(st, _)| st));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        m1.shutdown();
+        (recv.join().unwrap(), connect.join().unwrap())
+    });
+    assert_eq!(blocked_recv, KVX_ERR_CANCELED, "{}", last_error());
+    assert_eq!(blocked_connect, Some(KVX_ERR_CANCELED));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "cancelled at shutdown, not at the timeout");
+    assert_eq!(p.send(DATA_TAG, b"late"), KVX_ERR_CANCELED, "{}", last_error());
+    assert_eq!(p.recv(DATA_TAG, &mut [0u8; 4], 1_000), KVX_ERR_CANCELED, "{}", last_error());
+    assert_eq!(m1.recv_connect(ID_TAG, &mut id, 1_000).err().map(|(st, _)| st), Some(KVX_ERR_CANCELED));
+}

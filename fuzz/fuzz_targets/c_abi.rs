@@ -219,10 +219,11 @@ unsafe fn run(input: &mut Input) {
                 let st = kvx_agent_submit(s.agent, &req, &mut x);
                 allowed(st);
                 if st == KVX_OK {
+                    assert!(n > 0, "accepted a request without descriptors");
                     let end = s.arena as u64 + ARENA as u64;
                     for d in local.iter().chain(&remote) {
                         assert!(
-                            d.len == 0 || (d.addr >= s.arena as u64 && d.addr + d.len <= end),
+                            d.len > 0 && d.addr >= s.arena as u64 && d.addr + d.len <= end,
                             "accepted a transfer outside registered memory: {d:?}"
                         );
                     }

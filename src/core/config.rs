@@ -2,6 +2,7 @@
 //! Rust settings the backends receive. Validation lives here once, for
 //! every backend.
 
+use super::auth::PeerAuth;
 use super::completion::deadline_from_ms;
 use super::error::{Error, Result};
 use super::memory::{kvx_memory_desc, kvx_memory_type};
@@ -46,7 +47,18 @@ pub struct kvx_agent_config {
     /// NIXL only: plugin parameters as `key=value;key=value` (TensorRT-LLM's
     /// `backendParams`), applied over the plugin defaults; NULL for none.
     pub backend_params: *const c_char,
+    /// Deployment secret authenticating peers (`auth_key_len` bytes); NULL or
+    /// length 0 = `auth_key_file`, else `KVX_AUTH_KEY`, else `KVX_AUTH_KEY_FILE`,
+    /// else peers are not authenticated. At least 16 bytes. Copied at create.
+    pub auth_key: *const u8,
+    pub auth_key_len: usize,
+    /// File holding the secret (one key per line: the first signs, all are
+    /// accepted, for rotation); NULL for none. Not with `auth_key`.
+    pub auth_key_file: *const c_char,
 }
+
+/// `struct_size` of the first published `kvx_agent_config` (up to `backend_params`).
+pub const AGENT_CONFIG_V1_SIZE: usize = std::mem::offset_of!(kvx_agent_config, auth_key);
 
 /// Connection-manager configuration. Initialise with `kvx_cm_config_init`.
 #[allow(non_camel_case_types)]
@@ -62,7 +74,15 @@ pub struct kvx_cm_config {
     pub listen_port: u16,
     /// Bound for blocking calls given a negative timeout, in ms; 0 = default.
     pub timeout_ms: u64,
+    /// Deployment secret, as in `kvx_agent_config`.
+    pub auth_key: *const u8,
+    pub auth_key_len: usize,
+    /// Key file, as in `kvx_agent_config`.
+    pub auth_key_file: *const c_char,
 }
+
+/// `struct_size` of the first published `kvx_cm_config` (up to `timeout_ms`).
+pub const CM_CONFIG_V1_SIZE: usize = std::mem::offset_of!(kvx_cm_config, auth_key);
 
 /// One READ or WRITE (TensorRT-LLM's `TransferRequest`). `src_descs` are
 /// always local memory and `dst_descs` remote memory in agent `remote_name`;
@@ -120,17 +140,20 @@ pub unsafe fn optional_text(ptr: *const c_char, what: &str) -> Result<Option<Str
     Ok(if s.is_empty() { None } else { Some(s.to_owned()) })
 }
 
-/// Read a caller's config struct, tolerating older (shorter) layouts.
+/// Read a caller's config struct, tolerating older (shorter) layouts:
+/// `published` lists the sizes of earlier versions; fields past the caller's
+/// size keep their defaults.
 ///
 /// # Safety
 /// `ptr` must point to at least `struct_size` readable bytes.
-pub unsafe fn read_versioned<T: Copy>(ptr: *const T, defaults: T) -> Result<T> {
+pub unsafe fn read_versioned<T: Copy>(ptr: *const T, defaults: T, published: &[usize]) -> Result<T> {
     let size = *(ptr as *const usize);
-    // This layout is the first published one, so nothing shorter is valid, and
+    // Only sizes of published layouts (or larger, from newer callers) are valid:
     // copying a prefix that ends inside a field would tear a pointer in two.
-    // Later versions append fields and keep this size as the floor.
-    if size < std::mem::size_of::<T>() {
-        return Err(Error::invalid(format!("struct_size {size} is too small: call the _init function first")));
+    if size < std::mem::size_of::<T>() && !published.contains(&size) {
+        return Err(Error::invalid(format!(
+            "struct_size {size} is not a published size of this struct: call the _init function first"
+        )));
     }
     let mut out = defaults;
     let n = size.min(std::mem::size_of::<T>());
@@ -150,6 +173,9 @@ pub fn agent_config_defaults() -> kvx_agent_config {
         progress_thread: 0,
         num_workers: 0,
         backend_params: std::ptr::null(),
+        auth_key: std::ptr::null(),
+        auth_key_len: 0,
+        auth_key_file: std::ptr::null(),
     }
 }
 
@@ -160,6 +186,9 @@ pub fn cm_config_defaults() -> kvx_cm_config {
         listen_ip: std::ptr::null(),
         listen_port: 0,
         timeout_ms: 0,
+        auth_key: std::ptr::null(),
+        auth_key_len: 0,
+        auth_key_file: std::ptr::null(),
     }
 }
 
@@ -188,7 +217,18 @@ pub unsafe fn agent_settings(cfg: &kvx_agent_config) -> Result<AgentSettings> {
         backend_params: optional_text(cfg.backend_params, "backend_params")?
             .map(|t| parse_params(&t))
             .unwrap_or_default(),
+        auth: peer_auth(cfg.auth_key, cfg.auth_key_len, cfg.auth_key_file)?,
     })
+}
+
+/// # Safety
+/// `key` must be NULL or point to `key_len` bytes; `file` NULL or a C string.
+unsafe fn peer_auth(key: *const u8, key_len: usize, file: *const c_char) -> Result<PeerAuth> {
+    if key.is_null() && key_len > 0 {
+        return Err(Error::invalid("auth_key is NULL but auth_key_len > 0"));
+    }
+    let key = slice(key, key_len);
+    PeerAuth::resolve(Some(key), optional_text(file, "auth_key_file")?.as_deref())
 }
 
 /// # Safety
@@ -198,6 +238,7 @@ pub unsafe fn cm_settings(cfg: &kvx_cm_config) -> Result<ConnectionManagerSettin
         listen_ip: optional_text(cfg.listen_ip, "listen_ip")?,
         listen_port: cfg.listen_port,
         timeout_ms: if cfg.timeout_ms == 0 { default_timeout_ms() } else { cfg.timeout_ms },
+        auth: peer_auth(cfg.auth_key, cfg.auth_key_len, cfg.auth_key_file)?,
     })
 }
 
@@ -207,8 +248,12 @@ pub unsafe fn cm_settings(cfg: &kvx_cm_config) -> Result<ConnectionManagerSettin
 /// The pointers in `req` must be valid for `count` descriptors and the message length.
 pub unsafe fn transfer_request<'a>(req: &'a kvx_transfer_request) -> Result<TransferRequest<'a>> {
     let remote_name = text(req.remote_name, "remote_name")?;
-    if req.count > 0 && (req.src_descs.is_null() || req.dst_descs.is_null()) {
-        return Err(Error::invalid("descriptor list is NULL but count > 0"));
+    // NIXL cannot post a request without descriptors; refuse it the same way on every backend.
+    if req.count == 0 {
+        return Err(Error::invalid("the request has no descriptors (send a message alone with kvx_agent_notify)"));
+    }
+    if req.src_descs.is_null() || req.dst_descs.is_null() {
+        return Err(Error::invalid("a descriptor list is NULL"));
     }
     let local = slice(req.src_descs, req.count);
     let remote = slice(req.dst_descs, req.count);
@@ -245,13 +290,21 @@ fn check_descriptors(first: usize, local: &[kvx_memory_desc], remote: &[kvx_memo
     for (l, r) in local.iter().zip(remote) {
         let (l_end, l_wraps) = l.addr.overflowing_add(l.len);
         let (r_end, r_wraps) = r.addr.overflowing_add(r.len);
-        bad |= (l.len != r.len) | l_wraps | r_wraps;
+        // Transports treat an empty range differently (UCX posts nothing, NIXL may
+        // fail the whole request): refuse it the same way on both.
+        bad |= (l.len != r.len) | (l.len == 0) | l_wraps | r_wraps;
         b.local = (b.local.0.min(l.addr), b.local.1.max(l_end));
         b.remote = (b.remote.0.min(r.addr), b.remote.1.max(r_end));
         b.max_len = b.max_len.max(l.len);
     }
     if bad {
         for (i, (l, r)) in local.iter().zip(remote).enumerate() {
+            if l.len == 0 || r.len == 0 {
+                return Err(Error::invalid(format!(
+                    "descriptor {} has length 0 (empty ranges are refused)",
+                    first + i
+                )));
+            }
             if l.len != r.len {
                 return Err(Error::invalid(format!(
                     "descriptor {}: local length {} differs from remote length {}",
@@ -285,14 +338,22 @@ mod tests {
         let name = std::ffi::CString::new("agent").unwrap();
         let mut cfg = agent_config_defaults();
         cfg.name = name.as_ptr();
-        for size in [0, 8, 12, 15, std::mem::size_of::<kvx_agent_config>() - 1] {
+        let key = *b"0123456789abcdef";
+        cfg.auth_key = key.as_ptr();
+        cfg.auth_key_len = key.len();
+        let full = std::mem::size_of::<kvx_agent_config>();
+        for size in [0, 8, 12, 15, AGENT_CONFIG_V1_SIZE - 1, AGENT_CONFIG_V1_SIZE + 4, full - 1] {
             cfg.struct_size = size;
-            assert!(unsafe { read_versioned(&cfg, agent_config_defaults()) }.is_err(), "size {size}");
+            let read = unsafe { read_versioned(&cfg, agent_config_defaults(), &[AGENT_CONFIG_V1_SIZE]) };
+            assert!(read.is_err(), "size {size}");
         }
-        for size in [std::mem::size_of::<kvx_agent_config>(), std::mem::size_of::<kvx_agent_config>() + 64] {
+        for size in [AGENT_CONFIG_V1_SIZE, full, full + 64] {
             cfg.struct_size = size;
-            let read = unsafe { read_versioned(&cfg, agent_config_defaults()) }.unwrap();
+            let read = unsafe { read_versioned(&cfg, agent_config_defaults(), &[AGENT_CONFIG_V1_SIZE]) }.unwrap();
             assert_eq!(read.name, name.as_ptr(), "size {size}");
+            // A caller compiled against the first layout never set the key: it keeps its default.
+            let expected = if size == AGENT_CONFIG_V1_SIZE { std::ptr::null() } else { key.as_ptr() };
+            assert_eq!(read.auth_key, expected, "size {size}");
         }
     }
 
@@ -334,8 +395,34 @@ mod tests {
         let req = request_of(&local, &remote);
         let err = unsafe { transfer_request(&req) }.err().unwrap();
         assert!(err.message.contains(&format!("descriptor {}:", n - 3)), "{}", err.message);
+        // A request without descriptors is refused (NIXL cannot post one), and so is an empty range.
         let empty = request_of(&[], &[]);
-        assert_eq!(unsafe { transfer_request(&empty) }.unwrap().bounds, Bounds::EMPTY);
+        assert!(unsafe { transfer_request(&empty) }.err().unwrap().message.contains("no descriptors"));
+        remote[n - 3].len = 64;
+        remote[n - 2].len = 0;
+        let err = unsafe { transfer_request(&request_of(&local, &remote)) }.err().unwrap();
+        assert!(err.message.contains(&format!("descriptor {} has length 0", n - 2)), "{}", err.message);
+    }
+
+    #[test]
+    fn auth_fields_are_validated() {
+        let name = std::ffi::CString::new("agent").unwrap();
+        let mut cfg = agent_config_defaults();
+        cfg.name = name.as_ptr();
+        cfg.auth_key_len = 16;
+        assert!(unsafe { agent_settings(&cfg) }.unwrap_err().message.contains("auth_key is NULL"));
+        let short = *b"short";
+        cfg.auth_key = short.as_ptr();
+        cfg.auth_key_len = short.len();
+        assert!(unsafe { agent_settings(&cfg) }.unwrap_err().message.contains("at least 16"));
+        let key = *b"0123456789abcdef";
+        let mut cm = cm_config_defaults();
+        cm.auth_key = key.as_ptr();
+        cm.auth_key_len = key.len();
+        assert!(unsafe { cm_settings(&cm) }.unwrap().auth.is_enabled());
+        let file = std::ffi::CString::new("/x").unwrap();
+        cm.auth_key_file = file.as_ptr();
+        assert!(unsafe { cm_settings(&cm) }.unwrap_err().message.contains("both"));
     }
 
     #[test]

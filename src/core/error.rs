@@ -43,6 +43,9 @@ pub enum kvx_status {
     KVX_ERR_SYSTEM = -14,
     /// Anything else; a bug in kvxfer.
     KVX_ERR_INTERNAL = -15,
+    /// A peer's bytes failed authentication: no MAC, another key, forged, or
+    /// outside the freshness window (see docs/security.md).
+    KVX_ERR_AUTH = -16,
 }
 
 impl kvx_status {
@@ -66,11 +69,12 @@ impl kvx_status {
             KVX_ERR_PANIC => "KVX_ERR_PANIC",
             KVX_ERR_SYSTEM => "KVX_ERR_SYSTEM",
             KVX_ERR_INTERNAL => "KVX_ERR_INTERNAL",
+            KVX_ERR_AUTH => "KVX_ERR_AUTH",
         }
     }
 
     /// Every status, for tests and for `kvx_status_str` coverage.
-    pub const ALL: [kvx_status; 17] = {
+    pub const ALL: [kvx_status; 18] = {
         use kvx_status::*;
         [
             KVX_OK,
@@ -90,6 +94,7 @@ impl kvx_status {
             KVX_ERR_PANIC,
             KVX_ERR_SYSTEM,
             KVX_ERR_INTERNAL,
+            KVX_ERR_AUTH,
         ]
     };
 }
@@ -118,6 +123,9 @@ impl Error {
     }
     pub fn peer(message: impl Into<String>) -> Self {
         Self::new(kvx_status::KVX_ERR_PEER, message)
+    }
+    pub fn auth(message: impl Into<String>) -> Self {
+        Self::new(kvx_status::KVX_ERR_AUTH, message)
     }
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(kvx_status::KVX_ERR_TIMEOUT, message)

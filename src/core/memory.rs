@@ -156,6 +156,42 @@ pub struct Registered<T> {
 pub struct Registrations<T> {
     regions: RegionMap<Registered<T>>,
     locate: PointerLocator,
+    host_check: HostCheck,
+}
+
+/// Refuses host ranges this process cannot read (unmapped or `PROT_NONE`).
+pub type HostCheck = fn(&[kvx_memory_desc]) -> Result<()>;
+
+/// Every range lies in mappings this process may read, as `/proc/self/maps`
+/// lists them; where that file cannot be read the platform cannot tell, and
+/// the transport's own registration is the only check.
+pub fn check_host_readable(descs: &[kvx_memory_desc]) -> Result<()> {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return Ok(()) };
+    let mut readable: Vec<(u64, u64)> = Vec::new();
+    for line in maps.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(range), Some(perms)) = (words.next(), words.next()) else { continue };
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) else { continue };
+        if perms.starts_with('r') {
+            match readable.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => readable.push((start, end)),
+            }
+        }
+    }
+    for d in descs {
+        let end = d.end()?;
+        // The readable run containing the start must reach the end (runs are merged above).
+        let i = readable.partition_point(|&(_, e)| e <= d.addr);
+        if !readable.get(i).is_some_and(|&(s, e)| s <= d.addr && end <= e) {
+            return Err(Error::invalid(format!(
+                "host region {:#x}+{} is not mapped readable in this process (unmapped or PROT_NONE)",
+                d.addr, d.len
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Memory type and device of a pointer as a driver reports it; `None` where
@@ -165,7 +201,11 @@ pub type PointerLocator = fn(u64) -> Option<(kvx_memory_type, u32)>;
 
 impl<T> Registrations<T> {
     pub fn new(locate: PointerLocator) -> Self {
-        Registrations { regions: RegionMap::default(), locate }
+        Self::with_host_check(locate, check_host_readable)
+    }
+
+    pub fn with_host_check(locate: PointerLocator, host_check: HostCheck) -> Self {
+        Registrations { regions: RegionMap::default(), locate, host_check }
     }
 
     /// Register `descs`; `map` gets the descriptors not registered yet (each
@@ -209,6 +249,9 @@ impl<T> Registrations<T> {
                 }
             }
             new.push(kvx_memory_desc { device_id, ..*d });
+        }
+        if mem_type == kvx_memory_type::KVX_MEMORY_DRAM {
+            (self.host_check)(&new)?;
         }
         let natives = if new.is_empty() { Vec::new() } else { map(&new)? };
         if natives.len() != new.len() {
@@ -287,6 +330,40 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore = "mprotect and /proc/self/maps are outside Miri")]
+    fn unmapped_and_unreadable_host_memory_is_refused() {
+        let page = 4096usize;
+        // SAFETY: a private anonymous mapping of three pages, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                3 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as u64;
+        let d = |offset: u64, len: u64| kvx_memory_desc { addr: base + offset, len, device_id: 0 };
+        assert!(check_host_readable(&[d(0, 3 * page as u64)]).is_ok());
+        // SAFETY: the middle page lies inside the mapping.
+        unsafe { libc::mprotect((base + page as u64) as *mut libc::c_void, page, libc::PROT_NONE) };
+        assert!(check_host_readable(&[d(0, page as u64)]).is_ok());
+        assert!(check_host_readable(&[d(0, page as u64 + 1)]).is_err(), "runs into PROT_NONE");
+        assert!(check_host_readable(&[d(page as u64, 16)]).is_err(), "inside PROT_NONE");
+        // SAFETY: the last page lies inside the mapping.
+        unsafe { libc::munmap((base + 2 * page as u64) as *mut libc::c_void, page) };
+        assert!(check_host_readable(&[d(2 * page as u64, 16)]).is_err(), "unmapped");
+        let mut regs: Registrations<u32> = Registrations::new(|_| None);
+        let e = regs.register(kvx_memory_type::KVX_MEMORY_DRAM, &[d(page as u64, 64)], |_| panic!("refused first"));
+        assert!(e.unwrap_err().message.contains("not mapped readable"));
+        let ok = regs.register(kvx_memory_type::KVX_MEMORY_DRAM, &[d(0, 64)], |n| Ok(vec![0; n.len()]));
+        assert!(ok.is_ok());
+        // SAFETY: unmapping what is left of the mapping.
+        unsafe { libc::munmap(base as *mut libc::c_void, 2 * page) };
+    }
+
+    #[test]
     fn finds_containing_region_and_refuses_outside() {
         let mut map = RegionMap::default();
         map.insert(1000, 100, "a");
@@ -345,7 +422,7 @@ mod tests {
         let buf = [0u8; 64];
         let a = kvx_memory_desc { addr: buf.as_ptr() as u64, len: 32, device_id: 0 };
         let b = kvx_memory_desc { addr: buf.as_ptr() as u64 + 32, len: 32, device_id: 0 };
-        let mut regs: Registrations<u32> = Registrations::new(|_| None);
+        let mut regs: Registrations<u32> = Registrations::with_host_check(|_| None, |_| Ok(()));
         let mut mapped = 0;
         regs.register(dram, &[a, a, b], |new| {
             mapped += new.len();

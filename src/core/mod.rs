@@ -1,6 +1,7 @@
 //! Backend-independent pieces: errors, the memory/descriptor model, wire
 //! formats, configuration, the control channel and completion primitives.
 
+pub mod auth;
 pub mod buffer;
 pub mod coalesce;
 pub mod completion;

@@ -49,6 +49,78 @@ pub fn choose_listen_ip(explicit: Option<&str>, interface_var: &str) -> Result<I
     Ok(outward.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)))
 }
 
+/// Which peer addresses a control listener serves: `KVX_ALLOWED_PEERS`, a
+/// list of CIDRs or plain addresses separated by commas or spaces
+/// (`10.0.0.0/8, ::1`). Unset or empty: every address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedPeers {
+    /// None: everyone. Each entry is a network address and its prefix length.
+    networks: Option<Vec<(IpAddr, u8)>>,
+}
+
+impl AllowedPeers {
+    pub fn from_env() -> Result<AllowedPeers> {
+        match std::env::var("KVX_ALLOWED_PEERS") {
+            Ok(text) if !text.trim().is_empty() => {
+                AllowedPeers::parse(&text).map_err(|e| e.context("KVX_ALLOWED_PEERS"))
+            }
+            _ => Ok(AllowedPeers::default()),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<AllowedPeers> {
+        let mut networks = Vec::new();
+        for item in text.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
+            let (ip, prefix) = match item.split_once('/') {
+                Some((ip, prefix)) => (ip, Some(prefix)),
+                None => (item, None),
+            };
+            let ip: IpAddr =
+                ip.parse().map_err(|_| Error::invalid(format!("{item:?} is not an IP address or CIDR")))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let prefix = match prefix {
+                None => max,
+                Some(p) => p
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|&p| p <= max)
+                    .ok_or_else(|| Error::invalid(format!("{item:?}: prefix length must be 0..={max}")))?,
+            };
+            networks.push((ip, prefix));
+        }
+        if networks.is_empty() {
+            return Err(Error::invalid(format!("{text:?} names no address")));
+        }
+        Ok(AllowedPeers { networks: Some(networks) })
+    }
+
+    pub fn is_restricted(&self) -> bool {
+        self.networks.is_some()
+    }
+
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let Some(networks) = &self.networks else { return true };
+        // An IPv4 client of a dual-stack listener shows up as ::ffff:a.b.c.d.
+        let ip = ip.to_canonical();
+        networks.iter().any(|&(net, prefix)| match (net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                masked(u32::from(n) as u128, 32, prefix) == masked(u32::from(a) as u128, 32, prefix)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => masked(u128::from(n), 128, prefix) == masked(u128::from(a), 128, prefix),
+            _ => false,
+        })
+    }
+}
+
+fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
+    let host_bits = width - prefix as u32;
+    if host_bits >= 128 {
+        0
+    } else {
+        bits >> host_bits
+    }
+}
+
 /// First IPv4 (else IPv6) address of a network interface.
 pub fn interface_ip(name: &str) -> Option<IpAddr> {
     let mut found: Option<IpAddr> = None;
@@ -96,6 +168,25 @@ mod tests {
         assert!(parse_connection_info("[::1]:9").unwrap().is_ipv6());
         for bad in ["", "127.0.0.1", "::1:9", "host:1", "1.2.3.4:99999", "[::1]"] {
             assert!(parse_connection_info(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn allowed_peers_match_cidrs_and_plain_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let any = AllowedPeers::default();
+        assert!(any.allows(ip("203.0.113.9")) && !any.is_restricted());
+        let list = AllowedPeers::parse("10.1.0.0/16, 127.0.0.1 fd00::/8").unwrap();
+        for ok in ["10.1.2.3", "10.1.255.255", "127.0.0.1", "::ffff:127.0.0.1", "fd12::1"] {
+            assert!(list.allows(ip(ok)), "{ok}");
+        }
+        for no in ["10.2.0.1", "127.0.0.2", "::1", "fe80::1", "192.168.0.1"] {
+            assert!(!list.allows(ip(no)), "{no}");
+        }
+        assert!(AllowedPeers::parse("0.0.0.0/0").unwrap().allows(ip("8.8.8.8")));
+        assert!(AllowedPeers::parse("::/0").unwrap().allows(ip("::1")));
+        for bad in ["10.0.0.0/33", "host", "10.0.0.0/", "::/129", " , "] {
+            assert!(AllowedPeers::parse(bad).is_err(), "{bad}");
         }
     }
 

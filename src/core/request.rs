@@ -3,6 +3,7 @@
 //! arguments into these (`config`); the dispatch contract and the backends
 //! take them as they are.
 
+use super::auth::PeerAuth;
 use super::error::{Error, Result};
 use super::memory::{kvx_memory_desc, kvx_memory_type};
 
@@ -52,6 +53,8 @@ pub struct AgentSettings {
     pub num_workers: u32,
     /// NIXL only: plugin parameter overrides.
     pub backend_params: Vec<(String, String)>,
+    /// How peers' descriptors and control messages are authenticated.
+    pub auth: PeerAuth,
 }
 
 /// Settings of a connection manager after validation.
@@ -60,6 +63,7 @@ pub struct ConnectionManagerSettings {
     pub listen_ip: Option<String>,
     pub listen_port: u16,
     pub timeout_ms: u64,
+    pub auth: PeerAuth,
 }
 
 /// A validated transfer request: equal counts, pairwise equal lengths, no overflow.

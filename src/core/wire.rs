@@ -332,7 +332,164 @@ pub fn open_nixl_metadata(bytes: &[u8], accept_stock: bool) -> Result<OpenedNixl
              set KVX_NIXL_STOCK_PEERS=1 where peers may be stock NIXL agents)",
         ));
     }
+    check_nixl_framing(bytes)?;
     Ok(OpenedNixlMetadata { metadata: bytes, listener: None })
+}
+
+/// Where NIXL metadata's first field (the agent name) lies: its length field and value.
+fn nixl_name_field(metadata: &[u8]) -> Result<(usize, usize)> {
+    let tag = b"Agent";
+    let at = NIXL_METADATA_HEADER.len();
+    let body = metadata
+        .get(at..)
+        .filter(|b| b.starts_with(tag))
+        .ok_or_else(|| Error::malformed("NIXL metadata does not start with the agent name"))?;
+    let mut r = Reader::new(&body[tag.len()..]);
+    let len = r.u64("agent name length")?;
+    if len as usize > MAX_NAME_LEN || len as usize >= r.remaining() || body[tag.len() + 8 + len as usize] != b'|' {
+        return Err(Error::malformed("NIXL metadata: the agent name field is malformed"));
+    }
+    Ok((at + tag.len(), len as usize))
+}
+
+/// The agent name NIXL metadata carries.
+pub fn nixl_metadata_name(metadata: &[u8]) -> Result<&str> {
+    let (at, len) = nixl_name_field(metadata)?;
+    std::str::from_utf8(&metadata[at + 8..at + 8 + len])
+        .map_err(|_| Error::malformed("NIXL metadata: the agent name is not UTF-8"))
+}
+
+/// The same metadata naming its agent `name` (how NIXL will know it).
+pub fn rename_nixl_metadata(metadata: &[u8], name: &str) -> Result<Vec<u8>> {
+    let (at, len) = nixl_name_field(metadata)?;
+    let mut out = Vec::with_capacity(metadata.len() + name.len());
+    out.extend_from_slice(&metadata[..at]);
+    out.extend_from_slice(&(name.len() as u64).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&metadata[at + 8 + len..]);
+    Ok(out)
+}
+
+/// A packed UCX worker address starts with a header byte whose low four bits
+/// are the address format version (0 and 1 exist, UCX 1.14 to 1.23), then a
+/// 64-bit worker id. UCX asserts (aborting the process) on any other version,
+/// so kvxfer refuses it first; the rest of the address only UCX can judge.
+pub fn check_ucx_worker_address(address: &[u8]) -> Result<()> {
+    const HEADER_AND_UUID: usize = 1 + 8;
+    if address.len() < HEADER_AND_UUID {
+        return Err(Error::malformed(format!("UCX worker address of {} bytes is too short", address.len())));
+    }
+    let version = address[0] & 0x0f;
+    if version > 1 {
+        return Err(Error::malformed(format!("UCX worker address format {version} is unknown")));
+    }
+    Ok(())
+}
+
+/// NIXL's memory types (`nixl_mem_t`: DRAM, VRAM, BLK, OBJ, FILE).
+const NIXL_MEM_TYPES: u32 = 5;
+/// Bounds no real agent reaches: a handful of plugins, a section per plugin and memory type.
+const MAX_NIXL_BACKENDS: u64 = 16;
+const MAX_NIXL_SECTIONS: u64 = 256;
+const MAX_NIXL_PLUGIN_NAME: usize = 64;
+/// A descriptor entry: address, length, device id, then the plugin's key.
+const NIXL_DESC_FIXED: usize = 24;
+
+/// Walk stock NIXL metadata (NIXL 1.5.1's serializer: `tag`, a `u64` length,
+/// the value and `|`, in the order NIXL writes an agent's metadata) and refuse
+/// what NIXL's loader would trust blindly: lengths past the end, unknown tags,
+/// absurd counts, memory types NIXL does not know (which crash its memory
+/// sections). The connection blobs and keys inside stay for NIXL's plugin to judge.
+pub fn check_nixl_framing(bytes: &[u8]) -> Result<()> {
+    let body =
+        bytes.strip_prefix(NIXL_METADATA_HEADER).ok_or_else(|| Error::malformed("not NIXL metadata (bad framing)"))?;
+    let mut r = Reader::new(body);
+    let mut field = |tag: &str| -> Result<&[u8]> {
+        let what = if tag.is_empty() { "NIXL metadata entry" } else { tag };
+        if r.take(tag.len(), what)? != tag.as_bytes() {
+            return Err(Error::malformed(format!("NIXL metadata: expected field {tag:?}")));
+        }
+        let len = r.u64(what)?;
+        if len > r.remaining() as u64 {
+            return Err(Error::malformed(format!("NIXL metadata: {what} claims {len} bytes, {} left", r.remaining())));
+        }
+        let value = r.take(len as usize, what)?;
+        if r.u8(what)? != b'|' {
+            return Err(Error::malformed(format!("NIXL metadata: {what} is not followed by '|'")));
+        }
+        Ok(value)
+    };
+    let count = |v: &[u8], what: &str, max: u64| -> Result<u64> {
+        let n = u64::from_le_bytes(
+            v.try_into().map_err(|_| Error::malformed(format!("NIXL metadata: {what} is not 8 bytes")))?,
+        );
+        if n > max {
+            return Err(Error::malformed(format!("NIXL metadata: {what} {n} exceeds {max}")));
+        }
+        Ok(n)
+    };
+    let plugin = |v: &[u8]| -> Result<()> {
+        if v.is_empty() || v.len() > MAX_NIXL_PLUGIN_NAME || !v.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        {
+            return Err(Error::malformed("NIXL metadata: a plugin name is not a name"));
+        }
+        Ok(())
+    };
+    let name = field("Agent")?;
+    if name.is_empty() || name.len() > MAX_NAME_LEN || std::str::from_utf8(name).is_err() {
+        return Err(Error::malformed("NIXL metadata: the agent name is empty, too long or not UTF-8"));
+    }
+    let backends = count(field("Conns")?, "backend count", MAX_NIXL_BACKENDS)?;
+    for _ in 0..backends {
+        let name = field("t")?;
+        plugin(name)?;
+        let connection = field("c")?;
+        if connection.len() > MAX_ENDPOINT_BLOB {
+            return Err(Error::malformed("NIXL metadata: a connection blob is too large"));
+        }
+        // The UCX plugin's connection blob is a UCX worker address.
+        if name == b"UCX" {
+            check_ucx_worker_address(connection).map_err(|e| e.context("NIXL metadata"))?;
+        }
+    }
+    if field("")? != b"MemSection" {
+        return Err(Error::malformed("NIXL metadata: the memory section is missing"));
+    }
+    let sections = count(field("nixlSecElms")?, "section count", MAX_NIXL_SECTIONS)?;
+    for _ in 0..sections {
+        plugin(field("bknd")?)?;
+        if field("nixlDList")? != b"nixlSDList" {
+            return Err(Error::malformed("NIXL metadata: a descriptor list is malformed"));
+        }
+        let mem_type = field("t")?;
+        let mem_type = u32::from_le_bytes(
+            mem_type.try_into().map_err(|_| Error::malformed("NIXL metadata: a memory type is not 4 bytes"))?,
+        );
+        if mem_type >= NIXL_MEM_TYPES {
+            return Err(Error::malformed(format!("NIXL metadata: memory type {mem_type} is unknown")));
+        }
+        let descs = count(field("n")?, "descriptor count", MAX_REGIONS as u64)?;
+        for _ in 0..descs {
+            let entry = field("")?;
+            if entry.len() < NIXL_DESC_FIXED || entry.len() > NIXL_DESC_FIXED + MAX_KEY_BLOB {
+                return Err(Error::malformed(format!("NIXL metadata: a descriptor of {} bytes", entry.len())));
+            }
+            let addr = u64::from_le_bytes(entry[..8].try_into().expect("8 bytes"));
+            let len = u64::from_le_bytes(entry[8..16].try_into().expect("8 bytes"));
+            if addr.checked_add(len).is_none() {
+                return Err(Error::malformed(format!("NIXL metadata: region {addr:#x}+{len} overflows")));
+            }
+        }
+    }
+    r.finish("NIXL metadata")
+}
+
+/// True for bytes that look like NIXL metadata from a stock NIXL agent
+/// (NIXL's framing, no kvxfer trailer): what `KVX_NIXL_STOCK_PEERS=1` admits
+/// without authentication.
+pub fn is_stock_nixl_metadata(bytes: &[u8]) -> bool {
+    let sealed = bytes.len() >= NIXL_TRAILER_LEN && bytes[bytes.len() - NIXL_TRAILER_LEN..][..4] == *NIXL_TRAILER_MAGIC;
+    !sealed && bytes.starts_with(NIXL_METADATA_HEADER) && bytes.last() == Some(&b'|')
 }
 
 /// Control-channel messages (TCP, one request and one reply per connection).
@@ -551,9 +708,83 @@ mod tests {
         assert!(decode_notification_header(&h[..h.len() - 1]).is_err());
     }
 
+    /// Metadata laid out as NIXL 1.5.1 writes it: one UCX backend, one DRAM section of one region.
+    fn stock_metadata(mem_type: u32) -> Vec<u8> {
+        let mut w = Writer::default();
+        let mut field = |tag: &str, value: &[u8]| {
+            w.raw(tag.as_bytes()).u64(value.len() as u64).raw(value).raw(b"|");
+        };
+        field("Agent", b"a");
+        field("Conns", &1u64.to_le_bytes());
+        field("t", b"UCX");
+        field("c", &[0x20, 0x7f, 0x68, 0xee, 0x81, 0x43, 0x2b, 0x55, 0x16, 0x00]);
+        field("", b"MemSection");
+        field("nixlSecElms", &1u64.to_le_bytes());
+        field("bknd", b"UCX");
+        field("nixlDList", b"nixlSDList");
+        field("t", &mem_type.to_le_bytes());
+        field("n", &1u64.to_le_bytes());
+        let mut entry = Writer::default();
+        entry.u64(0x7fab_4410_8ba0).u64(4096).u64(0).raw(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff]);
+        field("", &entry.bytes);
+        [NIXL_METADATA_HEADER, &w.bytes].concat()
+    }
+
+    #[test]
+    fn stock_nixl_framing_is_walked_before_nixl_sees_it() {
+        let md = stock_metadata(0);
+        assert!(check_nixl_framing(&md).is_ok());
+        assert!(check_nixl_framing(&stock_metadata(4)).is_ok(), "FILE is a NIXL memory type");
+        let e = check_nixl_framing(&stock_metadata(5)).unwrap_err();
+        assert!(e.message.contains("memory type 5"), "{e}");
+        for cut in 0..md.len() {
+            assert!(check_nixl_framing(&md[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = md.clone();
+        longer.push(0);
+        assert!(check_nixl_framing(&longer).is_err(), "trailing bytes");
+        // Every flipped byte outside the transport's own blobs is refused.
+        let transport_blob = md.windows(4).position(|w| w == [0x20, 0x7f, 0x68, 0xee]).unwrap();
+        let mut bad = md.clone();
+        bad[transport_blob] = 0x2f;
+        assert!(check_nixl_framing(&bad).unwrap_err().message.contains("address format 15"));
+        let entry = md.len() - 36;
+        let mut passed = Vec::new();
+        for i in 0..md.len() {
+            let mut bad = md.clone();
+            bad[i] ^= 0x80;
+            if check_nixl_framing(&bad).is_ok() {
+                passed.push(i);
+            }
+        }
+        // 0x20 ^ 0x80 keeps the address version; the rest of the address is UCX's to judge.
+        let judged_by_nixl: Vec<usize> = (transport_blob..transport_blob + 10).chain(entry..entry + 35).collect();
+        assert!(passed.iter().all(|i| judged_by_nixl.contains(i)), "passed {passed:?}");
+        // The memory type field, byte by byte.
+        let t = md.windows(5).rposition(|w| w == b"t\x04\0\0\0").unwrap() + 9;
+        for v in [5u8, 0x80, 0xff] {
+            let mut bad = md.clone();
+            bad[t] = v;
+            assert!(check_nixl_framing(&bad).is_err(), "memory type {v}");
+        }
+    }
+
+    #[test]
+    fn nixl_metadata_names_are_read_and_replaced() {
+        let md = stock_metadata(1);
+        assert_eq!(nixl_metadata_name(&md).unwrap(), "a");
+        let renamed = rename_nixl_metadata(&md, "a#kvxfer-load-1").unwrap();
+        assert_eq!(nixl_metadata_name(&renamed).unwrap(), "a#kvxfer-load-1");
+        assert!(check_nixl_framing(&renamed).is_ok(), "only the name changed");
+        assert_eq!(rename_nixl_metadata(&renamed, "a").unwrap(), md);
+        for cut in 0..NIXL_METADATA_HEADER.len() + 15 {
+            assert!(nixl_metadata_name(&md[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
     #[test]
     fn nixl_metadata_seal_round_trips_and_catches_damage() {
-        let md = b"nixlSerDes|Agent\x01\0\0\0\0\0\0\0a|".to_vec();
+        let md = stock_metadata(0);
         for listener in ["10.0.0.7:4242", ""] {
             let sealed = seal_nixl_metadata(md.clone(), listener);
             let opened = open_nixl_metadata(&sealed, false).unwrap();
@@ -574,8 +805,7 @@ mod tests {
             "stock NIXL metadata passes when allowed"
         );
         assert!(open_nixl_metadata(&md, false).is_err(), "and only then");
-        // Framing catches cuts that do not end on a field boundary; NIXL judges the rest.
-        for cut in (0..md.len() - 1).filter(|&c| c == 0 || md[c - 1] != b'|') {
+        for cut in 0..md.len() {
             assert!(open_nixl_metadata(&md[..cut], true).is_err(), "cut at {cut}");
         }
         assert!(open_nixl_metadata(b"", true).is_err());

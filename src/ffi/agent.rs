@@ -64,7 +64,7 @@ pub unsafe extern "C" fn kvx_agent_create(
     guard(|| {
         non_null(config, "config")?;
         non_null(out_agent, "out_agent")?;
-        let cfg = config::read_versioned(config, config::agent_config_defaults())?;
+        let cfg = config::read_versioned(config, config::agent_config_defaults(), &[config::AGENT_CONFIG_V1_SIZE])?;
         let table = crate::backend::table_for(kvx_backend::from_raw(cfg.backend)?)?;
         let mut object = std::ptr::null_mut();
         from_table((table.agent_create)(&cfg, &mut object))?;

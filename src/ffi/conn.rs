@@ -70,7 +70,7 @@ pub unsafe extern "C" fn kvx_cm_create(config: *const kvx_cm_config, out_cm: *mu
     guard(|| {
         non_null(config, "config")?;
         non_null(out_cm, "out_cm")?;
-        let cfg = config::read_versioned(config, config::cm_config_defaults())?;
+        let cfg = config::read_versioned(config, config::cm_config_defaults(), &[config::CM_CONFIG_V1_SIZE])?;
         let table = crate::backend::table_for(kvx_backend::from_raw(cfg.backend)?)?;
         let mut object = std::ptr::null_mut();
         from_table((table.cm_create)(&cfg, &mut object))?;

@@ -50,6 +50,7 @@ TEST(Status, NamesEveryStatus)
         {KVX_ERR_PANIC, "KVX_ERR_PANIC"},
         {KVX_ERR_SYSTEM, "KVX_ERR_SYSTEM"},
         {KVX_ERR_INTERNAL, "KVX_ERR_INTERNAL"},
+        {KVX_ERR_AUTH, "KVX_ERR_AUTH"},
     };
     for (const auto& [code, name] : names)
     {

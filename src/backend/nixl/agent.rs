@@ -8,6 +8,7 @@
 use super::handle::{NixlHandle, NixlOptions};
 use super::poller::{Poller, Waker};
 use super::sys::*;
+use crate::core::auth::PeerAuth;
 use crate::core::coalesce::coalesce;
 use crate::core::control::{self, ControlServer};
 use crate::core::descriptor_service::{self, DescribedAgent};
@@ -62,6 +63,11 @@ struct AgentCore {
     /// handle was destroyed while they ran.
     inflight: Mutex<Vec<Arc<TransferShared>>>,
     waker: Arc<Waker>,
+    auth: PeerAuth,
+    /// Peers whose NIXL load failed, and how often: NIXL 1.5.1 can keep a name
+    /// it failed to load half-registered (later loads of it fail, invalidate
+    /// finds nothing), so the next load of that peer uses a fresh NIXL name.
+    load_generations: Mutex<HashMap<String, u32>>,
     /// The poller's last failure, so one that repeats every round is logged once.
     poll_failure: crate::core::log::OnChange,
     stats: Arc<Scope>,
@@ -85,6 +91,9 @@ pub struct NixlAgent {
     core: Arc<AgentCore>,
 }
 
+/// How long a metadata fetch through NIXL's listener waits before it is sent once more.
+const STOCK_FETCH_RETRY: Duration = Duration::from_secs(1);
+
 /// `KVX_NIXL_STOCK_PEERS=1`: peers may be stock NIXL agents. Their unsealed
 /// metadata is accepted, and connection info goes through NIXL's listener.
 fn stock_peers() -> bool {
@@ -96,10 +105,11 @@ impl DescribedAgent for AgentCore {
         &self.handle.name
     }
     fn describe(&self) -> Result<Vec<u8>> {
-        Ok(wire::seal_nixl_metadata(
+        let metadata = wire::seal_nixl_metadata(
             self.handle.local_metadata()?,
             self.connection_info.get().map_or("", String::as_str),
-        ))
+        );
+        Ok(descriptor_service::seal(&self.auth, metadata))
     }
 }
 
@@ -138,6 +148,19 @@ impl AgentCore {
         self.waker.wake();
     }
 
+    /// The name NIXL knows peer `name` by: its own, until a load of it failed.
+    fn nixl_name<'a>(&self, name: &'a str) -> Cow<'a, str> {
+        match self.load_generations.lock().get(name) {
+            Some(generation) => Cow::Owned(format!("{name}#kvxfer-load-{generation}")),
+            None => Cow::Borrowed(name),
+        }
+    }
+
+    /// A load of `name` failed inside NIXL: load it under another NIXL name next time.
+    fn retire_nixl_name(&self, name: &str) {
+        *self.load_generations.lock().entry(name.to_owned()).or_insert(0) += 1;
+    }
+
     fn ensure_loaded(&self, name: &str) -> Result<()> {
         if name == self.handle.name {
             return Ok(());
@@ -173,7 +196,7 @@ impl AgentCore {
     fn drop_peer(&self, name: &str, why: &str) -> Result<()> {
         self.forget(name, why);
         self.dormant.lock().remove(name);
-        self.handle.invalidate(name)
+        self.handle.invalidate(&self.nixl_name(name))
     }
 
     /// Forget a peer here; a healthy one loaded from a descriptor stays loaded in NIXL (see `dormant`).
@@ -196,7 +219,7 @@ impl AgentCore {
             evicted
         };
         if let Some(old) = evicted {
-            let _ = self.handle.invalidate(&old);
+            let _ = self.handle.invalidate(&self.nixl_name(&old));
         }
         Ok(())
     }
@@ -212,7 +235,7 @@ impl AgentCore {
             Some(_) => {
                 dormant.remove(name);
                 drop(dormant);
-                let _ = self.handle.invalidate(name);
+                let _ = self.handle.invalidate(&self.nixl_name(name));
                 false
             }
             None => false,
@@ -221,13 +244,13 @@ impl AgentCore {
 
     fn release_dormant(&self, name: &str) {
         if self.dormant.lock().remove(name).is_some() {
-            let _ = self.handle.invalidate(name);
+            let _ = self.handle.invalidate(&self.nixl_name(name));
         }
     }
 
     /// Connect now, so the first transfer does not pay for it (and a dead peer shows here).
     fn connect_early(&self, name: &str) {
-        if let Err(e) = self.handle.make_connection(name) {
+        if let Err(e) = self.handle.make_connection(&self.nixl_name(name)) {
             crate::log_at!(Debug, "NIXL agent {:?}: early connection to {name:?} not made: {e}", self.handle.name);
         }
     }
@@ -365,6 +388,22 @@ fn create_with_nixl_listener(settings: &AgentSettings) -> Result<(NixlHandle, St
 }
 
 impl NixlAgent {
+    /// A peer's metadata once its MAC is verified. Stock NIXL agents cannot
+    /// authenticate: with `KVX_NIXL_STOCK_PEERS=1` their (unsealed) metadata
+    /// passes, but kvxfer's own metadata without a valid MAC never does.
+    fn authenticated<'a>(&self, name: &str, bytes: &'a [u8]) -> Result<&'a [u8]> {
+        match descriptor_service::open(&self.core.auth, name, bytes) {
+            Err(e) if e.status == kvx_status::KVX_ERR_AUTH && stock_peers() && wire::is_stock_nixl_metadata(bytes) => {
+                crate::log_at!(
+                    Debug,
+                    "loading stock NIXL metadata of {name:?} unauthenticated (KVX_NIXL_STOCK_PEERS=1)"
+                );
+                Ok(bytes)
+            }
+            other => other,
+        }
+    }
+
     /// Load a peer's (sealed) metadata. `just_fetched`: it came from the peer's
     /// listener a moment ago, so the peer was alive and the metadata is current.
     fn load_descriptor(&self, name: &str, descriptor: &[u8], just_fetched: bool, started: Instant) -> Result<()> {
@@ -376,6 +415,7 @@ impl NixlAgent {
         if name == self.core.handle.name {
             return Ok(()); // NIXL serves loop-back transfers without loading itself.
         }
+        let descriptor = self.authenticated(name, descriptor)?;
         let known =
             self.core.remotes.lock().get(name).map(|r| r.failed.is_none() && r.metadata.as_deref() == Some(descriptor));
         match known {
@@ -395,7 +435,8 @@ impl NixlAgent {
         }
         // Loading an exited agent's metadata costs a socket inside NIXL: ask its
         // listener first (also right after a fetch, which the agent may not have outlived).
-        if let Some(listener) = opened.listener.and_then(|l| net::parse_connection_info(l).ok()) {
+        let listener = opened.listener.and_then(|l| net::parse_connection_info(l).ok());
+        if let Some(listener) = listener {
             if control::listener_gone(listener) {
                 self.core.release_dormant(name);
                 self.core.unreachable.lock().record(fingerprint);
@@ -404,19 +445,40 @@ impl NixlAgent {
                 )));
             }
         }
+        let carried = wire::nixl_metadata_name(metadata)?;
+        if carried != name {
+            return Err(Error::invalid(format!("descriptor belongs to agent {carried:?}, not {name:?}")));
+        }
         if self.core.wake_dormant(name, descriptor) {
             // Still loaded in NIXL from the same descriptor: reuse its connection.
             self.core.remember(name, Some(descriptor.to_vec()), started);
             return Ok(());
         }
-        let loaded = self.core.handle.load_metadata(metadata).inspect_err(|e| {
-            // A half-loaded peer blocks later loads of the same name in NIXL: clear it.
-            let _ = self.core.handle.invalidate(name);
+        let nixl_name = self.core.nixl_name(name).into_owned();
+        let renamed;
+        let metadata = if nixl_name != name {
+            renamed = wire::rename_nixl_metadata(metadata, &nixl_name)?;
+            &renamed[..]
+        } else {
+            metadata
+        };
+        let loaded = self.core.handle.load_metadata(metadata).map_err(|e| {
+            // The peer's listener answered just now: it lives, so what NIXL could not use is its metadata.
+            if e.status == kvx_status::KVX_ERR_PEER && listener.is_some() {
+                Error::malformed(format!("{} (agent {name:?} is alive: its metadata is malformed)", e.message))
+            } else {
+                e
+            }
+        });
+        let loaded = loaded.inspect_err(|e| {
+            // A half-loaded peer may block later loads of its NIXL name: clear it, and use another.
+            let _ = self.core.handle.invalidate(&nixl_name);
+            self.core.retire_nixl_name(name);
             if e.status == kvx_status::KVX_ERR_PEER {
                 self.core.unreachable.lock().record(fingerprint);
             }
         })?;
-        if loaded != name {
+        if loaded != nixl_name {
             if !self.core.remotes.lock().contains_key(&loaded) {
                 let _ = self.core.handle.invalidate(&loaded);
             }
@@ -443,13 +505,14 @@ impl NixlAgent {
             }
         }
         let handle = &self.core.handle;
-        if is_self || handle.check_remote(req.remote_name, req.remote_type, remote)? {
+        let nixl_name = self.core.nixl_name(req.remote_name);
+        if is_self || handle.check_remote(&nixl_name, req.remote_type, remote)? {
             return Ok(());
         }
         // Name the first offending descriptor (error path only: one check each).
         let mut first_bad = None;
         for (i, d) in remote.iter().enumerate() {
-            if !handle.check_remote(req.remote_name, req.remote_type, std::slice::from_ref(d))? {
+            if !handle.check_remote(&nixl_name, req.remote_type, std::slice::from_ref(d))? {
                 first_bad = Some((i, d));
                 break;
             }
@@ -468,6 +531,17 @@ impl TransferAgent for NixlAgent {
     type Transfer = NixlTransfer;
 
     fn create(settings: &AgentSettings) -> Result<Self> {
+        if stock_peers() {
+            crate::log_at!(
+                Warn,
+                "KVX_NIXL_STOCK_PEERS=1: agent {:?} accepts metadata from stock NIXL agents, which cannot be \
+                 authenticated{}, and serves and fetches metadata through NIXL's own listener, which kvxfer cannot \
+                 authenticate or restrict (KVX_ALLOWED_PEERS does not apply to it). Only kvxfer framing checks stand \
+                 between a peer's bytes and NIXL",
+                settings.name,
+                if settings.auth.is_enabled() { " even though KVX_AUTH_KEY is set" } else { "" }
+            );
+        }
         let (handle, nixl_listener) = if stock_peers() {
             let (handle, connection_info) = create_with_nixl_listener(settings)?;
             (handle, Some(connection_info))
@@ -488,6 +562,8 @@ impl TransferAgent for NixlAgent {
             notifications: NotificationQueue::default(),
             inflight: Mutex::new(Vec::new()),
             waker: Arc::new(Waker::default()),
+            auth: settings.auth.clone(),
+            load_generations: Mutex::new(HashMap::new()),
             poll_failure: Default::default(),
             stats: Scope::new(ScopeKind::Agent, "NIXL", &settings.name),
             transport,
@@ -567,20 +643,35 @@ impl TransferAgent for NixlAgent {
         }
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.core.timeout);
         if !self.nixl_listener {
-            let descriptor =
-                descriptor_service::fetch(name, connection_info, deadline.saturating_duration_since(Instant::now()))
-                    .inspect_err(|e| self.core.load_failed(name, started, e))?;
+            let descriptor = descriptor_service::fetch(
+                name,
+                connection_info,
+                &self.core.auth,
+                deadline.saturating_duration_since(Instant::now()),
+            )
+            .inspect_err(|e| self.core.load_failed(name, started, e))?;
             return self.load_descriptor(name, &descriptor, true, started);
         }
         if known == Some(false) {
             let _ = self.core.drop_peer(name, "failed and is loaded again");
         }
         let handle = &self.core.handle;
+        // NIXL's listener loads the peer under its own name.
+        self.core.load_generations.lock().remove(name);
         handle.fetch_metadata(name, &addr.ip().to_string(), addr.port())?;
+        // NIXL 1.5.1 may send the request on a socket to an earlier process at that
+        // address (a restarted peer), which never answers: ask once more, on a fresh request.
+        let mut retry_at =
+            Some(Instant::now() + STOCK_FETCH_RETRY.min(deadline.saturating_duration_since(Instant::now()) / 2));
         // NIXL loads the answer on its listener thread: poll until it is usable, as TensorRT-LLM does.
         loop {
             if handle.check_remote(name, kvx_memory_type::KVX_MEMORY_DRAM, &[])? {
                 break;
+            }
+            if retry_at.is_some_and(|at| Instant::now() >= at) {
+                retry_at = None;
+                crate::log_at!(Info, "agent {name:?} did not answer at {connection_info} yet: asking again");
+                handle.fetch_metadata(name, &addr.ip().to_string(), addr.port())?;
             }
             if Instant::now() >= deadline {
                 return Err(Error::timeout(format!(
@@ -609,7 +700,7 @@ impl TransferAgent for NixlAgent {
         if !self.core.remotes.lock().contains_key(name) {
             return Ok(false);
         }
-        self.core.handle.check_remote(name, mem_type, descs)
+        self.core.handle.check_remote(&self.core.nixl_name(name), mem_type, descs)
     }
 
     fn submit(&self, req: &TransferRequest<'_>) -> Result<NixlTransfer> {
@@ -639,7 +730,7 @@ impl TransferAgent for NixlAgent {
             op,
             (req.local_type, &local),
             (req.remote_type, &remote),
-            req.remote_name,
+            &core.nixl_name(req.remote_name),
             req.sync_message,
         )?;
         // Posted: from here on it is a transfer (a refusal above is counted by the dispatch layer).
@@ -685,7 +776,7 @@ impl TransferAgent for NixlAgent {
             return Ok(());
         }
         self.core.ensure_loaded(name)?;
-        self.core.handle.send_notification(name, message)?;
+        self.core.handle.send_notification(&self.core.nixl_name(name), message)?;
         self.core.wake_poller();
         Ok(())
     }

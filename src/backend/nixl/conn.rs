@@ -10,6 +10,7 @@
 
 use super::handle::{NixlHandle, NixlOptions};
 use super::poller::{Poller, Waker};
+use crate::core::auth::PeerAuth;
 use crate::core::connections::{answer_connect, ConnectionCache};
 use crate::core::control::{self, ControlHandler, ControlServer};
 use crate::core::error::{kvx_status, Error, Result};
@@ -98,6 +99,7 @@ struct CmCore {
     last_send_ms: AtomicU64,
     epoch: Instant,
     waker: Arc<Waker>,
+    auth: PeerAuth,
     /// The poller's last failure, so one that repeats every round is logged once.
     poll_failure: crate::core::log::OnChange,
     stats: Arc<Scope>,
@@ -249,7 +251,7 @@ impl NixlConnectionManager {
             endpoint: core.handle.local_metadata()?,
             client_address: core.address.lock().clone(),
         };
-        let reply = control::request(addr, &request, timeout).map_err(|e| {
+        let reply = control::request(addr, &request, &core.auth, timeout).map_err(|e| {
             let peer = core.stats.peer(address);
             core.stats.connection_setup(&peer, started, false);
             let e = e.context(&format!("connecting to {address}"));
@@ -282,13 +284,19 @@ impl ConnectionManager for NixlConnectionManager {
             last_send_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             waker: Arc::new(Waker::default()),
+            auth: settings.auth.clone(),
             poll_failure: Default::default(),
             stats: Scope::new(ScopeKind::ConnectionManager, "NIXL", ""),
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
         let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_NIXL_INTERFACE")?;
-        let server =
-            ControlServer::start(ip, settings.listen_port, Arc::new(Listener(Arc::downgrade(&core))), "kvx-cm-listen")?;
+        let server = ControlServer::start(
+            ip,
+            settings.listen_port,
+            Arc::new(Listener(Arc::downgrade(&core))),
+            settings.auth.clone(),
+            "kvx-cm-listen",
+        )?;
         *core.address.lock() = net::format_connection_info(&server.local_addr());
         core.stats.set_name(&core.address.lock());
         Ok(NixlConnectionManager { listener: Mutex::new(Some(server)), poller: Some(poller), core })
@@ -412,6 +420,8 @@ impl Connection for NixlConnection {
     }
 
     fn send(&self, tag: u32, data: &[u8], _deadline: Option<Instant>) -> Result<()> {
+        let core = self.core()?;
+        core.check_running()?;
         self.check_alive()?;
         if data.len() > MAX_MESSAGE {
             return Err(Error::invalid(format!(
@@ -419,7 +429,6 @@ impl Connection for NixlConnection {
                 data.len()
             )));
         }
-        let core = self.core()?;
         // Notifications carry host bytes: a device buffer is staged through the host first.
         let staged;
         let data = if crate::cuda::pointer_location(data.as_ptr() as u64).0
@@ -441,9 +450,10 @@ impl Connection for NixlConnection {
     }
 
     fn recv(&self, tag: u32, data: &mut [u8], deadline: Option<Instant>) -> Result<()> {
-        self.check_alive()?;
         let core = self.core()?;
-        let alive = || self.check_alive().and_then(|()| self.probe_peer());
+        core.check_running()?;
+        self.check_alive()?;
+        let alive = || core.check_running().and_then(|()| self.check_alive()).and_then(|()| self.probe_peer());
         let message =
             core.take(deadline, alive, |m| m.conn_id == self.local_id && m.tag == tag && m.sender == self.peer_name);
         let message = message.map_err(|e| {

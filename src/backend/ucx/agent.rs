@@ -6,6 +6,7 @@
 use super::ops::Op;
 use super::sys::*;
 use super::worker::{ucx_error, Endpoint, Worker, WorkerOwner};
+use crate::core::auth::PeerAuth;
 use crate::core::coalesce;
 use crate::core::completion::Completion;
 use crate::core::control::ControlServer;
@@ -81,6 +82,7 @@ struct AgentCore {
     local: Mutex<Registrations<LocalRegion>>,
     remotes: RwLock<HashMap<String, Arc<RemoteAgent>>>,
     notifications: Arc<NotificationQueue>,
+    auth: PeerAuth,
     stats: Arc<Scope>,
 }
 
@@ -272,7 +274,7 @@ impl DescribedAgent for AgentCore {
         &self.name
     }
     fn describe(&self) -> Result<Vec<u8>> {
-        Ok(self.descriptor().encode())
+        Ok(descriptor_service::seal(&self.auth, self.descriptor().encode()))
     }
 }
 
@@ -492,6 +494,7 @@ impl TransferAgent for UcxAgent {
             local: Mutex::new(Registrations::new(crate::cuda::locate_pointer)),
             remotes: RwLock::new(HashMap::new()),
             notifications,
+            auth: settings.auth.clone(),
             stats: Scope::new(ScopeKind::Agent, "UCX", &settings.name),
         });
         let listener = descriptor_service::serve(settings, &core)?;
@@ -532,7 +535,7 @@ impl TransferAgent for UcxAgent {
     }
 
     fn local_descriptor(&self) -> Result<Vec<u8>> {
-        Ok(self.core.descriptor().encode())
+        self.core.describe()
     }
 
     fn connection_info(&self) -> Result<String> {
@@ -540,7 +543,7 @@ impl TransferAgent for UcxAgent {
     }
 
     fn load_remote(&self, name: &str, descriptor: &[u8]) -> Result<()> {
-        self.core.load(name, descriptor, Instant::now())
+        self.core.load(name, descriptor_service::open(&self.core.auth, name, descriptor)?, Instant::now())
     }
 
     fn load_remote_by_connection_info(
@@ -551,12 +554,13 @@ impl TransferAgent for UcxAgent {
     ) -> Result<()> {
         let started = Instant::now();
         let timeout = deadline.map_or(self.core.timeout, |d| d.saturating_duration_since(started));
-        let descriptor = descriptor_service::fetch(name, connection_info, timeout).inspect_err(|e| {
-            let peer = self.core.stats.peer(name);
-            self.core.stats.connection_setup(&peer, started, false);
-            peer.log_failure(crate::core::log::Level::Warn, "load_failed", e.status, &e.message, Vec::new());
-        })?;
-        self.core.load(name, &descriptor, started)
+        let descriptor =
+            descriptor_service::fetch(name, connection_info, &self.core.auth, timeout).inspect_err(|e| {
+                let peer = self.core.stats.peer(name);
+                self.core.stats.connection_setup(&peer, started, false);
+                peer.log_failure(crate::core::log::Level::Warn, "load_failed", e.status, &e.message, Vec::new());
+            })?;
+        self.core.load(name, descriptor_service::open(&self.core.auth, name, &descriptor)?, started)
     }
 
     fn invalidate_remote(&self, name: &str) -> Result<()> {

@@ -9,6 +9,7 @@
 
 use super::ops::Op;
 use super::worker::{Endpoint, Worker, WorkerOwner};
+use crate::core::auth::PeerAuth;
 use crate::core::connections::{answer_connect, ConnectionCache};
 use crate::core::control::{self, ControlHandler, ControlServer};
 use crate::core::error::{kvx_status, Error, Result};
@@ -33,8 +34,10 @@ pub struct UcxConnection {
     peer_address: String,
     endpoint: Endpoint,
     timeout: Duration,
-    /// Receives in flight, cancelled when the peer fails.
+    /// Receives in flight, cancelled when the peer fails or the manager shuts down.
     pending_recvs: Mutex<Vec<Weak<Op>>>,
+    /// The manager's: after `kvx_cm_shutdown`, sends and receives are cancelled.
+    manager_running: Arc<AtomicBool>,
     stats: Arc<PeerStats>,
 }
 
@@ -48,9 +51,10 @@ struct CmCore {
     next_id: AtomicU32,
     by_id: RwLock<HashMap<u32, Arc<UcxConnection>>>,
     cache: ConnectionCache<UcxConnection>,
-    running: AtomicBool,
+    running: Arc<AtomicBool>,
     /// `recv_connect` calls in flight, cancelled by shutdown.
     waiting: Mutex<Vec<Weak<Op>>>,
+    auth: PeerAuth,
     stats: Arc<Scope>,
 }
 
@@ -88,6 +92,7 @@ impl CmCore {
             endpoint,
             timeout: self.timeout,
             pending_recvs: Mutex::new(Vec::new()),
+            manager_running: self.running.clone(),
             stats,
         });
         // When the peer fails, cancel this connection's receives so they end now.
@@ -145,7 +150,7 @@ impl UcxConnectionManager {
             endpoint: core.worker.address().to_vec(),
             client_address: own_address,
         };
-        let reply = control::request(addr, &request, timeout).map_err(|e| {
+        let reply = control::request(addr, &request, &core.auth, timeout).map_err(|e| {
             let peer = core.stats.peer(address);
             core.stats.connection_setup(&peer, started, false);
             let e = e.context(&format!("connecting to {address}"));
@@ -196,13 +201,19 @@ impl ConnectionManager for UcxConnectionManager {
             next_id: AtomicU32::new(1),
             by_id: RwLock::new(HashMap::new()),
             cache: ConnectionCache::default(),
-            running: AtomicBool::new(true),
+            running: Arc::new(AtomicBool::new(true)),
             waiting: Mutex::new(Vec::new()),
+            auth: settings.auth.clone(),
             stats: Scope::new(ScopeKind::ConnectionManager, "UCX", ""),
         });
         let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_UCX_INTERFACE")?;
-        let server =
-            ControlServer::start(ip, settings.listen_port, Arc::new(Listener(Arc::downgrade(&core))), "kvx-cm-listen")?;
+        let server = ControlServer::start(
+            ip,
+            settings.listen_port,
+            Arc::new(Listener(Arc::downgrade(&core))),
+            settings.auth.clone(),
+            "kvx-cm-listen",
+        )?;
         *core.address.lock() = net::format_connection_info(&server.local_addr());
         core.stats.set_name(&core.address.lock());
         Ok(UcxConnectionManager { listener: Mutex::new(Some(server)), core })
@@ -257,7 +268,10 @@ impl ConnectionManager for UcxConnectionManager {
     fn shutdown(&self) {
         self.core.running.store(false, Ordering::Release);
         self.listener.lock().take();
-        let waiting: Vec<_> = self.core.waiting.lock().drain(..).filter_map(|w| w.upgrade()).collect();
+        let mut waiting: Vec<_> = self.core.waiting.lock().drain(..).filter_map(|w| w.upgrade()).collect();
+        for conn in self.core.by_id.read().values() {
+            waiting.extend(conn.pending_recvs.lock().drain(..).filter_map(|w| w.upgrade()));
+        }
         let _g = self.core.worker.lock();
         for op in waiting {
             op.cancel_locked();
@@ -278,12 +292,22 @@ impl Drop for UcxConnectionManager {
     }
 }
 
+impl UcxConnection {
+    fn check_manager_running(&self) -> Result<()> {
+        if !self.manager_running.load(Ordering::Acquire) {
+            return Err(Error::new(kvx_status::KVX_ERR_CANCELED, "connection manager was shut down"));
+        }
+        Ok(())
+    }
+}
+
 impl Connection for UcxConnection {
     fn timeout_ms(&self) -> u64 {
         self.timeout.as_millis() as u64
     }
 
     fn send(&self, tag: u32, data: &[u8], deadline: Option<Instant>) -> Result<()> {
+        self.check_manager_running()?;
         self.endpoint.state.check(&self.peer_address)?;
         let worker = &self.endpoint.worker;
         let op = Op::new(worker, "send");
@@ -326,6 +350,7 @@ impl Connection for UcxConnection {
     }
 
     fn recv(&self, tag: u32, data: &mut [u8], deadline: Option<Instant>) -> Result<()> {
+        self.check_manager_running()?;
         self.endpoint.state.check(&self.peer_address)?;
         let wire_tag = ((self.local_id as u64) << 32) | tag as u64;
         let op = post_recv(&self.endpoint.worker, data, wire_tag, FULL_MASK, "recv");
@@ -334,14 +359,15 @@ impl Connection for UcxConnection {
             pending.retain(|w| w.strong_count() > 0);
             pending.push(Arc::downgrade(&op));
         }
-        // The peer may have failed between the check and the registration above.
-        if self.endpoint.state.failed.load(Ordering::Acquire) {
+        // The peer may have failed, or the manager shut down, between the checks and the registration above.
+        if self.endpoint.state.failed.load(Ordering::Acquire) || !self.manager_running.load(Ordering::Acquire) {
             let _g = self.endpoint.worker.lock();
             op.cancel_locked();
         }
         let result = op.wait(deadline);
         if let Err(e) = &result {
             if e.status == kvx_status::KVX_ERR_CANCELED {
+                self.check_manager_running()?;
                 self.endpoint.state.check(&self.peer_address)?;
             }
         }

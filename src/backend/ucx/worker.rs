@@ -410,9 +410,7 @@ unsafe extern "C" fn endpoint_error(arg: *mut c_void, _ep: ucp_ep_h, status: ucs
 
 impl Endpoint {
     pub fn connect(worker: &Arc<Worker>, remote_address: &[u8]) -> Result<Endpoint> {
-        if remote_address.is_empty() {
-            return Err(Error::malformed("peer endpoint address is empty"));
-        }
+        crate::core::wire::check_ucx_worker_address(remote_address)?;
         let state = Arc::new(EndpointState::default());
         let handler_arg = Arc::into_raw(state.clone());
         let mut params: ucp_ep_params_t = zeroed();
