@@ -51,12 +51,13 @@ fn main() {
     // Every struct src/sys.rs shares with C has the header's layout (checked by the C compiler).
     let asserts = layout_asserts! {
         kvx_agent_config { struct_size, name, backend, use_listen_thread, listen_ip, listen_port, timeout_ms,
-                           progress_thread, num_workers, backend_params }
+                           progress_thread, num_workers, backend_params, auth_key, auth_key_len, auth_key_file }
         kvx_memory_desc { addr, len, device_id }
         kvx_bytes { data, len }
         kvx_transfer_request { op, src_type, src_descs, dst_type, dst_descs, count, remote_name, sync_message,
                                sync_message_len, has_sync_message }
-        kvx_cm_config { struct_size, backend, listen_ip, listen_port, timeout_ms }
+        kvx_cm_config { struct_size, backend, listen_ip, listen_port, timeout_ms, auth_key, auth_key_len,
+                        auth_key_file }
         kvx_backend_info { struct_size, backend, name, library_path, library_version }
     };
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());

@@ -58,6 +58,9 @@ pub struct kvx_agent_config {
     pub progress_thread: u32,
     pub num_workers: u32,
     pub backend_params: *const c_char,
+    pub auth_key: *const u8,
+    pub auth_key_len: usize,
+    pub auth_key_file: *const c_char,
 }
 
 #[repr(C)]
@@ -95,6 +98,9 @@ pub struct kvx_cm_config {
     pub listen_ip: *const c_char,
     pub listen_port: u16,
     pub timeout_ms: u64,
+    pub auth_key: *const u8,
+    pub auth_key_len: usize,
+    pub auth_key_file: *const c_char,
 }
 
 #[repr(C)]
