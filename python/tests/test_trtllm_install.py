@@ -4,12 +4,10 @@ made here, run as the command a user types (separate processes)."""
 import importlib.machinery
 import json
 import os
-import pathlib
 import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 import pytest
@@ -140,34 +138,29 @@ def test_refuses_a_tree_that_is_not_tensorrt_llm(tmp_path, shape):
 
 
 def test_refuses_a_read_only_tree(tmp_path):
-    # A folder another user can reach (pytest's own tmp_path is private to root).
-    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="kvxfer-ro-", dir="/tmp"))
     site = tmp_path / "site"
     site.mkdir()
     pkg = make_tree(site)
     before = snapshot(site)
     args = [sys.executable, "-m", "kvxfer", "trtllm", "install", "--site", str(site)]
     if os.geteuid() == 0:
-        # root writes through file modes: run as an unprivileged user for whom the tree is read-only.
-        if not shutil.which("setpriv"):
-            pytest.skip("running as root without setpriv")
-        os.chmod(tmp_path, 0o755)
-        for p in [site, pkg, pkg / "libs"]:
-            os.chmod(p, 0o755)
-        args = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + args
-        env = dict(os.environ, HOME="/tmp")
+        # root writes through file modes, so the tree is made read-only the way a
+        # read-only image is: a read-only bind mount, in a mount namespace of the
+        # command's own (nothing outside it changes).
+        if not shutil.which("unshare"):
+            pytest.skip("running as root without unshare")
+        script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+        args = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(pkg)] + args
     else:
         for p in [pkg, pkg / "libs"]:
             os.chmod(p, 0o555)
-        env = None
     try:
-        r = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env, cwd="/")
+        r = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd="/")
     finally:
         for p in [pkg, pkg / "libs"]:
             os.chmod(p, 0o755)
     assert r.returncode == 2 and "not writable" in r.stderr, r.stdout + r.stderr
     assert snapshot(site) == before
-    shutil.rmtree(tmp_path)
 
 
 def test_status_names_a_missing_package_clearly(tmp_path):
