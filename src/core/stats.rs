@@ -276,6 +276,13 @@ impl Scope {
         *self.name.lock() = name.to_owned();
     }
 
+    /// Count drained notifications against their senders.
+    pub fn notifications_drained(self: &Arc<Self>, arrived: &[(String, Vec<u8>)]) {
+        for (sender, _) in arrived {
+            self.peer(sender).notification_received();
+        }
+    }
+
     /// The counters of peer `name` (kept after the peer is invalidated, as counters are).
     pub fn peer(self: &Arc<Self>, name: &str) -> Arc<PeerStats> {
         let mut peers = self.peers.lock();

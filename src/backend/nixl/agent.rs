@@ -785,9 +785,7 @@ impl TransferAgent for NixlAgent {
         // Deliver anything already arrived before reporting.
         self.core.drain_notifications()?;
         let arrived = self.core.notifications.drain();
-        for (sender, _) in &arrived {
-            self.core.stats.peer(sender).notification_received();
-        }
+        self.core.stats.notifications_drained(&arrived);
         Ok(arrived)
     }
 

@@ -637,9 +637,7 @@ impl TransferAgent for UcxAgent {
         // Deliver anything already arrived before reporting.
         self.core.worker.pump();
         let arrived = self.core.notifications.drain();
-        for (sender, _) in &arrived {
-            self.core.stats.peer(sender).notification_received();
-        }
+        self.core.stats.notifications_drained(&arrived);
         Ok(arrived)
     }
 
