@@ -65,14 +65,18 @@ fn bad_values_from_c_are_refused() {
         assert_eq!(kvx_agent_register_memory(agent.raw, 7, d.as_ptr(), 1), KVX_ERR_INVALID_ARGUMENT);
         let zero = [kvxfer::core::memory::kvx_memory_desc { addr: 4096, len: 0, device_id: 0 }];
         assert_eq!(kvx_agent_register_memory(agent.raw, 0, zero.as_ptr(), 1), KVX_ERR_INVALID_ARGUMENT);
-        // Memory this process cannot read: a PROT_NONE page, then the same page unmapped.
+        // Memory this process cannot read: a PROT_NONE page, then memory not mapped at all.
         let page =
             libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
         let guard = [kvxfer::core::memory::kvx_memory_desc { addr: page as u64, len: 4096, device_id: 0 }];
         assert_eq!(kvx_agent_register_memory(agent.raw, 0, guard.as_ptr(), 1), KVX_ERR_INVALID_ARGUMENT);
         assert!(last_error().contains("not mapped readable"), "{}", last_error());
         libc::munmap(page, 4096);
-        assert_eq!(kvx_agent_register_memory(agent.raw, 0, guard.as_ptr(), 1), KVX_ERR_INVALID_ARGUMENT);
+        // Unmapped: the first pages of the address space, which no mapping may take
+        // (a page just unmapped can be taken again at once by another thread's mmap).
+        let unmapped = [kvxfer::core::memory::kvx_memory_desc { addr: 4096, len: 4096, device_id: 0 }];
+        assert_eq!(kvx_agent_register_memory(agent.raw, 0, unmapped.as_ptr(), 1), KVX_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("not mapped"), "{}", last_error());
         let wrap = [kvxfer::core::memory::kvx_memory_desc { addr: u64::MAX - 2, len: 10, device_id: 0 }];
         assert_eq!(kvx_agent_register_memory(agent.raw, 0, wrap.as_ptr(), 1), KVX_ERR_INVALID_ARGUMENT);
         let mut backend = 0u32;

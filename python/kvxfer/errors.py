@@ -77,6 +77,10 @@ class SystemCallError(Error):
     """An operating-system call failed: socket, thread, file (KVX_ERR_SYSTEM)."""
 
 
+class AuthError(Error):
+    """A peer's bytes are not authenticated by this deployment's secret: no MAC, another key, stale (KVX_ERR_AUTH)."""
+
+
 class InternalError(Error):
     """Anything else: a bug in kvxfer (KVX_ERR_INTERNAL)."""
 
@@ -97,6 +101,7 @@ _BY_CODE = {
     -13: PanicError,
     -14: SystemCallError,
     -15: InternalError,
+    -16: AuthError,
 }
 
 
