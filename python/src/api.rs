@@ -160,7 +160,7 @@ impl Agent {
     #[new]
     #[pyo3(signature = (name, *, backend="auto", listen=true, listen_ip=None, listen_port=0, timeout_ms=0,
                         progress_thread=None, num_workers=0, backend_params=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // each is a Python keyword argument of Agent()
     fn new(
         py: Python<'_>,
         name: String,
@@ -321,7 +321,7 @@ impl Agent {
     /// (registered by `remote_name`), pairwise; `sync_message` reaches the peer
     /// after the data. `op` is "read"/"write" or TransferOp.
     #[pyo3(signature = (op, local, remote, remote_name, sync_message=None, local_type=None, remote_type=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // each is a Python argument of submit()
     fn submit(
         &self,
         py: Python<'_>,

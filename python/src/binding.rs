@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 #[pyclass(module = "tensorrt_llm_transfer_agent_binding", eq, eq_int, frozen, hash)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-#[allow(clippy::upper_case_acronyms)]
+#[allow(clippy::upper_case_acronyms)] // the variants are TensorRT-LLM's own names (DRAM, VRAM, ...)
 pub enum MemoryType {
     DRAM = 0,
     VRAM = 1,
@@ -38,7 +38,7 @@ impl MemoryType {
 
 #[pyclass(module = "tensorrt_llm_transfer_agent_binding", eq, eq_int, frozen, hash)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(clippy::upper_case_acronyms)]
+#[allow(clippy::upper_case_acronyms)] // the variants are TensorRT-LLM's own names (READ, WRITE)
 pub enum TransferOp {
     READ = 0,
     WRITE = 1,
@@ -351,7 +351,7 @@ impl BaseAgentConfig {
     #[pyo3(signature = (name=String::new(), use_prog_thread=true, multi_thread=false, use_listen_thread=false,
                         enable_telemetry=false, backend_params=HashMap::new(), rank=None, world_size=None,
                         agent_buffer_size_mb=0, bounce_params=HashMap::new()))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // each is a keyword argument of TensorRT-LLM's BaseAgentConfig
     fn new(
         name: String,
         use_prog_thread: bool,

@@ -282,7 +282,7 @@ impl AgentHandle {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // one argument per field of kvx_transfer_request
     pub fn submit(
         &self,
         op: u32,
