@@ -33,6 +33,8 @@ const DETECT_LIMIT: Duration = Duration::from_secs(10);
 const PEER_BUF: usize = 16 << 20;
 const CHUNK: usize = 1 << 20;
 const CHUNKS: usize = 32;
+/// Peers killed mid-flood per round of `kill_while_flooding`.
+const KILLS_WHILE_FLOODING: usize = 5;
 
 // ---------------------------------------------------------------- the peer
 
@@ -200,6 +202,15 @@ fn peer_main() {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 println!("STREAMED");
+            }
+            // Notifications to the survivor as fast as they go, until killed: a kill
+            // then lands inside a send with high probability.
+            Some("flood") => {
+                println!("FLOODING");
+                std::io::stdout().flush().unwrap();
+                let msg = [7u8; 64];
+                while agent.notify(w[1], &msg) == KVX_OK {}
+                println!("FLOOD ENDED");
             }
             Some("desc") => {
                 println!("DESC {}", agent.desc().iter().map(|b| format!("{b:02x}")).collect::<String>());
@@ -482,6 +493,47 @@ fn kill_mid_transfer(l: &Launcher) -> Report {
         detect.as_millis(),
         notes.len()
     )
+}
+
+/// SIGKILL while the peer floods this agent with notifications, several
+/// times: a peer killed inside a send must not leave this agent unable to
+/// reach (or hear from) the next one.
+fn kill_while_flooding(l: &Launcher) -> Report {
+    let agent = Agent::try_new_on(l.backend, "survivor", true, 0).unwrap();
+    let src = pattern(PEER_BUF, 5);
+    let local = agent.register(&[&src]);
+    let back = vec![0u8; PEER_BUF];
+    let back_d = agent.register(&[&back]);
+    let mut heard = 0;
+    for _ in 0..KILLS_WHILE_FLOODING {
+        let mut peer = l.start("flooder");
+        ok(agent.load_by_info("flooder", &peer.info));
+        peer.command(&format!("load survivor {}", agent.conn_info()));
+        assert_eq!(peer.expect("LOADED"), "LOADED KVX_OK");
+        peer.command("flood survivor");
+        peer.expect("FLOODING");
+        heard += agent.wait_notifications(100, 20_000).len();
+        peer.kill9();
+        drop(agent.notifications());
+        let st = agent.invalidate("flooder");
+        assert!(st == KVX_OK || st == KVX_ERR_NOT_FOUND, "invalidate: {st:?} {}", last_error());
+        // The next peer is reached, and heard: its notification arrives.
+        let mut next = l.start("flooder");
+        ok(agent.load_by_info("flooder", &next.info));
+        agent.submit(WRITE, &local, &next.remote(0, PEER_BUF), "flooder", None).unwrap().expect_success();
+        agent.submit(READ, &back_d, &next.remote(0, PEER_BUF), "flooder", None).unwrap().expect_success();
+        assert!(back == src, "data read back from the next peer differs");
+        next.command(&format!("load survivor {}", agent.conn_info()));
+        assert_eq!(next.expect("LOADED"), "LOADED KVX_OK");
+        next.command("flood survivor");
+        next.expect("FLOODING");
+        let notes = agent.wait_notifications(1, 10_000);
+        assert!(!notes.is_empty(), "no notification from the next peer arrived after a peer was killed mid-send");
+        drop(next);
+        let st = agent.invalidate("flooder");
+        assert!(st == KVX_OK || st == KVX_ERR_NOT_FOUND, "invalidate: {st:?} {}", last_error());
+    }
+    format!("kills={KILLS_WHILE_FLOODING} notifications_heard={heard}")
 }
 
 /// As `kill_mid_transfer`, but the peer crashes (a write through a null
@@ -835,6 +887,7 @@ fn scenario(name: &str) -> fn(&Launcher) -> Report {
     match name {
         "kill_mid_transfer" => kill_mid_transfer,
         "crash_mid_transfer" => crash_mid_transfer,
+        "kill_while_flooding" => kill_while_flooding,
         "kill_during_setup" => kill_during_setup,
         "kill_while_receiving" => kill_while_receiving,
         "stopped_peer" => stopped_peer,
@@ -971,6 +1024,7 @@ macro_rules! on_each_backend {
 on_each_backend!(sigkill_mid_transfer_fails_pending_keeps_completed_and_reconnects, "kill_mid_transfer", None);
 on_each_backend!(sigkill_mid_transfer_over_tcp_fails_transfers_in_flight, "kill_mid_transfer", Some("tcp"));
 on_each_backend!(sigsegv_with_core_dump_mid_transfer_fails_as_fast_as_sigkill, "crash_mid_transfer", None);
+on_each_backend!(sigkill_while_peer_floods_notifications_next_peer_works, "kill_while_flooding", None);
 on_each_backend!(sigkill_during_connection_setup_fails_fast, "kill_during_setup", None);
 on_each_backend!(sigkill_while_receiver_waits_fails_the_receive, "kill_while_receiving", None);
 on_each_backend!(sigstop_peer_forces_timeouts_over_tcp, "stopped_peer", Some("tcp"));

@@ -659,7 +659,8 @@ fn staging_warning(transports: &str, device_memory: bool, batched_ipc: bool) -> 
     if names.iter().any(|t| direct(t)) {
         return None;
     }
-    let how = if names.contains(&"tcp") { "TCP" } else { "host staging (cuda_copy over shared memory)" };
+    let shared_memory = |t: &&str| ["cma", "posix", "sysv", "xpmem", "knem"].contains(t);
+    let how = if names.iter().any(shared_memory) { "host staging (cuda_copy over shared memory)" } else { "TCP" };
     Some(format!(
         "device memory to this peer would travel through {how}: UCX selected {transports}, not CUDA IPC or RDMA (UCX_TLS={})",
         std::env::var("UCX_TLS").unwrap_or_else(|_| "unset".into())
@@ -866,6 +867,8 @@ mod tests {
         assert!(tcp.contains("TCP") && tcp.contains("tcp/lo"), "{tcp}");
         let staged = staging_warning("sysv/memory,cma/memory,cuda_copy/cuda", true, false).unwrap();
         assert!(staged.contains("host staging"), "{staged}");
+        let default_tls = staging_warning("tcp/lo,cma/memory,cuda_copy/cuda", true, false).unwrap();
+        assert!(default_tls.contains("host staging"), "{default_tls}");
         assert_eq!(staging_warning("cuda_ipc/cuda,sysv/memory", true, false), None);
         assert_eq!(staging_warning("rc_mlx5/mlx5_0:1,tcp/eth0", true, false), None);
         assert_eq!(staging_warning("tcp/lo", false, false), None, "host memory: nothing to say");

@@ -65,11 +65,29 @@ pub fn ucx_error(ucx: &LoadedUcx, what: &str, status: ucs_status_t) -> Error {
 }
 
 /// Options kvxfer sets unless the user's `UCX_*` environment sets them.
-/// Error handling on shared-memory transports and a short keepalive make a
-/// dead peer fail its operations in about a second instead of hanging;
-/// `cuda_ipc` GET keeps device-memory READs off the emulated path.
-const DEFAULT_OPTIONS: [(&str, &str); 3] =
-    [("KEEPALIVE_INTERVAL", "1s"), ("MM_ERROR_HANDLING", "y"), crate::backend::locate::UCX_CUDA_IPC_GET];
+///
+/// Every transport but the shared-memory FIFOs (`posix`, `sysv`, `xpmem`):
+/// a peer killed inside a send leaves a half-written element in the FIFO of
+/// the process it sent to, and UCX reads that FIFO in order, so the survivor
+/// never again receives a message over shared memory, from any peer, until it
+/// restarts (tests/faults.rs `kill_mid_transfer` wedged 10 of 60 rounds).
+/// Messages then go over TCP (loopback within a node) and bulk host memory
+/// still moves zero-copy (`cma`), device memory over `cuda_ipc`;
+/// docs/failure-model.md has the measured cost.
+/// TCP connects without blocking: a blocking connect that fails (a peer that
+/// has exited) makes `ucp_ep_create` fail but leaves its socket open until the
+/// worker goes, one per attempt; connected in the background, the failure
+/// reaches the endpoint's error handler and the socket is closed with it.
+/// Error handling on shared memory (for a user's `UCX_TLS` that names it) and
+/// a short keepalive make a dead peer fail its operations in about a second
+/// instead of hanging; `cuda_ipc` GET keeps device-memory READs off the emulated path.
+const DEFAULT_OPTIONS: [(&str, &str); 5] = [
+    ("TLS", "^posix,sysv,xpmem"),
+    ("TCP_CONN_NB", "y"),
+    ("KEEPALIVE_INTERVAL", "1s"),
+    ("MM_ERROR_HANDLING", "y"),
+    crate::backend::locate::UCX_CUDA_IPC_GET,
+];
 
 impl Worker {
     pub fn new(name: &str) -> Result<Arc<Worker>> {
