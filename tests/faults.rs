@@ -208,7 +208,7 @@ fn peer_main() {
             Some("flood") => {
                 println!("FLOODING");
                 std::io::stdout().flush().unwrap();
-                let msg = [7u8; 64];
+                let msg = [7u8; 4096];
                 while agent.notify(w[1], &msg) == KVX_OK {}
                 println!("FLOOD ENDED");
             }
