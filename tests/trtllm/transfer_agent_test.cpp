@@ -451,10 +451,52 @@ TEST(LoopbackAgent, HostMemoryToFileAndBack)
     }
     ::unlink(path);
     EXPECT_EQ(back, payload);
+    // One file per memory descriptor, or the request is refused before anything moves.
     std::vector<kvc::FileDesc> none;
-    EXPECT_THROW(agent->executeLoopbackRequest(
-                     MemoryDescs{MemoryType::kVRAM, {MemoryDesc{back}}}, kvc::FileDescs{std::move(none)}, true),
-        std::exception);
+    EXPECT_THROW(agent->executeLoopbackRequest(hostDescs(back), kvc::FileDescs{std::move(none)}, true), std::exception);
+}
+
+// TensorRT-LLM's LoopbackAgentTest GpuToFile then FileToGpu: device memory
+// offloaded to a file and loaded back into other device memory, staged
+// through pinned host memory in 8 MiB pieces (three here, the last one short).
+TEST(LoopbackAgent, DeviceMemoryToFileAndBack)
+{
+    Cuda* cuda = Cuda::get();
+    if (cuda == nullptr)
+        GTEST_SKIP() << "no CUDA device";
+    constexpr size_t kBytes = (20u << 20) + 123;
+    auto payload = bulkBytes(kBytes, 31);
+    DeviceBuffer source(*cuda, kBytes);
+    source.upload(payload);
+    auto agent = makeLoopbackAgent(uniqueName("vram-loopback"));
+    char path[] = "/tmp/kvxfer_vram_loopbackXXXXXX";
+    int fd = ::mkstemp(path);
+    ASSERT_GE(fd, 0);
+    ::close(fd);
+    {
+        std::vector<kvc::FileDesc> files;
+        files.emplace_back(path, O_WRONLY | O_TRUNC, 0600, kBytes);
+        agent->executeLoopbackRequest(MemoryDescs{MemoryType::kVRAM, {MemoryDesc{source.data(), kBytes, 0}}},
+            kvc::FileDescs{std::move(files)}, true);
+    }
+    std::vector<char> onDisk(kBytes, 0);
+    {
+        int in = ::open(path, O_RDONLY);
+        ASSERT_GE(in, 0);
+        EXPECT_EQ(::pread(in, onDisk.data(), kBytes, 0), static_cast<ssize_t>(kBytes));
+        ::close(in);
+    }
+    EXPECT_TRUE(onDisk == payload) << "GpuToFile: the file does not hold the device bytes";
+    DeviceBuffer target(*cuda, kBytes);
+    target.upload(std::vector<char>(kBytes, 0));
+    {
+        std::vector<kvc::FileDesc> files;
+        files.emplace_back(path, O_RDONLY, 0600, kBytes);
+        agent->executeLoopbackRequest(MemoryDescs{MemoryType::kVRAM, {MemoryDesc{target.data(), kBytes, 0}}},
+            kvc::FileDescs{std::move(files)}, false);
+    }
+    ::unlink(path);
+    EXPECT_TRUE(target.download() == payload) << "FileToGpu: the device does not hold the file's bytes";
 }
 
 // A WRITE to an agent that has gone away fails (at submission or in wait), within bounds.

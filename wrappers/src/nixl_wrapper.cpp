@@ -3,6 +3,7 @@
 // kvxfer's kvx_agent_* / kvx_xfer_* C ABI, and a BaseLoopbackAgent for
 // memory <-> file copies. TensorRT-LLM resolves createNixlTransferAgent and
 // createNixlLoopbackAgent from this library by name.
+#include "device_staging.hpp"
 #include "shim_common.hpp"
 
 #include "tensorrt_llm/executor/transferAgent.h"
@@ -354,8 +355,9 @@ public:
     void executeLoopbackRequest(
         kvc::MemoryDescs const& memoryDescs, kvc::FileDescs const& fileDescs, bool isOffload) override
     {
-        if (memoryDescs.getType() != kvc::MemoryType::kDRAM)
-            throw std::invalid_argument("kvxfer: loopback (file) transfers support host (kDRAM) memory only");
+        auto type = memoryDescs.getType();
+        if (type != kvc::MemoryType::kDRAM && type != kvc::MemoryType::kVRAM)
+            throw std::invalid_argument("kvxfer: loopback (file) transfers support host and device memory only");
         auto const& mem = memoryDescs.getDescs();
         auto const& files = fileDescs.getDescs();
         if (mem.size() != files.size())
@@ -363,7 +365,11 @@ public:
         for (size_t i = 0; i < mem.size(); ++i)
         {
             size_t len = std::min<size_t>(mem[i].getLen(), files[i].getLen());
-            copy(static_cast<int>(files[i].getFd()), reinterpret_cast<char*>(mem[i].getAddr()), len, isOffload);
+            int fd = static_cast<int>(files[i].getFd());
+            if (type == kvc::MemoryType::kVRAM)
+                copyDeviceFile(fd, mem[i].getAddr(), len, mem[i].getDeviceId(), isOffload);
+            else
+                copy(fd, reinterpret_cast<char*>(mem[i].getAddr()), len, isOffload);
         }
     }
 
