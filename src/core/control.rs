@@ -90,6 +90,20 @@ const MAX_CLIENT_THREADS: usize = 32;
 const MAX_QUEUED_CLIENTS: usize = 8192;
 
 impl ControlServer {
+    /// A connection manager's listener: on `settings.listen_ip`, else the address
+    /// `interface_var` (TensorRT-LLM's interface variable) names, else the
+    /// default route's; with the connection info peers reach it by.
+    pub fn start_for_manager(
+        settings: &super::request::ConnectionManagerSettings,
+        interface_var: &str,
+        handler: Arc<dyn ControlHandler>,
+    ) -> Result<(Self, String)> {
+        let ip = super::net::choose_listen_ip(settings.listen_ip.as_deref(), interface_var)?;
+        let server = Self::start(ip, settings.listen_port, handler, settings.auth.clone(), "kvx-cm-listen")?;
+        let address = super::net::format_connection_info(&server.local_addr());
+        Ok((server, address))
+    }
+
     pub fn start(
         ip: IpAddr,
         port: u16,

@@ -289,15 +289,12 @@ impl ConnectionManager for NixlConnectionManager {
             stats: Scope::new(ScopeKind::ConnectionManager, "NIXL", ""),
         });
         let poller = Poller::spawn(Arc::downgrade(&core), core.waker.clone(), tick)?;
-        let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_NIXL_INTERFACE")?;
-        let server = ControlServer::start(
-            ip,
-            settings.listen_port,
+        let (server, address) = ControlServer::start_for_manager(
+            settings,
+            "TRTLLM_NIXL_INTERFACE",
             Arc::new(Listener(Arc::downgrade(&core))),
-            settings.auth.clone(),
-            "kvx-cm-listen",
         )?;
-        *core.address.lock() = net::format_connection_info(&server.local_addr());
+        *core.address.lock() = address;
         core.stats.set_name(&core.address.lock());
         Ok(NixlConnectionManager { listener: Mutex::new(Some(server)), poller: Some(poller), core })
     }

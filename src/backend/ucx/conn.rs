@@ -206,15 +206,12 @@ impl ConnectionManager for UcxConnectionManager {
             auth: settings.auth.clone(),
             stats: Scope::new(ScopeKind::ConnectionManager, "UCX", ""),
         });
-        let ip = net::choose_listen_ip(settings.listen_ip.as_deref(), "TRTLLM_UCX_INTERFACE")?;
-        let server = ControlServer::start(
-            ip,
-            settings.listen_port,
+        let (server, address) = ControlServer::start_for_manager(
+            settings,
+            "TRTLLM_UCX_INTERFACE",
             Arc::new(Listener(Arc::downgrade(&core))),
-            settings.auth.clone(),
-            "kvx-cm-listen",
         )?;
-        *core.address.lock() = net::format_connection_info(&server.local_addr());
+        *core.address.lock() = address;
         core.stats.set_name(&core.address.lock());
         Ok(UcxConnectionManager { listener: Mutex::new(Some(server)), core })
     }
