@@ -156,3 +156,27 @@ fn shutdown_cancels_blocked_and_later_sends_and_receives() {
     assert_eq!(p.recv(DATA_TAG, &mut [0u8; 4], 1_000), KVX_ERR_CANCELED, "{}", last_error());
     assert_eq!(m1.recv_connect(ID_TAG, &mut id, 1_000).err().map(|(st, _)| st), Some(KVX_ERR_CANCELED));
 }
+
+/// A length that runs into pages this process never mapped is refused before
+/// anything reads or writes them (both backends), and the connection goes on.
+#[test]
+fn send_and_recv_into_unmapped_memory_are_refused_and_lose_nothing() {
+    let m1 = Cm::new();
+    let m2 = Cm::new();
+    let c = m2.connect(&[m1.address()]).pop().unwrap();
+    ok(c.send(ID_TAG, &7u64.to_le_bytes()));
+    let mut id = [0u8; 8];
+    let p = m1.recv_connect(ID_TAG, &mut id, TIMEOUT_MS).unwrap();
+    // The first pages of the address space are never mapped (mmap_min_addr).
+    let hole = 4096usize as *mut std::ffi::c_void;
+    let st = unsafe { kvxfer::ffi::conn::kvx_conn_send(c.0, DATA_TAG, hole, 16, TIMEOUT_MS) };
+    assert_eq!(st, KVX_ERR_INVALID_ARGUMENT, "send from unmapped memory: {}", last_error());
+    assert!(last_error().contains("not mapped"), "{}", last_error());
+    let st = unsafe { kvxfer::ffi::conn::kvx_conn_recv(p.0, DATA_TAG, hole, 16, 100) };
+    assert_eq!(st, KVX_ERR_INVALID_ARGUMENT, "recv into unmapped memory: {}", last_error());
+    let data = pattern(64, 9);
+    ok(c.send(DATA_TAG, &data));
+    let mut got = vec![0u8; 64];
+    ok(p.recv(DATA_TAG, &mut got, TIMEOUT_MS));
+    assert_eq!(got, data, "the connection carries on after the refusals");
+}

@@ -194,6 +194,36 @@ pub fn check_host_readable(descs: &[kvx_memory_desc]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a range with a page this process has not mapped at all (`mincore`),
+/// before anything reads or writes it: a length past the end of the caller's
+/// buffer into a hole fails here with a clear error instead of a crash inside
+/// the transport. Protections are not checked (device memory is a `PROT_NONE`
+/// reservation on the host side, and must pass), nor can it see a length that
+/// runs on into a neighbouring mapping.
+pub fn check_mapped(addr: u64, len: u64) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let end = addr.checked_add(len).ok_or_else(|| Error::invalid(format!("range {addr:#x}+{len} overflows")))?;
+    // SAFETY: sysconf has no preconditions.
+    let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u64;
+    // Bounded work per call: the residency vector covers at most this many pages.
+    const PAGES_PER_CALL: u64 = 4096;
+    let mut residency = vec![0u8; PAGES_PER_CALL as usize];
+    let mut start = addr / page * page;
+    while start < end {
+        let span = (end - start).min(PAGES_PER_CALL * page);
+        // SAFETY: mincore only reports on the range; `residency` holds one byte per page of `span`.
+        if unsafe { libc::mincore(start as *mut libc::c_void, span as usize, residency.as_mut_ptr()) } != 0 {
+            return Err(Error::invalid(format!(
+                "range {addr:#x}+{len} is not mapped in this process (a length past the end of the buffer?)"
+            )));
+        }
+        start += span;
+    }
+    Ok(())
+}
+
 /// Memory type and device of a pointer as a driver reports it; `None` where
 /// no driver can tell, and every pointer is then taken as the caller says.
 /// A function given by the layer that owns the driver, so core needs none.
@@ -328,6 +358,18 @@ impl<T> Registrations<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg_attr(miri, ignore = "mincore is outside Miri")]
+    fn ranges_with_unmapped_pages_are_refused_before_use() {
+        let buffer = [7u8; 16];
+        let at = buffer.as_ptr() as u64;
+        assert!(check_mapped(at, 16).is_ok());
+        assert!(check_mapped(at, 0).is_ok());
+        // The first pages of the address space are never mapped (mmap_min_addr).
+        assert!(check_mapped(4096, 16).is_err());
+        assert!(check_mapped(u64::MAX - 8, 16).is_err(), "wraps");
+    }
 
     #[test]
     #[cfg_attr(miri, ignore = "mprotect and /proc/self/maps are outside Miri")]

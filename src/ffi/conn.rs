@@ -262,6 +262,7 @@ pub unsafe extern "C" fn kvx_conn_send(
         let c = conn_ref(conn)?;
         if size > 0 {
             non_null(data, "data")?;
+            crate::core::memory::check_mapped(data as u64, size as u64)?;
         }
         from_table((c.table.conn_send)(c.object, tag, data as *const u8, size, timeout_ms))
     })
@@ -288,6 +289,7 @@ pub unsafe extern "C" fn kvx_conn_recv(
         let c = conn_ref(conn)?;
         if size > 0 {
             non_null(data, "data")?;
+            crate::core::memory::check_mapped(data as u64, size as u64)?;
         }
         from_table((c.table.conn_recv)(c.object, tag, data as *mut u8, size, timeout_ms))
     })
