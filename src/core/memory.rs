@@ -209,8 +209,9 @@ pub fn check_mapped(addr: u64, len: u64) -> Result<()> {
     let page = (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u64;
     // Bounded work per call: the residency vector covers at most this many pages.
     const PAGES_PER_CALL: u64 = 4096;
-    let mut residency = vec![0u8; PAGES_PER_CALL as usize];
     let mut start = addr / page * page;
+    let pages = (end - start).div_ceil(page);
+    let mut residency = vec![0u8; pages.min(PAGES_PER_CALL) as usize];
     while start < end {
         let span = (end - start).min(PAGES_PER_CALL * page);
         // SAFETY: mincore only reports on the range; `residency` holds one byte per page of `span`.
