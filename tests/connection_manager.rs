@@ -8,15 +8,22 @@ use std::sync::Arc;
 const ID_TAG: u32 = 19;
 const DATA_TAG: u32 = 0x74;
 
+/// A connection from `m2` to `m1` and the one `m1` accepted for it, after the
+/// identifying message (`id`) went through intact.
+fn connected_pair(m1: &Cm, m2: &Cm, id: u64) -> (Conn, Conn) {
+    let c = m2.connect(&[m1.address()]).pop().unwrap();
+    ok(c.send(ID_TAG, &id.to_le_bytes()));
+    let mut got = [0u8; 8];
+    let p = m1.recv_connect(ID_TAG, &mut got, TIMEOUT_MS).unwrap();
+    assert_eq!(u64::from_le_bytes(got), id);
+    (c, p)
+}
+
 #[test]
 fn basic_recv_connect_and_data_both_ways() {
     let m1 = Cm::new();
     let m2 = Cm::new();
-    let c = m2.connect(&[m1.address()]).pop().unwrap();
-    ok(c.send(ID_TAG, &1u64.to_le_bytes()));
-    let mut id = [0u8; 8];
-    let p = m1.recv_connect(ID_TAG, &mut id, TIMEOUT_MS).unwrap();
-    assert_eq!(u64::from_le_bytes(id), 1);
+    let (c, p) = connected_pair(&m1, &m2, 1);
     let data = pattern(1024, 5);
     ok(c.send(DATA_TAG, &data));
     let mut got = vec![0u8; 1024];
@@ -137,10 +144,8 @@ fn send_that_times_out_closes_the_connection() {
 fn shutdown_cancels_blocked_and_later_sends_and_receives() {
     let m1 = Cm::new();
     let m2 = Cm::new();
-    let c = m2.connect(&[m1.address()]).pop().unwrap();
-    ok(c.send(ID_TAG, &1u64.to_le_bytes()));
+    let (_c, p) = connected_pair(&m1, &m2, 1);
     let mut id = [0u8; 8];
-    let p = m1.recv_connect(ID_TAG, &mut id, TIMEOUT_MS).unwrap();
     let started = std::time::Instant::now();
     let (blocked_recv, blocked_connect) = std::thread::scope(|s| {
         let recv = s.spawn(|| p.recv(DATA_TAG, &mut [0u8; 16], 10_000));
@@ -163,10 +168,7 @@ fn shutdown_cancels_blocked_and_later_sends_and_receives() {
 fn send_and_recv_into_unmapped_memory_are_refused_and_lose_nothing() {
     let m1 = Cm::new();
     let m2 = Cm::new();
-    let c = m2.connect(&[m1.address()]).pop().unwrap();
-    ok(c.send(ID_TAG, &7u64.to_le_bytes()));
-    let mut id = [0u8; 8];
-    let p = m1.recv_connect(ID_TAG, &mut id, TIMEOUT_MS).unwrap();
+    let (c, p) = connected_pair(&m1, &m2, 7);
     // The first pages of the address space are never mapped (mmap_min_addr).
     let hole = 4096usize as *mut std::ffi::c_void;
     let st = unsafe { kvxfer::ffi::conn::kvx_conn_send(c.0, DATA_TAG, hole, 16, TIMEOUT_MS) };

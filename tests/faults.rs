@@ -373,6 +373,8 @@ fn later_calls_fail(agent: &Agent, name: &str, local: &[kvx_memory_desc], remote
 }
 
 /// After `invalidate`, a restarted peer is reachable: WRITE then READ back.
+/// Returns the restarted peer, still running.
+#[must_use]
 fn reconnect_and_verify(
     agent: &Agent,
     launcher: &Launcher,
@@ -381,7 +383,7 @@ fn reconnect_and_verify(
     src: &[u8],
     back: &[u8],
     back_d: &[kvx_memory_desc],
-) {
+) -> Peer {
     let st = agent.invalidate(name);
     assert!(st == KVX_OK || st == KVX_ERR_NOT_FOUND, "invalidate: {st:?} {}", last_error());
     let again = launcher.start(name);
@@ -390,7 +392,7 @@ fn reconnect_and_verify(
     agent.submit(WRITE, local, &again.remote(0, len), name, None).unwrap().expect_success();
     agent.submit(READ, back_d, &again.remote(0, len), name, None).unwrap().expect_success();
     assert!(back == src, "data read back from the restarted peer differs");
-    again.quit();
+    again
 }
 
 // --------------------------------------------------------------- scenarios
@@ -485,7 +487,7 @@ fn kill_mid_transfer(l: &Launcher) -> Report {
     // where the open restarted-peer stall of docs/failure-model.md is tracked);
     // the crash form is about noticing the crash.
     if l.core_dir.is_none() {
-        reconnect_and_verify(&agent, l, "victim", &local, &src, &back, &back_d);
+        reconnect_and_verify(&agent, l, "victim", &local, &src, &back, &back_d).quit();
     }
     format!(
         "inflight_failed={failed}/8 settle_ms={} detect_ms={} chunks_kept={}{crash}",
@@ -515,14 +517,8 @@ fn kill_while_flooding(l: &Launcher) -> Report {
         heard += agent.wait_notifications(100, 20_000).len();
         peer.kill9();
         drop(agent.notifications());
-        let st = agent.invalidate("flooder");
-        assert!(st == KVX_OK || st == KVX_ERR_NOT_FOUND, "invalidate: {st:?} {}", last_error());
         // The next peer is reached, and heard: its notification arrives.
-        let mut next = l.start("flooder");
-        ok(agent.load_by_info("flooder", &next.info));
-        agent.submit(WRITE, &local, &next.remote(0, PEER_BUF), "flooder", None).unwrap().expect_success();
-        agent.submit(READ, &back_d, &next.remote(0, PEER_BUF), "flooder", None).unwrap().expect_success();
-        assert!(back == src, "data read back from the next peer differs");
+        let mut next = reconnect_and_verify(&agent, l, "flooder", &local, &src, &back, &back_d);
         next.command(&format!("load survivor {}", agent.conn_info()));
         assert_eq!(next.expect("LOADED"), "LOADED KVX_OK");
         next.command("flood survivor");
@@ -603,7 +599,7 @@ fn kill_during_setup(l: &Launcher) -> Report {
     }
     // Reconnecting is checked even when something was held (reported after it).
     let held = released(baseline, "after raced setups");
-    reconnect_and_verify(&agent, l, "victim", &local, &src, &back, &back_d);
+    reconnect_and_verify(&agent, l, "victim", &local, &src, &back, &back_d).quit();
     held.unwrap_or_else(|e| panic!("{e}"));
     format!("agent_setup_fail_ms={} cm_setup_fail_ms={} raced_loads_ok={raced_ok}/4", times[0], times[1])
 }
@@ -765,7 +761,7 @@ fn network_cut(l: &Launcher) -> Report {
     }
     link("up");
     drop(peer);
-    reconnect_and_verify(agent, l, "remote", local, src, back, back_d);
+    reconnect_and_verify(agent, l, "remote", local, src, back, back_d).quit();
     format!("xfer_fail_ms={xfer_ms} recv_fail_ms={recv_ms} load_fail_ms={load_ms}")
 }
 
