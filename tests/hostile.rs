@@ -147,8 +147,10 @@ impl Peer {
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
+            // UCX logs to stdout too, forged bytes included: a line need not be UTF-8.
+            for line in BufReader::new(stdout).split(b'\n') {
                 let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line);
                 // libtest may print "test hostile_child ... " on the same line.
                 for tag in ["READY", "RESULT"] {
                     if let Some(at) = line.find(tag) {

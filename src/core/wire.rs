@@ -302,10 +302,12 @@ pub fn seal_nixl_metadata(mut metadata: Vec<u8>, listener: &str) -> Vec<u8> {
     metadata
 }
 
-/// The NIXL metadata inside `bytes`, verified when kvxfer sealed it. Metadata
-/// from a stock NIXL agent (no trailer) is refused unless `accept_stock`:
-/// then only a framing check is possible and NIXL's own parser is the judge
-/// (NIXL 1.5.1 leaves a peer name unloadable after some malformed blobs).
+/// The NIXL metadata inside `bytes`: its seal verified when kvxfer sealed
+/// it, and its framing walked either way (a valid checksum or MAC does not
+/// make a memory type or worker address NIXL would crash on). Metadata from
+/// a stock NIXL agent (no trailer) is refused unless `accept_stock`: then the
+/// framing walk is the only check before NIXL's own parser (NIXL 1.5.1 leaves
+/// a peer name unloadable after some malformed blobs).
 pub fn open_nixl_metadata(bytes: &[u8], accept_stock: bool) -> Result<OpenedNixlMetadata<'_>> {
     if bytes.len() >= NIXL_TRAILER_LEN {
         let (sealed, trailer) = bytes.split_at(bytes.len() - NIXL_TRAILER_LEN);
@@ -320,6 +322,7 @@ pub fn open_nixl_metadata(bytes: &[u8], accept_stock: bool) -> Result<OpenedNixl
             let (metadata, listener) = sealed.split_at(metadata_len as usize);
             let listener = std::str::from_utf8(listener)
                 .map_err(|_| Error::malformed("NIXL metadata names a listener that is not text"))?;
+            check_nixl_framing(metadata)?;
             return Ok(OpenedNixlMetadata { metadata, listener: (!listener.is_empty()).then_some(listener) });
         }
     }
@@ -809,5 +812,18 @@ mod tests {
             assert!(open_nixl_metadata(&md[..cut], true).is_err(), "cut at {cut}");
         }
         assert!(open_nixl_metadata(b"", true).is_err());
+    }
+
+    #[test]
+    fn sealed_nixl_metadata_is_walked_too() {
+        // A valid seal (or a MAC around it) vouches for the sender, not for
+        // what NIXL will do with the fields.
+        let e = open_nixl_metadata(&seal_nixl_metadata(stock_metadata(5), ""), false).unwrap_err();
+        assert!(e.message.contains("memory type 5"), "{e}");
+        let mut md = stock_metadata(0);
+        let address = md.windows(2).position(|w| w == [0x20, 0x7f]).unwrap();
+        md[address] = 0x27; // address format 7: UCX asserts on it
+        let e = open_nixl_metadata(&seal_nixl_metadata(md, ""), false).unwrap_err();
+        assert!(e.message.contains("address format 7"), "{e}");
     }
 }
