@@ -24,7 +24,7 @@ pub use crate::core::request::{
 };
 
 /// Version of the table layout below; bump when appending entries.
-pub const TABLE_VERSION: u32 = 3;
+pub const TABLE_VERSION: u32 = 4;
 
 pub trait TransferAgent: Send + Sync + Sized + 'static {
     type Transfer: Transfer;
@@ -80,6 +80,10 @@ pub trait ConnectionManager: Send + Sync + Sized + 'static {
 }
 
 pub trait Connection: Send + Sync + 'static {
+    /// Largest message a send takes and a receive can get, in bytes. The C
+    /// ABI refuses larger sizes on every backend the same way, before it
+    /// touches the caller's memory.
+    const MAX_MESSAGE: usize;
     fn timeout_ms(&self) -> u64;
     fn send(&self, tag: u32, data: &[u8], deadline: Option<Instant>) -> Result<()>;
     fn recv(&self, tag: u32, data: &mut [u8], deadline: Option<Instant>) -> Result<()>;
@@ -183,6 +187,10 @@ pub struct kvx_backend_table {
 
     // Version 3.
     pub xfer_cancel: unsafe extern "C" fn(xfer: *mut c_void) -> bool,
+
+    // Version 4.
+    /// `Connection::MAX_MESSAGE`.
+    pub conn_max_message: usize,
 }
 
 impl kvx_backend_table {
@@ -468,6 +476,8 @@ macro_rules! backend_table {
             agent_stats,
             cm_stats,
             xfer_cancel,
+            conn_max_message:
+                <<$cm as $crate::dispatch::ConnectionManager>::Connection as $crate::dispatch::Connection>::MAX_MESSAGE,
         }
     }};
 }

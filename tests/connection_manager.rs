@@ -162,6 +162,36 @@ fn shutdown_cancels_blocked_and_later_sends_and_receives() {
     assert_eq!(m1.recv_connect(ID_TAG, &mut id, 1_000).err().map(|(st, _)| st), Some(KVX_ERR_CANCELED));
 }
 
+/// A size past the backend's message limit (NIXL: 256 MiB, one notification;
+/// UCX: none of its own, so only past what a buffer can be) is refused by the
+/// C ABI on both backends alike, naming the limit, before the 16 bytes that
+/// are really there are read; the connection goes on.
+#[test]
+fn sizes_past_the_message_limit_are_refused_alike_before_memory_is_read() {
+    let m1 = Cm::new();
+    let m2 = Cm::new();
+    let (c, p) = connected_pair(&m1, &m2, 7);
+    let (limit, backend) = if backend_under_test() == kvxfer::core::select::kvx_backend::KVX_BACKEND_NIXL {
+        (256usize << 20, "NIXL")
+    } else {
+        (isize::MAX as usize, "UCX")
+    };
+    let mut small = [0u8; 16];
+    let data = small.as_mut_ptr() as *mut std::ffi::c_void;
+    let st = unsafe { kvxfer::ffi::conn::kvx_conn_send(c.0, DATA_TAG, data, limit + 1, TIMEOUT_MS) };
+    assert_eq!(st, KVX_ERR_INVALID_ARGUMENT, "send past the limit: {}", last_error());
+    let expected = format!("exceeds the {backend} connection limit of {limit}");
+    assert!(last_error().contains(&expected), "{}", last_error());
+    let st = unsafe { kvxfer::ffi::conn::kvx_conn_recv(p.0, DATA_TAG, data, limit + 1, 100) };
+    assert_eq!(st, KVX_ERR_INVALID_ARGUMENT, "recv past the limit: {}", last_error());
+    assert!(last_error().contains(&expected), "{}", last_error());
+    let data = pattern(64, 9);
+    ok(c.send(DATA_TAG, &data));
+    let mut got = vec![0u8; 64];
+    ok(p.recv(DATA_TAG, &mut got, TIMEOUT_MS));
+    assert_eq!(got, data, "the connection carries on after the refusals");
+}
+
 /// A length that runs into pages this process never mapped is refused before
 /// anything reads or writes them (both backends), and the connection goes on.
 #[test]

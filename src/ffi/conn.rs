@@ -236,6 +236,21 @@ pub unsafe extern "C" fn kvx_cm_shutdown(cm: *mut kvx_cm) -> kvx_status {
     })
 }
 
+impl kvx_conn {
+    /// Sizes past the backend's message limit are refused the same way on
+    /// every backend, before the caller's memory is looked at.
+    fn check_size(&self, size: usize) -> Result<(), Error> {
+        let limit = self.table.conn_max_message;
+        if size > limit {
+            let backend = if self.table.backend == kvx_backend::KVX_BACKEND_NIXL { "NIXL" } else { "UCX" };
+            return Err(Error::invalid(format!(
+                "message of {size} bytes exceeds the {backend} connection limit of {limit}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 unsafe fn conn_ref<'a>(conn: *const kvx_conn) -> Result<&'a kvx_conn, Error> {
     non_null(conn, "conn")?;
     Ok(&*conn)
@@ -260,6 +275,7 @@ pub unsafe extern "C" fn kvx_conn_send(
 ) -> kvx_status {
     guard(|| {
         let c = conn_ref(conn)?;
+        c.check_size(size)?;
         if size > 0 {
             non_null(data, "data")?;
             crate::core::memory::check_mapped(data as u64, size as u64)?;
@@ -287,6 +303,7 @@ pub unsafe extern "C" fn kvx_conn_recv(
 ) -> kvx_status {
     guard(|| {
         let c = conn_ref(conn)?;
+        c.check_size(size)?;
         if size > 0 {
             non_null(data, "data")?;
             crate::core::memory::check_mapped(data as u64, size as u64)?;

@@ -412,6 +412,8 @@ impl NixlConnection {
 }
 
 impl Connection for NixlConnection {
+    const MAX_MESSAGE: usize = MAX_MESSAGE;
+
     fn timeout_ms(&self) -> u64 {
         self.timeout.as_millis() as u64
     }
@@ -420,12 +422,6 @@ impl Connection for NixlConnection {
         let core = self.core()?;
         core.check_running()?;
         self.check_alive()?;
-        if data.len() > MAX_MESSAGE {
-            return Err(Error::invalid(format!(
-                "message of {} bytes exceeds the NIXL connection limit of {MAX_MESSAGE}",
-                data.len()
-            )));
-        }
         // Notifications carry host bytes: a device buffer is staged through the host first.
         let staged;
         let data = if crate::cuda::pointer_location(data.as_ptr() as u64).0

@@ -299,6 +299,9 @@ impl UcxConnection {
 }
 
 impl Connection for UcxConnection {
+    /// UCX's tag messages have no limit of their own: any buffer Rust can address.
+    const MAX_MESSAGE: usize = isize::MAX as usize;
+
     fn timeout_ms(&self) -> u64 {
         self.timeout.as_millis() as u64
     }
