@@ -30,8 +30,11 @@ section() { printf '\n==== %s\n' "$*"; }
 
 section "configure + build + install kvxfer into $PREFIX"
 # Cargo builds in the shared target folder (CMakeLists.txt: $CARGO_TARGET_DIR, else target/).
+# Every TensorRT-LLM release line's wrappers, side by side in lib/trtllm/<line>/.
+LINES="${LINES:-1.1;1.2;1.3;1.4}"
 cmake -S "$ROOT" -B "$BUILD_ROOT/cmake" "${GENERATOR_ARGS[@]}" \
-  -DCMAKE_INSTALL_PREFIX="$PREFIX" -DKVXFER_CARGO_PROFILE="${KVXFER_CARGO_PROFILE:-release}"
+  -DCMAKE_INSTALL_PREFIX="$PREFIX" -DKVXFER_CARGO_PROFILE="${KVXFER_CARGO_PROFILE:-release}" \
+  -DKVXFER_TRTLLM_LINES="$LINES"
 step "cmake --build (cargo build --lib --profile ${KVXFER_CARGO_PROFILE:-release}, the wrappers)" \
   cmake --build "$BUILD_ROOT/cmake" -j "$JOBS"
 rm -rf "$PREFIX"
@@ -57,24 +60,32 @@ if grep -q "$PREFIX" "$lib/cmake/kvxfer/kvxferConfig.cmake" "$lib/pkgconfig/kvxf
 fi
 echo "KVX-CHECK ok installed tree: libkvxfer.so.$version, SONAME $soname, relocatable config + pkg-config"
 
-section "check the installed TensorRT-LLM wrappers"
-for w in ucx nixl; do
-  f="$lib/libtensorrt_llm_${w}_wrapper.so"
-  test -f "$f"
-  dyn="$(readelf -d "$f")"
-  # SONAME = file name: a preloaded copy satisfies TensorRT-LLM's dlopen by name.
-  grep -q "Library soname: \[libtensorrt_llm_${w}_wrapper.so\]" <<<"$dyn" || { echo "$f: bad SONAME" >&2; exit 1; }
-  # TensorRT-LLM dlcloses before destroying objects whose code lives here.
-  grep -q "Flags: .*NODELETE" <<<"$dyn" || { echo "$f: not linked -z nodelete" >&2; exit 1; }
-  if grep -q "Shared library: \[libtensorrt_llm.so\]" <<<"$dyn"; then echo "$f: DT_NEEDED on libtensorrt_llm.so" >&2; exit 1; fi
-  grep -q "Shared library: \[libkvxfer.so.$major\]" <<<"$dyn" || { echo "$f: not linked to libkvxfer.so.$major" >&2; exit 1; }
-  grep -q 'R.*PATH.*\[\$ORIGIN\]' <<<"$dyn" || { echo "$f: RUNPATH is not \$ORIGIN" >&2; exit 1; }
+section "check the installed TensorRT-LLM wrappers (lib/ and every line in lib/trtllm/)"
+# dir:RUNPATH, the RUNPATH reaching libkvxfer.so.0 from there.
+wrapper_dirs=("$lib:\$ORIGIN")
+IFS=';' read -r -a lines <<<"$LINES"
+for line in "${lines[@]}"; do wrapper_dirs+=("$lib/trtllm/$line:\$ORIGIN:\$ORIGIN/../.."); done
+for entry in "${wrapper_dirs[@]}"; do
+  dir="${entry%%:*}" runpath="${entry#*:}"
+  for w in ucx nixl; do
+    f="$dir/libtensorrt_llm_${w}_wrapper.so"
+    test -f "$f" || { echo "$f is missing" >&2; exit 1; }
+    dyn="$(readelf -d "$f")"
+    # SONAME = file name: a preloaded copy satisfies TensorRT-LLM's dlopen by name.
+    grep -q "Library soname: \[libtensorrt_llm_${w}_wrapper.so\]" <<<"$dyn" || { echo "$f: bad SONAME" >&2; exit 1; }
+    # TensorRT-LLM dlcloses before destroying objects whose code lives here.
+    grep -q "Flags: .*NODELETE" <<<"$dyn" || { echo "$f: not linked -z nodelete" >&2; exit 1; }
+    if grep -q "Shared library: \[libtensorrt_llm.so\]" <<<"$dyn"; then echo "$f: DT_NEEDED on libtensorrt_llm.so" >&2; exit 1; fi
+    grep -q "Shared library: \[libkvxfer.so.$major\]" <<<"$dyn" || { echo "$f: not linked to libkvxfer.so.$major" >&2; exit 1; }
+    grep -qF "Library runpath: [$runpath]" <<<"$dyn" || grep -qF "Library rpath: [$runpath]" <<<"$dyn" \
+      || { echo "$f: RUNPATH is not $runpath" >&2; exit 1; }
+  done
+  for export in ucx:makeUcxConnectionManager nixl:createNixlTransferAgent nixl:createNixlLoopbackAgent; do
+    nm -D --defined-only "$dir/libtensorrt_llm_${export%%:*}_wrapper.so" | grep -qw "T ${export#*:}" \
+      || { echo "$dir/libtensorrt_llm_${export%%:*}_wrapper.so does not export ${export#*:}" >&2; exit 1; }
+  done
 done
-for export in ucx:makeUcxConnectionManager nixl:createNixlTransferAgent nixl:createNixlLoopbackAgent; do
-  nm -D --defined-only "$lib/libtensorrt_llm_${export%%:*}_wrapper.so" | grep -qw "T ${export#*:}" \
-    || { echo "libtensorrt_llm_${export%%:*}_wrapper.so does not export ${export#*:}" >&2; exit 1; }
-done
-echo "KVX-CHECK ok installed wrappers: SONAME = file name, NODELETE, RUNPATH \$ORIGIN, no libtensorrt_llm.so, their factories"
+echo "KVX-CHECK ok installed wrappers (lib/ and lib/trtllm/{${LINES//;/,}}/): SONAME = file name, NODELETE, RUNPATH to libkvxfer, no libtensorrt_llm.so, their factories"
 
 # Configures, builds and runs one GoogleTest project against the installed
 # package; a failure is remembered in tests_rc so the consumer checks still run.
@@ -113,6 +124,32 @@ grep -q "KvxTransferAgent: 1 virtual(s) not overridden: .*drainContextKvTransfer
   || { cat "$proof/configure.log" >&2; echo "the refusal does not name the shim, the count and the virtual" >&2; exit 1; }
 echo "ok: refused, naming KvxTransferAgent and the 1 unhandled virtual"
 
+section "the line of TensorRT-LLM's own headers is read from what they declare"
+# Each line's compat headers with the other lines' declarations taken out (as
+# that release's own headers are): configured with TRTLLM_INCLUDE_DIR, the build
+# must name that line, and refuse a KVXFER_TRTLLM_LINE that contradicts it.
+for line in "${lines[@]}"; do
+  headers="$BUILD_ROOT/line_headers/$line"
+  rm -rf "$headers"
+  python3 "$ROOT/.ci/trtllm_line_headers.py" "$ROOT/wrappers/compat/include" "$line" "$headers"
+  log="$BUILD_ROOT/line_headers/$line.log"
+  cmake -S "$ROOT" -B "$BUILD_ROOT/line_headers/$line.build" -DTRTLLM_INCLUDE_DIR="$headers" >"$log" 2>&1 \
+    || { cat "$log" >&2; echo "configure with the $line line's headers failed" >&2; exit 1; }
+  grep -qF "(the $line line)" "$log" || { cat "$log" >&2; echo "the $line line's headers were not detected as such" >&2; exit 1; }
+  grep -qF "kvxfer wrappers ($line line): shims override every interface virtual" "$log" \
+    || { cat "$log" >&2; echo "the vtable check did not pass on the $line line's headers" >&2; exit 1; }
+  wrong=1.4
+  [[ "$line" != 1.4 ]] || wrong=1.1
+  if cmake -S "$ROOT" -B "$BUILD_ROOT/line_headers/$line.build" -DTRTLLM_INCLUDE_DIR="$headers" \
+      -DKVXFER_TRTLLM_LINE="$wrong" >"$log" 2>&1; then
+    echo "configure accepted KVXFER_TRTLLM_LINE=$wrong with the $line line's headers" >&2
+    exit 1
+  fi
+  grep -qF "are of the $line line" "$log" || { cat "$log" >&2; echo "the refusal does not name the $line line" >&2; exit 1; }
+  rm -rf "$BUILD_ROOT/line_headers/$line.build"
+done
+echo "KVX-CHECK ok TensorRT-LLM headers of lines ${LINES//;/, } detected as such, with every virtual overridden"
+
 section "build + run the GoogleTest suite (tests/cpp) against the installed package"
 test_args=()
 if [[ -n "${KVXFER_TEST_UCX_TLS:-}" ]]; then test_args+=("-DKVXFER_TEST_UCX_TLS=$KVXFER_TEST_UCX_TLS"); fi
@@ -122,6 +159,15 @@ section "build + run TensorRT-LLM's scenarios (tests/trtllm) through the install
 trtllm_args=()
 if [[ -n "${KVXFER_TEST_NIXL:-}" ]]; then trtllm_args+=("-DKVXFER_TEST_NIXL=$KVXFER_TEST_NIXL"); fi
 run_suite tests/trtllm trtllm "${trtllm_args[@]}"
+# The other lines' wrappers (lib/trtllm/<line>/) under the same suite, compiled
+# on that line's interfaces; the way of loading is the same for every line, so
+# they run found by file name only, and the device-memory cases (which need a
+# GPU, and run on the GPU machine for the default line) are left out.
+for line in "${lines[@]}"; do
+  [[ "$line" != 1.4 ]] || continue
+  CTEST_ARGS="${CTEST_ARGS:-} -R ,path\\]|header -E DeviceMemory" run_suite tests/trtllm "trtllm-$line" "${trtllm_args[@]}" \
+    -DKVXFER_TRTLLM_LINE="$line"
+done
 
 # TensorRT-LLM's own layout: the wrappers replace the files in tensorrt_llm/libs/
 # and find libkvxfer next to them ($ORIGIN).

@@ -25,7 +25,7 @@ if command -v ninja >/dev/null 2>&1; then GENERATOR_ARGS=(-G Ninja); fi
 step "libkvxfer + wrappers (CMake) into $pkg"
 rm -rf "$pkg/lib" "$pkg/include" "$pkg"/tensorrt_llm_transfer_agent_binding*.so "$pkg"/_native*.so
 cmake -S "$ROOT" -B "$BUILD" "${GENERATOR_ARGS[@]}" -DCMAKE_INSTALL_PREFIX="$pkg" -DCMAKE_INSTALL_LIBDIR=lib \
-  -DKVXFER_CARGO_TARGET_DIR="$CARGO_TARGET_DIR" -DCMAKE_BUILD_TYPE=Release
+  -DKVXFER_CARGO_TARGET_DIR="$CARGO_TARGET_DIR" -DCMAKE_BUILD_TYPE=Release -DKVXFER_TRTLLM_LINES="1.1;1.2;1.3;1.4"
 cmake --build "$BUILD" -j "$JOBS"
 cmake --install "$BUILD"
 # A wheel holds no symlinks. libkvxfer.so.$major (the SONAME) is the one file every
@@ -68,6 +68,9 @@ need = [f"kvxfer/lib/libkvxfer.so.{sys.argv[2]}", "kvxfer/lib/libtensorrt_llm_uc
         "kvxfer/lib/libtensorrt_llm_nixl_wrapper.so", "kvxfer/include/kvxfer.h",
         "kvxfer/lib/cmake/kvxfer/kvxferConfig.cmake", "kvxfer/lib/pkgconfig/kvxfer.pc",
         "kvxfer/__init__.py", "kvxfer/_native.pyi", "kvxfer/py.typed"]
+# Every release line's wrappers, for `kvxfer trtllm install` to choose from.
+need += [f"kvxfer/lib/trtllm/{line}/libtensorrt_llm_{w}_wrapper.so" for line in ("1.1", "1.2", "1.3", "1.4")
+         for w in ("ucx", "nixl")]
 missing = [n for n in need if n not in names]
 if not any(n.startswith("kvxfer/tensorrt_llm_transfer_agent_binding") for n in names):
     missing.append("kvxfer/tensorrt_llm_transfer_agent_binding*.so")

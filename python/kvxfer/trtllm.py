@@ -1,7 +1,8 @@
 """Installing kvxfer into a TensorRT-LLM package tree, and taking it out again.
 
 ``install`` backs up and replaces ``libs/libtensorrt_llm_ucx_wrapper.so``,
-``libs/libtensorrt_llm_nixl_wrapper.so`` and the
+``libs/libtensorrt_llm_nixl_wrapper.so`` (built for the release line of the
+TensorRT-LLM found, from the wheel's ``lib/trtllm/<line>/``) and the
 ``tensorrt_llm_transfer_agent_binding`` extension module with kvxfer's, adds
 ``libs/libkvxfer.so.0`` (which they load), and records every change in
 ``tensorrt_llm/.kvxfer-install.json``. ``uninstall`` restores each file byte
@@ -97,21 +98,49 @@ def _probe_writable(folder):
         raise Refused(f"{folder} is not writable ({e.strerror}); nothing was changed") from None
 
 
-def _kvxfer_files():
+def release_line(version):
+    """The TensorRT-LLM release line ("1.2") of `version`, as the wrappers map
+    it (they hold the one table); None when it cannot be read or comes before 1.0."""
+    import ctypes
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    wrapper = ctypes.CDLL(os.path.join(here, "lib", WRAPPERS[1]), mode=os.RTLD_LOCAL | os.RTLD_NOW)
+    line_of = wrapper.kvxfer_trtllm_line_of_release
+    line_of.argtypes, line_of.restype = [ctypes.c_char_p], ctypes.c_int
+    line = line_of(version.encode())
+    return f"{line // 100}.{line % 100}" if line > 0 else None
+
+
+def _wrapper_dir(version):
+    """The wheel's wrappers of `version`'s line (lib/trtllm/<line>/)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    line = release_line(version)
+    if line is None:
+        raise Refused(f"TensorRT-LLM {version}: its release line, which decides the wrappers that fit, cannot be "
+                      "told (kvxfer serves releases from 1.0 on, whose version.py or dist-info says which)")
+    folder = os.path.join(here, "lib", "trtllm", line)
+    if not os.path.isdir(folder):
+        raise Refused(f"TensorRT-LLM {version} is of the {line} line, and this kvxfer package has no wrappers "
+                      f"built for it (lib/trtllm/{line}/)")
+    return line, folder
+
+
+def _kvxfer_files(version):
     here = os.path.dirname(os.path.abspath(__file__))
     lib = os.path.join(here, "lib")
+    line, wrapper_dir = _wrapper_dir(version)
     binding = None
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         cand = os.path.join(here, BINDING + suffix)
         if os.path.exists(cand):
             binding = cand
             break
-    files = {w: os.path.join(lib, w) for w in WRAPPERS}
+    files = {w: os.path.join(wrapper_dir, w) for w in WRAPPERS}
     files[KVXFER_SONAME] = os.path.join(lib, KVXFER_SONAME)
     missing = [p for p in list(files.values()) + [binding] if not p or not os.path.exists(p)]
     if missing:
         raise Refused(f"this kvxfer package is incomplete (missing {missing})")
-    return files, binding
+    return line, files, binding
 
 
 def read_record(pkg):
@@ -143,7 +172,8 @@ def install(site=None, log=print):
     libs = _check_tree(pkg)
     if read_record(pkg) is not None:
         raise Refused(f"kvxfer is already installed in {pkg}; run `kvxfer trtllm uninstall` first")
-    sources, binding_src = _kvxfer_files()
+    version = trtllm_version(pkg)
+    line, sources, binding_src = _kvxfer_files(version)
     binding_dst, binding_exists = _binding_file(pkg)
     plan = [(sources[w], os.path.join(libs, w)) for w in WRAPPERS]
     plan.append((sources[KVXFER_SONAME], os.path.join(libs, KVXFER_SONAME)))
@@ -172,7 +202,8 @@ def install(site=None, log=print):
             entries.append(entry)
         record = {
             "kvxfer_version": __version__,
-            "tensorrt_llm_version": trtllm_version(pkg),
+            "tensorrt_llm_version": version,
+            "trtllm_line": line,
             "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": entries,
         }
@@ -184,7 +215,7 @@ def install(site=None, log=print):
         raise
     for e in entries:
         log(f"{e['action']:>8}  {e['path']}")
-    log(f"kvxfer {__version__} installed into TensorRT-LLM {record['tensorrt_llm_version']} at {pkg}")
+    log(f"kvxfer {__version__} installed into TensorRT-LLM {version} (the {line} line's wrappers) at {pkg}")
     return record
 
 
@@ -239,7 +270,8 @@ def status(site=None, log=print):
         log(f"TensorRT-LLM {version} at {pkg}: kvxfer not installed")
         return None
     log(f"TensorRT-LLM {version} at {pkg}: kvxfer {record['kvxfer_version']} installed "
-        f"{record['installed_at']} (over TensorRT-LLM {record['tensorrt_llm_version']})")
+        f"{record['installed_at']} (over TensorRT-LLM {record['tensorrt_llm_version']}, "
+        f"the {record.get('trtllm_line', '1.4')} line's wrappers)")
     for e in record["files"]:
         path = os.path.join(pkg, e["path"])
         state = "ok" if os.path.exists(path) and _sha256(path) == e["installed_sha256"] else "CHANGED since install"

@@ -20,11 +20,11 @@ def kvxfer_cmd(*args, **kw):
     return subprocess.run([sys.executable, "-m", "kvxfer", *args], capture_output=True, text=True, timeout=120, **kw)
 
 
-def make_tree(site, with_binding=True):
+def make_tree(site, with_binding=True, version="1.4.0rc1"):
     pkg = site / "tensorrt_llm"
     (pkg / "libs").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "version.py").write_text('__version__ = "1.4.0rc1"\n')
+    (pkg / "version.py").write_text(f'__version__ = "{version}"\n')
     for name, size in [("libs/libtensorrt_llm.so", 3000), ("libs/libtensorrt_llm_ucx_wrapper.so", 2000),
                        ("libs/libtensorrt_llm_nixl_wrapper.so", 2500)] + ([(BINDING, 1500)] if with_binding else []):
         path = pkg / name
@@ -64,10 +64,12 @@ def test_install_status_uninstall_round_trip(tmp_path):
     actions = {e["path"]: e["action"] for e in record["files"]}
     assert actions == {"libs/libtensorrt_llm_ucx_wrapper.so": "replaced", "libs/libtensorrt_llm_nixl_wrapper.so": "replaced",
                        "libs/libkvxfer.so.0": "added", BINDING: "replaced"}
+    assert record["trtllm_line"] == "1.4"
     import kvxfer
     lib = kvxfer.library_dir()
-    for name in ("libtensorrt_llm_ucx_wrapper.so", "libtensorrt_llm_nixl_wrapper.so", "libkvxfer.so.0"):
-        assert (pkg / "libs" / name).read_bytes() == open(os.path.join(lib, name), "rb").read()
+    for name in ("libtensorrt_llm_ucx_wrapper.so", "libtensorrt_llm_nixl_wrapper.so"):
+        assert (pkg / "libs" / name).read_bytes() == open(os.path.join(lib, "trtllm", "1.4", name), "rb").read()
+    assert (pkg / "libs" / "libkvxfer.so.0").read_bytes() == open(os.path.join(lib, "libkvxfer.so.0"), "rb").read()
     assert (pkg / "libs" / "libtensorrt_llm.so").read_bytes() == before[os.path.join("tensorrt_llm", "libs", "libtensorrt_llm.so")][0]
 
     r = kvxfer_cmd("trtllm", "status", "--site", str(tmp_path))
@@ -161,6 +163,34 @@ def test_refuses_a_read_only_tree(tmp_path):
             os.chmod(p, 0o755)
     assert r.returncode == 2 and "not writable" in r.stderr, r.stdout + r.stderr
     assert snapshot(site) == before
+
+
+@pytest.mark.parametrize("version,line", [("1.1.0", "1.1"), ("1.2.0rc2", "1.2"), ("1.3.0rc24", "1.3")])
+def test_install_picks_the_wrappers_of_the_release_line(tmp_path, version, line):
+    pkg = make_tree(tmp_path, version=version)
+    before = snapshot(tmp_path)
+    r = kvxfer_cmd("trtllm", "install", "--site", str(tmp_path))
+    assert r.returncode == 0 and f"the {line} line's wrappers" in r.stdout, r.stdout + r.stderr
+    assert json.loads((pkg / ".kvxfer-install.json").read_text())["trtllm_line"] == line
+    import kvxfer
+    lines = os.path.join(kvxfer.library_dir(), "trtllm")
+    for name in ("libtensorrt_llm_ucx_wrapper.so", "libtensorrt_llm_nixl_wrapper.so"):
+        installed = (pkg / "libs" / name).read_bytes()
+        assert installed == open(os.path.join(lines, line, name), "rb").read()
+        assert installed != open(os.path.join(lines, "1.4", name), "rb").read(), "the lines' wrappers are one file"
+    r = kvxfer_cmd("trtllm", "status", "--site", str(tmp_path))
+    assert r.returncode == 0 and f"the {line} line's wrappers" in r.stdout, r.stdout
+    r = kvxfer_cmd("trtllm", "uninstall", "--site", str(tmp_path))
+    assert r.returncode == 0 and snapshot(tmp_path) == before, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("version", ["0.21.0", "unknown-build"])
+def test_install_refuses_a_release_no_line_serves_and_changes_nothing(tmp_path, version):
+    make_tree(tmp_path, version=version)
+    before = snapshot(tmp_path)
+    r = kvxfer_cmd("trtllm", "install", "--site", str(tmp_path))
+    assert r.returncode != 0 and "release line" in r.stderr, r.stdout + r.stderr
+    assert snapshot(tmp_path) == before
 
 
 def test_status_names_a_missing_package_clearly(tmp_path):

@@ -43,7 +43,9 @@ void expectSingleRankState(kvc::ConnectionManager const& manager)
 Manager makeManager()
 {
     Manager m = makeUcxConnectionManager();
+#if KVXFER_TRTLLM_LINE >= 103 // isRunning from 1.3 on
     EXPECT_TRUE(m->isRunning());
+#endif
     return m;
 }
 
@@ -171,7 +173,8 @@ TEST(ConnectionManager, CommCache)
     EXPECT_EQ(peer, peerAgain);
 }
 
-// TensorRT-LLM 1.4: recvConnect gives up with nullptr once the termination flag is set.
+#if KVXFER_TRTLLM_LINE >= 103 // DataContext has its termination flag from 1.3 on
+// recvConnect gives up with nullptr once the termination flag is set.
 TEST(ConnectionManager, RecvConnectTerminates)
 {
     Manager m = makeManager();
@@ -188,6 +191,7 @@ TEST(ConnectionManager, RecvConnectTerminates)
     EXPECT_LT(std::chrono::steady_clock::now() - start, kWaitLimit);
     setter.get();
 }
+#endif
 
 TEST(ConnectionManager, ErrorsAreExceptions)
 {

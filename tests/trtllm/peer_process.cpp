@@ -57,7 +57,7 @@ int agentTarget(size_t bytes, uint32_t seed)
     std::vector<char> buffer(bytes, 0);
     kvc::MemoryDescs descs{kvc::MemoryType::kDRAM, {kvc::MemoryDesc{buffer}}};
     agent->registerMemory(descs);
-    std::printf("%s%s %s %llu\n", kAnnounce, name.c_str(), agent->getLocalConnectionInfo().c_str(),
+    std::printf("%s%s %s %llu\n", kAnnounce, name.c_str(), localConnectionInfo(*agent).c_str(),
         static_cast<unsigned long long>(reinterpret_cast<uintptr_t>(buffer.data())));
     std::fflush(stdout);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);

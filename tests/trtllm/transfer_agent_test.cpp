@@ -28,7 +28,6 @@ using kvc::MemoryDescs;
 using kvc::MemoryType;
 using kvc::TransferOp;
 using kvc::TransferRequest;
-using kvc::TransferState;
 
 // Registers in the constructor, deregisters in the destructor (as TensorRT-LLM's own test does).
 class Registered
@@ -152,7 +151,7 @@ struct AgentPair
     // agent0 loads agent1 by connection info and polls until `remote` is visible.
     void connect(MemoryDescs const& remote)
     {
-        agent0->loadRemoteAgent(name1, agent1->getLocalConnectionInfo());
+        loadByConnectionInfo(*agent0, name1, localConnectionInfo(*agent1));
         ASSERT_NO_FATAL_FAILURE(waitRemoteDescs(*agent0, name1, remote));
     }
 };
@@ -161,7 +160,7 @@ struct AgentPair
 void transfer(kvc::BaseTransferAgent& agent, TransferRequest const& request)
 {
     auto status = agent.submitTransferRequests(request);
-    ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr();
+    ASSERT_EQ(waitFor(*status), TransferState::kSUCCESS) << statusText(*status);
     EXPECT_TRUE(status->isCompleted());
 }
 
@@ -230,13 +229,13 @@ TEST(TransferAgent, Connect)
     Registered reg0(*agent0, hostDescs(shared));
     Registered reg2(*agent2, hostDescs(shared));
     Registered reg1(*agent1, hostDescs(mem1));
-    std::string info1 = agent1->getLocalConnectionInfo();
+    std::string info1 = localConnectionInfo(*agent1);
     ASSERT_FALSE(info1.empty());
 
     for (auto* writer : {agent0.get(), agent2.get()})
     {
         std::fill(mem1.begin(), mem1.end(), 1);
-        writer->loadRemoteAgent(name1, info1);
+        loadByConnectionInfo(*writer, name1, info1);
         ASSERT_NO_FATAL_FAILURE(waitRemoteDescs(*writer, name1, reg1.descs()));
         ASSERT_NO_FATAL_FAILURE(
             transfer(*writer, TransferRequest{TransferOp::kWRITE, reg0.descs(), reg1.descs(), name1}));
@@ -268,7 +267,7 @@ TEST(TransferAgent, SyncMessage)
     ASSERT_EQ(got.size(), 1u);
     ASSERT_EQ(got.count(name0), 1u);
     EXPECT_EQ(got[name0], std::vector<std::string>{"agent_sync_message"});
-    ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr();
+    ASSERT_EQ(waitFor(*status), TransferState::kSUCCESS) << statusText(*status);
     EXPECT_TRUE(status->isCompleted());
     EXPECT_EQ(mem1, mem0);
     EXPECT_TRUE(agent1->getNotifiedSyncMessages().empty()) << "notifications are drained once";
@@ -280,7 +279,7 @@ TEST(TransferAgent, SyncMessage)
     EXPECT_EQ(got[name0], std::vector<std::string>{"agent_sync_message2"});
 
     // (c) the other way round, after loading by connection info.
-    agent1->loadRemoteAgent(name0, agent0->getLocalConnectionInfo());
+    loadByConnectionInfo(*agent1, name0, localConnectionInfo(*agent0));
     agent1->notifySyncMessage(name0, "agent_sync_message_back");
     got = waitNotifications(*agent0);
     ASSERT_EQ(got.size(), 1u);
@@ -297,7 +296,7 @@ TEST(TransferAgent, SyncMessage)
     EXPECT_EQ(got[name1], std::vector<std::string>{"attached"});
     // The message is delivered after the data.
     EXPECT_EQ(mem0, payload);
-    ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr();
+    ASSERT_EQ(waitFor(*status), TransferState::kSUCCESS) << statusText(*status);
 
     // (e) a serialized CommState (binary, NUL bytes) round-trips byte-exactly.
     kvc::CommState state{std::vector<kvc::SocketState>{{1234, "127.0.0.1"}}, 0};
@@ -367,7 +366,7 @@ TEST(TransferAgent, ConcurrentSubmitters)
                     MemoryDescs dst{MemoryType::kDRAM, {MemoryDesc{mem1.data() + t * kSlice, kSlice, 0}}};
                     auto status = agent0->submitTransferRequests(
                         TransferRequest{TransferOp::kWRITE, src, dst, name1, "slice" + std::to_string(t)});
-                    if (status->wait() != TransferState::kSUCCESS)
+                    if (waitFor(*status) != TransferState::kSUCCESS)
                         ++failures;
                 }
                 catch (std::exception const& e)
@@ -411,16 +410,14 @@ TEST(TransferAgent, ErrorsAreExceptions)
         agent0->deregisterMemory(MemoryDescs{MemoryType::kDRAM, {MemoryDesc{mem.data() + 1, 8, 0}}}), std::exception);
 }
 
+#if KVXFER_TRTLLM_LINE >= 103 // the config has backendParams from 1.3 on
 // backendParams reach kvxfer (num_workers as its own setting); entries it
 // cannot represent are refused rather than dropped.
 TEST(TransferAgent, BackendParams)
 {
     auto create = reinterpret_cast<CreateTransferAgent>(wrapperSymbol(kNixlWrapper, "createNixlTransferAgent"));
     auto config = [](std::unordered_map<std::string, std::string> params)
-    {
-        return kvc::BaseAgentConfig{
-            uniqueName("params"), true, false, true, false, std::move(params), std::nullopt, std::nullopt, 0, {}};
-    };
+    { return agentConfig(uniqueName("params"), true, std::move(params)); };
     auto ok = config({{"num_workers", "2"}});
     EXPECT_NE(create(&ok), nullptr);
     auto badWorkers = config({{"num_workers", "two"}});
@@ -428,6 +425,7 @@ TEST(TransferAgent, BackendParams)
     auto badEntry = config({{"a;b", "1"}});
     EXPECT_THROW(create(&badEntry), std::exception);
 }
+#endif
 
 TEST(LoopbackAgent, HostMemoryToFileAndBack)
 {
@@ -520,11 +518,11 @@ TEST(TransferAgent, DeadPeerIsAnError)
         {
             auto status = pair.agent0->submitTransferRequests(
                 TransferRequest{TransferOp::kWRITE, reg0.descs(), remote, pair.name1});
-            failed = status->wait(5000) == TransferState::kFAILURE;
-            if (failed)
+            failed = waitFor(*status, 5000) == TransferState::kFAILURE;
+            if (failed && kStatusExplainsFailure)
             {
                 // The failure names the peer and its status, with the transfer's facts.
-                std::string text = status->getLastStatusStr();
+                std::string text = statusText(*status);
                 EXPECT_NE(text.find("peer " + pair.name1), std::string::npos) << text;
                 EXPECT_NE(text.find("KVX_ERR_"), std::string::npos) << text;
                 EXPECT_NE(text.find("4096 bytes"), std::string::npos) << text;
@@ -539,6 +537,7 @@ TEST(TransferAgent, DeadPeerIsAnError)
     EXPECT_TRUE(failed) << "writes to a destroyed agent kept succeeding";
 }
 
+#if KVXFER_TRTLLM_LINE >= 103 // TransferStatus::release() from 1.3 on
 namespace
 {
 
@@ -636,37 +635,43 @@ TEST(TransferAgent, CancelMidSend)
     TargetProcess target(kBytes, kSeed);
     auto agent = makeTransferAgent(uniqueName("canceller"));
     MemoryDescs remote{MemoryType::kDRAM, {MemoryDesc{target.mAddr, kBytes, 0}}};
-    agent->loadRemoteAgent(target.mName, target.mInfo);
+    loadByConnectionInfo(*agent, target.mName, target.mInfo);
     ASSERT_NO_FATAL_FAILURE(waitRemoteDescs(*agent, target.mName, remote));
+    bool canceledOne = false;
     std::string cancelled;
     {
         std::vector<char> junk(kBytes, 3);
         Registered reg(*agent, hostDescs(junk));
-        for (int attempt = 0; attempt < 5 && cancelled.empty(); ++attempt)
+        for (int attempt = 0; attempt < 5 && !canceledOne; ++attempt)
         {
             auto status =
                 agent->submitTransferRequests(TransferRequest{TransferOp::kWRITE, reg.descs(), remote, target.mName});
-            if (status->wait(1) != TransferState::kIN_PROGRESS)
+            if (waitFor(*status, 1) != TransferState::kIN_PROGRESS)
             {
-                ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr();
+                ASSERT_EQ(waitFor(*status), TransferState::kSUCCESS) << statusText(*status);
                 continue;
             }
-            ASSERT_TRUE(status->release()) << status->getLastStatusStr();
-            EXPECT_EQ(status->wait(0), TransferState::kFAILURE);
+            ASSERT_TRUE(status->release()) << statusText(*status);
+            EXPECT_EQ(waitFor(*status, 0), TransferState::kFAILURE);
             EXPECT_FALSE(status->isCompleted());
-            cancelled = status->getLastStatusStr();
-            EXPECT_NE(cancelled.find("canceled by release()"), std::string::npos) << cancelled;
+            canceledOne = true;
+            cancelled = statusText(*status);
+            if (kStatusExplainsFailure)
+            {
+                EXPECT_NE(cancelled.find("canceled by release()"), std::string::npos) << cancelled;
+            }
         }
-        ASSERT_FALSE(cancelled.empty()) << "no 64 MiB write over TCP was still running after 1 ms";
+        ASSERT_TRUE(canceledOne) << "no 64 MiB write over TCP was still running after 1 ms";
     } // released: the memory may go now
     auto payload = bulkBytes(kBytes, kSeed);
     Registered reg(*agent, hostDescs(payload));
     auto status = agent->submitTransferRequests(
         TransferRequest{TransferOp::kWRITE, reg.descs(), remote, target.mName, std::string("verify")});
-    ASSERT_EQ(status->wait(), TransferState::kSUCCESS) << status->getLastStatusStr() << " after: " << cancelled;
+    ASSERT_EQ(waitFor(*status), TransferState::kSUCCESS) << statusText(*status) << " after: " << cancelled;
     EXPECT_EQ(target.exitStatus(), 0) << "the target did not receive the transfer after the cancel: " << cancelled;
     agent->invalidateRemoteAgent(target.mName);
 }
+#endif
 
 // TRTLLM_USE_MOONCAKE_KVCACHE=1 alone selects Mooncake in TensorRT-LLM:
 // kvxfer refuses at once, naming it, instead of serving another transport.
@@ -692,7 +697,7 @@ TEST(TransferAgent, MooncakeIsRefusedClearly)
 // listens on P + k, as TensorRT-LLM's NIXL agents do.
 TEST(TransferAgent, ListenPortFollowsTrtllmNixlPort)
 {
-    // A base port with two free ports after it.
+    // A base port that is free, with the next one free too.
     uint16_t base = 0;
     for (int attempt = 0; attempt < 20 && base == 0; ++attempt)
     {
@@ -700,7 +705,7 @@ TEST(TransferAgent, ListenPortFollowsTrtllmNixlPort)
         int probe = loopbackSocket(candidate, 0);
         if (probe >= 0)
             ::close(probe);
-        if (candidate != 0 && candidate < 65000)
+        if (candidate != 0 && candidate < 65000 && portIsFree(candidate + 1))
             base = candidate;
     }
     ASSERT_NE(base, 0);
@@ -712,6 +717,6 @@ TEST(TransferAgent, ListenPortFollowsTrtllmNixlPort)
         std::string suffix = ":" + std::to_string(p);
         return info.size() > suffix.size() && info.compare(info.size() - suffix.size(), suffix.size(), suffix) == 0;
     };
-    EXPECT_TRUE(endsWithPort(first->getLocalConnectionInfo(), base)) << first->getLocalConnectionInfo();
-    EXPECT_TRUE(endsWithPort(second->getLocalConnectionInfo(), base + 1)) << second->getLocalConnectionInfo();
+    EXPECT_TRUE(endsWithPort(localConnectionInfo(*first), base)) << localConnectionInfo(*first);
+    EXPECT_TRUE(endsWithPort(localConnectionInfo(*second), base + 1)) << localConnectionInfo(*second);
 }

@@ -31,6 +31,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 namespace trtllm_test
@@ -65,16 +66,113 @@ inline std::unique_ptr<kvc::ConnectionManager> makeUcxConnectionManager()
     return reinterpret_cast<MakeUcxConnectionManager>(wrapperSymbol(kUcxWrapper, "makeUcxConnectionManager"))();
 }
 
+// ---- one suite for every release line (kvxferLine.h): the calls whose form differs
+
+// TensorRT-LLM's agent config: progress thread on; `listen` starts the
+// listener (before 1.3 the config has no such switch and it always runs).
+inline kvc::BaseAgentConfig agentConfig(
+    std::string const& name, bool listen, std::unordered_map<std::string, std::string> backendParams = {})
+{
+#if KVXFER_TRTLLM_LINE >= 104
+    return kvc::BaseAgentConfig{
+        name, true, false, listen, false, std::move(backendParams), std::nullopt, std::nullopt, 0, {}};
+#elif KVXFER_TRTLLM_LINE >= 103
+    return kvc::BaseAgentConfig{name, true, false, listen, false, std::move(backendParams), std::nullopt, std::nullopt};
+#else
+    (void)listen;
+    (void)backendParams;
+    return kvc::BaseAgentConfig{name, true, false};
+#endif
+}
+
+#if KVXFER_TRTLLM_LINE >= 103
+using TransferState = kvc::TransferState;
+#else
+// Before 1.3 wait() returns nothing and throws on failure; the suite speaks in 1.3's states.
+enum class TransferState
+{
+    kIN_PROGRESS,
+    kSUCCESS,
+    kFAILURE,
+};
+
+// What the last failed wait() of this thread said (waitFor keeps it).
+inline std::string& lastWaitError()
+{
+    thread_local std::string text;
+    return text;
+}
+#endif
+
+// wait(timeoutMs) from 1.3 on; before, wait() until the end (there is no
+// timeout to give: kvxfer's own transfer deadline bounds it).
+inline TransferState waitFor(kvc::TransferStatus const& status, int64_t timeoutMs = -1)
+{
+#if KVXFER_TRTLLM_LINE >= 103
+    return status.wait(timeoutMs);
+#else
+    (void)timeoutMs;
+    try
+    {
+        status.wait();
+        return TransferState::kSUCCESS;
+    }
+    catch (std::exception const& e)
+    {
+        lastWaitError() = e.what();
+        return TransferState::kFAILURE;
+    }
+#endif
+}
+
+// Whether a failed transfer says why: getLastStatusStr() from 1.4 on, the
+// exception of wait() before 1.3; 1.3 has neither.
+constexpr bool kStatusExplainsFailure = KVXFER_TRTLLM_LINE >= 104 || KVXFER_TRTLLM_LINE < 103;
+
+// What the line lets a transfer say about itself (see kStatusExplainsFailure).
+inline std::string statusText(kvc::TransferStatus const& status)
+{
+#if KVXFER_TRTLLM_LINE >= 104
+    return status.getLastStatusStr();
+#elif KVXFER_TRTLLM_LINE < 103
+    (void)status;
+    return lastWaitError();
+#else
+    (void)status;
+    return {};
+#endif
+}
+
+// getLocalConnectionInfo() from 1.2 on, getConnectionInfo() before.
+inline std::string localConnectionInfo(kvc::BaseTransferAgent& agent)
+{
+#if KVXFER_TRTLLM_LINE >= 102
+    return agent.getLocalConnectionInfo();
+#else
+    return agent.getConnectionInfo();
+#endif
+}
+
+// loadRemoteAgent(name, connectionInfo) from 1.2 on, connectRemoteAgent before.
+inline void loadByConnectionInfo(kvc::BaseTransferAgent& agent, std::string const& name, std::string const& info)
+{
+#if KVXFER_TRTLLM_LINE >= 102
+    agent.loadRemoteAgent(name, info);
+#else
+    agent.connectRemoteAgent(name, info);
+#endif
+}
+
 // TensorRT-LLM's AgentConnectionManager config: progress thread on, listener on.
 inline std::unique_ptr<kvc::BaseTransferAgent> makeTransferAgent(std::string const& name)
 {
-    kvc::BaseAgentConfig config{name, true, false, true, false, {}, std::nullopt, std::nullopt, 0, {}};
+    auto config = agentConfig(name, true);
     return reinterpret_cast<CreateTransferAgent>(wrapperSymbol(kNixlWrapper, "createNixlTransferAgent"))(&config);
 }
 
 inline std::shared_ptr<kvc::BaseLoopbackAgent> makeLoopbackAgent(std::string const& name)
 {
-    kvc::BaseAgentConfig config{name, true, false, false, false, {}, std::nullopt, std::nullopt, 0, {}};
+    auto config = agentConfig(name, false);
     return reinterpret_cast<CreateLoopbackAgent>(wrapperSymbol(kNixlWrapper, "createNixlLoopbackAgent"))(&config);
 }
 
@@ -100,6 +198,20 @@ inline int loopbackSocket(uint16_t& port, int backlog)
     }
     port = ntohs(addr.sin_port);
     return fd;
+}
+
+// Whether a TCP socket can bind 127.0.0.1:port just now.
+inline bool portIsFree(uint16_t port)
+{
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(port);
+    bool free = fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    if (fd >= 0)
+        ::close(fd);
+    return free;
 }
 
 // Marks the line a peer process announces itself with: transports may log to

@@ -54,6 +54,7 @@ std::vector<kvx_memory_desc> kvxDescs(kvc::MemoryDescs const& descs)
     return out;
 }
 
+#if KVXFER_TRTLLM_LINE >= 103 // the config has backendParams from 1.3 on
 // TensorRT-LLM's backendParams as kvxfer's "key=value;key=value"; its
 // "num_workers" entry goes to its own field, as TensorRT-LLM's NIXL wrapper reads it.
 std::string nixlBackendParams(std::unordered_map<std::string, std::string> const& backendParams, uint32_t& numWorkers)
@@ -78,6 +79,7 @@ std::string nixlBackendParams(std::unordered_map<std::string, std::string> const
     }
     return out;
 }
+#endif
 
 char const* pathName(uint32_t path)
 {
@@ -124,14 +126,12 @@ public:
         return done;
     }
 
+#if KVXFER_TRTLLM_LINE >= 103
     // timeout_ms < 0 waits until the transfer ends or its own deadline (the
     // agent's KVX_TIMEOUT_MS) passes, which reports kFAILURE: never forever.
     kvc::TransferState wait(int64_t timeout_ms) const override
     {
-        kvx_transfer_state state = KVX_TRANSFER_FAILURE;
-        if (kvx_xfer_wait(mXfer, timeout_ms < 0 ? KVX_TIMEOUT_DEFAULT : timeout_ms, &state) != KVX_OK)
-            return kvc::TransferState::kFAILURE;
-        switch (state)
+        switch (waitFor(timeout_ms))
         {
         case KVX_TRANSFER_SUCCESS: return kvc::TransferState::kSUCCESS;
         case KVX_TRANSFER_IN_PROGRESS: return kvc::TransferState::kIN_PROGRESS;
@@ -145,10 +145,35 @@ public:
         check(kvx_xfer_cancel(mXfer, &released), "TransferStatus::release");
         return released;
     }
+#else
+    // Until the transfer ends or its own deadline (KVX_TIMEOUT_MS) passes;
+    // anything but success throws, with what happened.
+    void wait() const override
+    {
+        if (waitFor(-1) != KVX_TRANSFER_SUCCESS)
+            throw std::runtime_error("kvxfer: TransferStatus::wait: " + lastStatus());
+    }
+#endif
+
+#if KVXFER_TRTLLM_LINE >= 104
+    [[nodiscard]] std::string getLastStatusStr() const override
+    {
+        return lastStatus();
+    }
+#endif
+
+private:
+    kvx_transfer_state waitFor(int64_t timeout_ms) const
+    {
+        kvx_transfer_state state = KVX_TRANSFER_FAILURE;
+        if (kvx_xfer_wait(mXfer, timeout_ms < 0 ? KVX_TIMEOUT_DEFAULT : timeout_ms, &state) != KVX_OK)
+            return KVX_TRANSFER_FAILURE;
+        return state;
+    }
 
     // On failure the text also carries the transfer's facts (kvx_xfer_info):
     // peer, status, size, path and how long it ran, for TensorRT-LLM's logs.
-    [[nodiscard]] std::string getLastStatusStr() const override
+    std::string lastStatus() const
     {
         OwnedBytes text;
         if (kvx_xfer_last_status(mXfer, text.out()) != KVX_OK)
@@ -161,7 +186,6 @@ public:
         return out;
     }
 
-private:
     kvx_xfer* mXfer;
 };
 
@@ -177,8 +201,14 @@ uint16_t listenPortFor(kvc::BaseAgentConfig const& config)
     int64_t base = envNonNegative("TRTLLM_NIXL_PORT", 0);
     if (base == 0)
         return 0;
+#if KVXFER_TRTLLM_LINE >= 103
     int64_t rank = config.rank.value_or(0);
     int64_t world = std::max(1, config.worldSize.value_or(1));
+#else
+    (void)config; // no rank in the config before 1.3
+    int64_t rank = 0;
+    int64_t world = 1;
+#endif
     int64_t port = base + rank + listeningAgents.fetch_add(1) * world;
     if (rank < 0 || port > 65535)
         throw std::invalid_argument("kvxfer: TRTLLM_NIXL_PORT=" + std::to_string(base) + " with rank "
@@ -195,14 +225,23 @@ public:
         kvx_agent_config kvxConfig;
         check(kvx_agent_config_init(&kvxConfig), "kvx_agent_config_init");
         kvxConfig.name = config.mName.c_str();
+#if KVXFER_TRTLLM_LINE >= 103
         kvxConfig.use_listen_thread = config.useListenThread;
-        if (config.useListenThread)
+#else
+        // Before 1.3 the config has no such switch, and getConnectionInfo needs the listener.
+        kvxConfig.use_listen_thread = true;
+#endif
+        if (kvxConfig.use_listen_thread)
             kvxConfig.listen_port = listenPortFor(config);
         // NIXL only. useProgThread asks for a progress thread: kvxfer's automatic
         // choice gives one where it helps (NIXL's spins, so not on small hosts);
         // without it kvxfer's own poller still drives transfers.
         kvxConfig.progress_thread = config.useProgThread ? 0 : 2;
+#if KVXFER_TRTLLM_LINE >= 103
         std::string params = nixlBackendParams(config.backendParams, kvxConfig.num_workers);
+#else
+        std::string params; // no backendParams in the config before 1.3
+#endif
         kvxConfig.backend_params = params.empty() ? nullptr : params.c_str();
         // multiThread, enableTelemetry and the bounce settings have no kvxfer counterpart.
         kvx_agent* agent = nullptr;
@@ -236,13 +275,29 @@ public:
             "BaseTransferAgent::loadRemoteAgent(AgentDesc)");
     }
 
+#if KVXFER_TRTLLM_LINE >= 102
     // Returns once the peer is usable, so a transfer may follow without polling checkRemoteDescs.
     void loadRemoteAgent(std::string const& name, kvc::ConnectionInfoType const& connectionInfo) override
     {
-        check(kvx_agent_load_remote_by_connection_info(
-                  mAgent.get(), name.c_str(), connectionInfo.c_str(), KVX_TIMEOUT_DEFAULT),
-            "BaseTransferAgent::loadRemoteAgent(connectionInfo)");
+        loadByConnectionInfo(name, connectionInfo, "BaseTransferAgent::loadRemoteAgent(connectionInfo)");
     }
+
+    kvc::ConnectionInfoType getLocalConnectionInfo() override
+    {
+        return connectionInfo("BaseTransferAgent::getLocalConnectionInfo");
+    }
+#else
+    // The same calls under their names before 1.2.
+    void connectRemoteAgent(std::string const& name, kvc::ConnectionInfoType const& connectionInfo) override
+    {
+        loadByConnectionInfo(name, connectionInfo, "BaseTransferAgent::connectRemoteAgent");
+    }
+
+    kvc::ConnectionInfoType getConnectionInfo() override
+    {
+        return connectionInfo("BaseTransferAgent::getConnectionInfo");
+    }
+#endif
 
     // Forgetting an agent that is not loaded is a no-op: TensorRT-LLM
     // invalidates before (re)loading a peer it may never have seen.
@@ -258,13 +313,6 @@ public:
         OwnedBytes desc;
         check(kvx_agent_get_local_desc(mAgent.get(), desc.out()), "BaseTransferAgent::getLocalAgentDesc");
         return kvc::AgentDesc{desc.str()};
-    }
-
-    kvc::ConnectionInfoType getLocalConnectionInfo() override
-    {
-        OwnedBytes info;
-        check(kvx_agent_get_connection_info(mAgent.get(), info.out()), "BaseTransferAgent::getLocalConnectionInfo");
-        return info.str();
     }
 
     [[nodiscard]] std::unique_ptr<kvc::TransferStatus> submitTransferRequests(
@@ -334,6 +382,20 @@ public:
     }
 
 private:
+    void loadByConnectionInfo(std::string const& name, std::string const& connectionInfo, char const* what)
+    {
+        check(kvx_agent_load_remote_by_connection_info(
+                  mAgent.get(), name.c_str(), connectionInfo.c_str(), KVX_TIMEOUT_DEFAULT),
+            what);
+    }
+
+    std::string connectionInfo(char const* what)
+    {
+        OwnedBytes info;
+        check(kvx_agent_get_connection_info(mAgent.get(), info.out()), what);
+        return info.str();
+    }
+
     struct AgentDeleter
     {
         void operator()(kvx_agent* agent) const noexcept

@@ -3,11 +3,13 @@
 #include <dlfcn.h>
 #include <link.h>
 
+#include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <regex>
@@ -109,17 +111,43 @@ std::optional<LoadedRelease> loadedRelease()
     return std::nullopt;
 }
 
-// Releases from 1.4 on have the interfaces of the compat headers; earlier ones
-// differ (DataContext without its termination flag, no isRunning, older
-// TransferStatus). Releases newer than the newest known line count as it.
-bool onBuiltLine(std::string const& version)
+// A release as (major, minor, patch, rc); a final release sorts after its rcs.
+using ReleaseKey = std::array<long, 4>;
+
+std::optional<ReleaseKey> releaseKey(std::string const& version)
 {
     std::smatch match;
-    if (!std::regex_search(version, match, std::regex(R"(^(\d+)\.(\d+))")))
-        return true; // unreadable: nothing to compare
-    int major = std::stoi(match[1].str());
-    int minor = std::stoi(match[2].str());
-    return major > 1 || (major == 1 && minor >= 4);
+    if (!std::regex_search(version, match, std::regex(R"(^(\d+)\.(\d+)\.(\d+)(?:rc(\d+))?)")))
+        return std::nullopt;
+    long rc = match[4].matched ? std::stol(match[4].str()) : std::numeric_limits<long>::max();
+    return ReleaseKey{std::stol(match[1].str()), std::stol(match[2].str()), std::stol(match[3].str()), rc};
+}
+
+// The line (kvxferLine.h) whose interfaces a release has: the first release
+// of each line, newest first (docs/trtllm.md says how each was established).
+// 0: before 1.0, which no line serves. Newer releases count as the newest line.
+int lineOfRelease(ReleaseKey const& release)
+{
+    struct First
+    {
+        ReleaseKey release;
+        int line;
+    };
+    static First const firsts[] = {
+        {{1, 4, 0, 0}, 104},
+        {{1, 3, 0, 0}, 103},
+        {{1, 2, 0, 1}, 102},
+        {{1, 0, 0, 0}, 101},
+    };
+    for (auto const& first : firsts)
+        if (release >= first.release)
+            return first.line;
+    return 0;
+}
+
+std::string lineName(int line)
+{
+    return std::to_string(line / 100) + "." + std::to_string(line % 100);
 }
 
 } // namespace
@@ -131,14 +159,18 @@ void requireMatchingRelease(char const* wrapperName)
     (void)wrapperName;
 #else
     static std::optional<LoadedRelease> const release = loadedRelease();
-    if (!release || onBuiltLine(release->version))
-        return;
-    std::string problem =
-        std::string(wrapperName)
-        + " was built on kvxfer's compat headers, the plug-in interfaces of TensorRT-LLM 1.4 and later, but this "
-          "process runs TensorRT-LLM "
-        + release->version + " (" + release->foundAt
-        + "), whose interfaces differ: the objects' vtables would not match";
+    if (!release)
+        return; // not inside a TensorRT-LLM install: nothing to compare
+    int line = lineOfVersion(release->version.c_str());
+    if (line < 0 || line == KVXFER_TRTLLM_LINE)
+        return; // a version kvxfer cannot read, or the built line's
+    std::string builtFor = lineName(KVXFER_TRTLLM_LINE);
+    std::string problem = std::string(wrapperName) + " was built for the plug-in interfaces of TensorRT-LLM's "
+                          + builtFor + " line, but this process runs TensorRT-LLM " + release->version + " ("
+                          + release->foundAt + ")"
+                          + (line == 0 ? std::string(", older than any line kvxfer serves")
+                                       : ", of the " + lineName(line) + " line, whose interfaces differ")
+                          + ": the objects' vtables would not match";
     char const* skip = std::getenv("KVX_TRTLLM_SKIP_VERSION_CHECK");
     if (skip != nullptr && std::strcmp(skip, "1") == 0)
     {
@@ -147,10 +179,30 @@ void requireMatchingRelease(char const* wrapperName)
             [&] { std::fprintf(stderr, "kvxfer: WARNING: KVX_TRTLLM_SKIP_VERSION_CHECK=1: %s\n", problem.c_str()); });
         return;
     }
-    throw std::runtime_error("kvxfer: " + problem + ". Rebuild the wrappers against that release's headers (cmake "
-                             + "-DTRTLLM_INCLUDE_DIR=<TensorRT-LLM " + release->version
-                             + ">/cpp/include), or set KVX_TRTLLM_SKIP_VERSION_CHECK=1 to load them anyway");
+    std::string remedy =
+        line == 0 ? std::string(
+                        "Build the wrappers against that release's headers (cmake -DTRTLLM_INCLUDE_DIR=<TensorRT-LLM ")
+                        + release->version + ">/cpp/include)"
+                  : "Use the wrappers built for the " + lineName(line) + " line (lib/trtllm/" + lineName(line)
+                        + "/ of a kvxfer install, cmake -DKVXFER_TRTLLM_LINE=" + lineName(line)
+                        + "), or build them against that release's headers (cmake -DTRTLLM_INCLUDE_DIR=<TensorRT-LLM "
+                        + release->version + ">/cpp/include)";
+    throw std::runtime_error(
+        "kvxfer: " + problem + ". " + remedy + ", or set KVX_TRTLLM_SKIP_VERSION_CHECK=1 to load them anyway");
 #endif
+}
+
+int lineOfVersion(char const* version) noexcept
+{
+    try
+    {
+        auto key = version != nullptr ? releaseKey(version) : std::nullopt;
+        return key ? lineOfRelease(*key) : -1;
+    }
+    catch (...)
+    {
+        return -1;
+    }
 }
 
 char const* backendName(uint32_t backend) noexcept
@@ -185,3 +237,11 @@ void logBackendOnce(char const* wrapperName, char const* what, uint32_t backend)
 }
 
 } // namespace kvxfer_trtllm
+
+// For installers choosing a line's wrappers (kvxfer's `trtllm install`): the
+// line of a TensorRT-LLM version, in kvxferLine.h's numbering (104 = 1.4);
+// 0 before 1.0, -1 when the version cannot be read. Thread safety: any thread.
+extern "C" __attribute__((visibility("default"))) int kvxfer_trtllm_line_of_release(char const* version) noexcept
+{
+    return kvxfer_trtllm::lineOfVersion(version);
+}

@@ -77,6 +77,10 @@ int64_t envNonNegative(char const* name, int64_t fallback);
 void requireMatchingRelease(char const* wrapperName);
 
 // Name of a kvx_backend value ("UCX", "NIXL").
+// The line (kvxferLine.h numbering) of a TensorRT-LLM version string: 0
+// before 1.0, -1 when it cannot be read.
+int lineOfVersion(char const* version) noexcept;
+
 char const* backendName(uint32_t backend) noexcept;
 
 // Logs once per process and wrapper which backend `what` uses and why, on

@@ -124,6 +124,7 @@ public:
         return true;
     }
 
+#if KVXFER_TRTLLM_LINE >= 103
     // Pre-assigned receive buffers belong to TensorRT-LLM's agent-based
     // manager; a kvxfer connection receives into the caller's buffer.
     void activateBuffer(uint8_t /*bufferKind*/) const override {}
@@ -132,6 +133,7 @@ public:
     {
         return std::nullopt;
     }
+#endif
 
 private:
     kvx_conn const* mConn;
@@ -166,13 +168,16 @@ public:
     }
 
     // Waits for a message with ctx's tag from any peer. Returns nullptr once
-    // ctx.getTransferTerminate() is set; throws when the manager is shut down.
+    // ctx.getTransferTerminate() is set (1.3 on; before, DataContext has no
+    // such flag); throws when the manager is shut down.
     kvc::Connection const* recvConnect(kvc::DataContext const& ctx, void* data, size_t size) override
     {
         for (;;)
         {
+#if KVXFER_TRTLLM_LINE >= 103
             if (ctx.getTransferTerminate().load())
                 return nullptr;
+#endif
             kvx_conn const* conn = nullptr;
             kvx_status st = kvx_cm_recv_connect(
                 mCm.get(), static_cast<uint32_t>(ctx.getTag()), data, size, kRecvConnectSliceMs, &conn);
@@ -211,11 +216,13 @@ public:
         return mCommState;
     }
 
+#if KVXFER_TRTLLM_LINE >= 103
     [[nodiscard]] bool isRunning() const override
     {
         bool running = false;
         return kvx_cm_is_running(mCm.get(), &running) == KVX_OK && running;
     }
+#endif
 
 private:
     struct CmDeleter

@@ -1,9 +1,13 @@
-// kvxfer compat header: TensorRT-LLM 1.4.0rc1's two-sided transport interface
-// (cpp/include/tensorrt_llm/executor/cacheCommunicator.h), written by kvxfer
-// from the documented interface. Virtual methods are declared in that
-// release's order, which fixes the vtable layout the shims must match:
-//   Connection:        ~dtor, send, recv, isThreadSafe, activateBuffer, getPreAssignedBufferId
-//   ConnectionManager: ~dtor, recvConnect, getConnections, getCommState, isRunning
+// kvxfer compat header: TensorRT-LLM's two-sided transport interface
+// (cpp/include/tensorrt_llm/executor/cacheCommunicator.h) for each release
+// line (kvxferLine.h), written by kvxfer from the documented interfaces.
+// Virtual methods are declared in each line's order, which fixes the vtable
+// layout the shims must match:
+//   Connection:        ~dtor, send, recv, isThreadSafe                   (1.1, 1.2)
+//                      ... isThreadSafe, activateBuffer, getPreAssignedBufferId (1.3 on)
+//   ConnectionManager: ~dtor, recvConnect, getConnections, getCommState  (1.1, 1.2)
+//                      ... getCommState, isRunning                       (1.3 on)
+// DataContext is an int tag before 1.3, then also a termination flag.
 #pragma once
 
 #include "tensorrt_llm/executor/dataTransceiverState.h"
@@ -17,30 +21,41 @@
 namespace tensorrt_llm::executor::kv_cache
 {
 
-// Tag of one message, plus a flag a waiting receiver watches to give up.
+// Tag of one message, plus (from 1.3) a flag a waiting receiver watches to give up.
 struct DataContext
 {
 public:
+#if KVXFER_TRTLLM_LINE >= 103
     explicit DataContext(int tag, std::atomic<bool> const& transferTerminate = sDefaultTransferTerminate)
         : mTag{tag}
         , mTransferTerminate{transferTerminate}
     {
     }
+#else
+    explicit DataContext(int tag)
+        : mTag{tag}
+    {
+    }
+#endif
 
     [[nodiscard]] int getTag() const noexcept
     {
         return mTag;
     }
 
+#if KVXFER_TRTLLM_LINE >= 103
     [[nodiscard]] std::atomic<bool> const& getTransferTerminate() const noexcept
     {
         return mTransferTerminate;
     }
+#endif
 
 private:
     int const mTag;
+#if KVXFER_TRTLLM_LINE >= 103
     std::atomic<bool> const& mTransferTerminate;
     static inline std::atomic<bool> sDefaultTransferTerminate{false};
+#endif
 };
 
 // One peer; blocking, tag-matched send and receive of host or device memory.
@@ -58,6 +73,7 @@ public:
         return false;
     }
 
+#if KVXFER_TRTLLM_LINE >= 103
     // Used by the agent-based manager inside TensorRT-LLM only.
     virtual void activateBuffer(uint8_t /*bufferKind*/) const {}
 
@@ -65,6 +81,7 @@ public:
     {
         return std::nullopt;
     }
+#endif
 };
 
 // Owns the connections of one rank; peers are named by a CommState.
@@ -81,7 +98,9 @@ public:
 
     [[nodiscard]] virtual CommState const& getCommState() const = 0;
 
+#if KVXFER_TRTLLM_LINE >= 103
     [[nodiscard]] virtual bool isRunning() const = 0;
+#endif
 };
 
 } // namespace tensorrt_llm::executor::kv_cache

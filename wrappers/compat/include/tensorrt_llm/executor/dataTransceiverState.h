@@ -1,7 +1,8 @@
-// kvxfer compat header: the communicator-state types of TensorRT-LLM 1.4.0rc1
+// kvxfer compat header: the communicator-state types of TensorRT-LLM
 // (cpp/include/tensorrt_llm/executor/dataTransceiverState.h), reduced to what
-// the transport plug-ins exchange. Written by kvxfer from the documented
-// interface; layout and member order follow that release so objects built here
+// the transport plug-ins exchange; the same in every line of kvxferLine.h.
+// Written by kvxfer from the documented interface; layout and member order
+// follow TensorRT-LLM's so objects built here
 // are the objects TensorRT-LLM builds. Used only when the shims are compiled
 // without -DTRTLLM_INCLUDE_DIR. CacheState / DataTransceiverState are omitted:
 // no plug-in interface takes them.
@@ -14,7 +15,7 @@
 #include <variant>
 #include <vector>
 
-#define KVXFER_TRTLLM_COMPAT_RELEASE "1.4.0rc1"
+#include "tensorrt_llm/executor/kvxferLine.h"
 
 namespace tensorrt_llm::executor::kv_cache
 {

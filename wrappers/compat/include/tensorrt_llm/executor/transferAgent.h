@@ -1,14 +1,23 @@
-// kvxfer compat header: TensorRT-LLM 1.4.0rc1's one-sided transfer-agent
-// interface (cpp/include/tensorrt_llm/executor/transferAgent.h), written by
-// kvxfer from the documented interface. Virtual methods are declared in that
-// release's order, which fixes the vtable layout the shims must match:
-//   TransferStatus:    ~dtor, isCompleted, wait(timeout_ms), release, getLastStatusStr
-//   BaseTransferAgent: ~dtor, registerMemory, deregisterMemory,
+// kvxfer compat header: TensorRT-LLM's one-sided transfer-agent interface
+// (cpp/include/tensorrt_llm/executor/transferAgent.h) for each release line
+// (kvxferLine.h), written by kvxfer from the documented interfaces. Virtual
+// methods are declared in each line's order, which fixes the vtable layout
+// the shims must match:
+//   TransferStatus:    ~dtor, isCompleted, wait()                       (1.1, 1.2)
+//                      ~dtor, isCompleted, wait(timeout_ms), release    (1.3)
+//                      ... release, getLastStatusStr                    (1.4)
+//   BaseTransferAgent (1.1): ~dtor, registerMemory, deregisterMemory,
+//                      loadRemoteAgent(name, AgentDesc), getLocalAgentDesc,
+//                      invalidateRemoteAgent, submitTransferRequests, notifySyncMessage,
+//                      getNotifiedSyncMessages, getConnectionInfo, connectRemoteAgent,
+//                      checkRemoteDescs
+//   BaseTransferAgent (1.2 on): ~dtor, registerMemory, deregisterMemory,
 //                      loadRemoteAgent(name, AgentDesc), loadRemoteAgent(name, connectionInfo),
 //                      invalidateRemoteAgent, getLocalAgentDesc, getLocalConnectionInfo,
 //                      submitTransferRequests, notifySyncMessage, getNotifiedSyncMessages,
 //                      checkRemoteDescs
 //   BaseLoopbackAgent: ~dtor, executeLoopbackRequest
+// BaseAgentConfig and AgentDesc grow at their ends from line to line.
 // Left out: the VMM descriptor splitter, AgentDesc::serialize/deserialize and
 // DynLibLoader, which live in libtensorrt_llm.so and are not part of what a
 // wrapper library provides.
@@ -28,9 +37,7 @@
 #include <utility>
 #include <vector>
 
-#ifndef KVXFER_TRTLLM_COMPAT_RELEASE
-#define KVXFER_TRTLLM_COMPAT_RELEASE "1.4.0rc1"
-#endif
+#include "tensorrt_llm/executor/kvxferLine.h"
 
 namespace tensorrt_llm::executor::kv_cache
 {
@@ -190,6 +197,7 @@ using RegisterDescs = MemoryDescs;
 using SyncMessage = std::string;
 using ConnectionInfoType = std::string;
 
+#if KVXFER_TRTLLM_LINE >= 103
 // Region of VMM-backed device memory, advertised so peers can split descriptors.
 struct VramRegionMeta
 {
@@ -197,9 +205,10 @@ struct VramRegionMeta
     size_t totalLen;
     size_t chunkSize;
 };
+#endif
 
 // What a peer needs to reach an agent: the backend's opaque descriptor, plus
-// optional metadata TensorRT-LLM's own code adds.
+// (from 1.3) metadata TensorRT-LLM's own code adds.
 class AgentDesc final
 {
 public:
@@ -208,32 +217,48 @@ public:
     {
     }
 
+#if KVXFER_TRTLLM_LINE >= 104
     AgentDesc(std::string backendAgentDesc, std::vector<VramRegionMeta> vramRegions, std::string bounceHandshake = {})
         : mBackendAgentDesc{std::move(backendAgentDesc)}
         , mVramRegions{std::move(vramRegions)}
         , mBounceHandshake{std::move(bounceHandshake)}
     {
     }
+#elif KVXFER_TRTLLM_LINE >= 103
+    AgentDesc(std::string backendAgentDesc, std::vector<VramRegionMeta> vramRegions)
+        : mBackendAgentDesc{std::move(backendAgentDesc)}
+        , mVramRegions{std::move(vramRegions)}
+    {
+    }
+#endif
 
     [[nodiscard]] std::string const& getBackendAgentDesc() const noexcept
     {
         return mBackendAgentDesc;
     }
 
+#if KVXFER_TRTLLM_LINE >= 103
     [[nodiscard]] std::vector<VramRegionMeta> const& getVramRegions() const noexcept
     {
         return mVramRegions;
     }
+#endif
 
+#if KVXFER_TRTLLM_LINE >= 104
     [[nodiscard]] std::string const& getBounceHandshake() const noexcept
     {
         return mBounceHandshake;
     }
+#endif
 
 private:
     std::string mBackendAgentDesc;
+#if KVXFER_TRTLLM_LINE >= 103
     std::vector<VramRegionMeta> mVramRegions;
+#endif
+#if KVXFER_TRTLLM_LINE >= 104
     std::string mBounceHandshake;
+#endif
 };
 
 enum class TransferOp : uint8_t
@@ -289,12 +314,14 @@ private:
     std::optional<SyncMessage> mSyncMessage;
 };
 
+#if KVXFER_TRTLLM_LINE >= 103
 enum class TransferState : uint8_t
 {
     kIN_PROGRESS,
     kSUCCESS,
     kFAILURE,
 };
+#endif
 
 class TransferStatus
 {
@@ -303,6 +330,7 @@ public:
 
     [[nodiscard]] virtual bool isCompleted() const = 0;
 
+#if KVXFER_TRTLLM_LINE >= 103
     // timeout_ms < 0: wait for the end; on timeout the state is kIN_PROGRESS.
     virtual TransferState wait(int64_t timeout_ms = -1) const = 0;
 
@@ -310,11 +338,17 @@ public:
     {
         return false;
     }
+#else
+    // Blocks until the transfer ends; a failure is an exception.
+    virtual void wait() const = 0;
+#endif
 
+#if KVXFER_TRTLLM_LINE >= 104
     [[nodiscard]] virtual std::string getLastStatusStr() const
     {
         return {};
     }
+#endif
 };
 
 struct BaseAgentConfig
@@ -322,13 +356,17 @@ struct BaseAgentConfig
     std::string mName;
     bool useProgThread;
     bool multiThread;
+#if KVXFER_TRTLLM_LINE >= 103
     bool useListenThread;
     bool enableTelemetry;
     std::unordered_map<std::string, std::string> backendParams;
     std::optional<int> rank;
     std::optional<int> worldSize;
+#endif
+#if KVXFER_TRTLLM_LINE >= 104
     size_t agentBufferSizeMb{0};
     std::unordered_map<std::string, std::string> bounceParams;
+#endif
 };
 
 class BaseTransferAgent
@@ -342,6 +380,7 @@ public:
 
     virtual void loadRemoteAgent(std::string const& name, AgentDesc const& agentDesc) = 0;
 
+#if KVXFER_TRTLLM_LINE >= 102
     virtual void loadRemoteAgent(std::string const& name, ConnectionInfoType const& connectionInfo) = 0;
 
     virtual void invalidateRemoteAgent(std::string const& name) = 0;
@@ -349,6 +388,11 @@ public:
     virtual AgentDesc getLocalAgentDesc() = 0;
 
     virtual ConnectionInfoType getLocalConnectionInfo() = 0;
+#else
+    virtual AgentDesc getLocalAgentDesc() = 0;
+
+    virtual void invalidateRemoteAgent(std::string const& name) = 0;
+#endif
 
     [[nodiscard]] virtual std::unique_ptr<TransferStatus> submitTransferRequests(TransferRequest const& request) = 0;
 
@@ -356,6 +400,12 @@ public:
 
     // Drains: notifications since the last call, keyed by sender, oldest first.
     virtual std::unordered_map<std::string, std::vector<SyncMessage>> getNotifiedSyncMessages() = 0;
+
+#if KVXFER_TRTLLM_LINE < 102
+    virtual ConnectionInfoType getConnectionInfo() = 0;
+
+    virtual void connectRemoteAgent(std::string const& name, ConnectionInfoType const& connectionInfo) = 0;
+#endif
 
     virtual bool checkRemoteDescs(std::string const& name, MemoryDescs const& memoryDescs) = 0;
 };
