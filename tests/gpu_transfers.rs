@@ -3,7 +3,9 @@
 //! allocations, and two processes on two GPUs, or both on one (`kvxfer-gpu
 //! check`: WRITE/READ verified on both sides, every size class, unaligned
 //! entries, 8 concurrent requests, VMM, host<->device, connection send/recv
-//! with device buffers) on the backend the environment selects.
+//! with device buffers, writes outside a registered range refused with guard
+//! bytes around it, a forged IPC entry not mapped) on the backend the
+//! environment selects.
 //! Without a CUDA driver and GPU (CI here) every test says so and passes.
 
 mod common;

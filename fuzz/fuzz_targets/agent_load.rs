@@ -128,7 +128,7 @@ fn load_and_read(loader: *mut kvx_agent, local: kvx_memory_desc, remote: kvx_mem
         }
         let (local, remote) = ([kvx_memory_desc { len: 64, ..local }], [kvx_memory_desc { len: 64, ..remote }]);
         let req = kvx_transfer_request {
-            op: 1, // READ
+            op: 0, // READ
             src_type: 0,
             src_descs: local.as_ptr(),
             dst_type: 0,

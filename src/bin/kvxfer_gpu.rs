@@ -4,7 +4,8 @@
 //! ```text
 //! kvxfer-gpu check                 device memory end to end on the backend the
 //!                                  environment selects (TRTLLM_USE_NIXL_KVCACHE=1
-//!                                  for NIXL); exits non-zero on any mismatch
+//!                                  for NIXL), and the range checks against a
+//!                                  guarded allocation; exits non-zero on any mismatch
 //! kvxfer-gpu bench [--iters N] [--json PATH] [--systems ipc,transport,nixl] [--same-gpu]
 //!                  [--workloads staging,paged]   (name prefixes; default all)
 //!                                  Llama-3-70B, 4k-token prompt (1.25 GiB) GPU0 -> GPU1
@@ -223,6 +224,28 @@ fn target(args: &[String]) {
                     Err(e) => say(&format!("FAILED {}", e.to_string().replace(' ', "_"))),
                 }
             }
+            // guarded: a 3 MiB allocation, poisoned, of which only the middle MiB is
+            // registered; answers its base and the descriptor that now includes it
+            Some("guarded") => {
+                let buf = DeviceBuffer::new(device, GUARDED_ALLOC as usize, Allocation::Plain).unwrap();
+                buf.fill(POISON).unwrap();
+                let middle = kvx_memory_desc { addr: buf.ptr() + GUARD, len: GUARD, device_id: device };
+                ok(agent.register_descs(VRAM, &[middle]));
+                let desc: String = agent.desc().iter().map(|b| format!("{b:02x}")).collect();
+                say(&format!("GUARDED {} {desc}", buf.ptr()));
+                buffers.insert("guarded".into(), buf);
+            }
+            // verify-guard SEED: the middle MiB holds pattern(SEED), the rest is still poison
+            Some("verify-guard") => {
+                let seed: u64 = words[1].parse().unwrap();
+                let mut expected = vec![POISON; GUARDED_ALLOC as usize];
+                expected[GUARD as usize..2 * GUARD as usize].copy_from_slice(&pattern(GUARD as usize, seed));
+                let got = buffers["guarded"].download(0, GUARDED_ALLOC as usize).unwrap();
+                match got.iter().zip(&expected).position(|(g, e)| g != e) {
+                    None => say("GUARD ok"),
+                    Some(at) => say(&format!("GUARD BAD first wrong byte at offset {at:#x} of the allocation")),
+                }
+            }
             // cm-echo SIZE: receive a message into device memory from any peer, check it, send it back
             Some("cm-echo") => {
                 let len: usize = words[1].parse().unwrap();
@@ -303,6 +326,100 @@ impl Drop for Peer {
         let _ = writeln!(self.to, "quit");
         let _ = self.child.wait();
     }
+}
+
+/// Whether plain device memory between these two processes takes UCX's
+/// batched CUDA IPC path (UCX backend, `KVX_UCX_IPC` not 0).
+fn ipc_path_expected() -> bool {
+    backend_under_test() == kvxfer::core::select::kvx_backend::KVX_BACKEND_UCX
+        && std::env::var("KVX_UCX_IPC").map_or(true, |v| v != "0")
+}
+
+/// The guarded allocation (`target guarded`): three of these, the middle one registered.
+const GUARD: u64 = 1 << 20;
+const GUARDED_ALLOC: u64 = 3 * GUARD;
+
+/// Ranges outside what the target registered, inside the same allocation:
+/// refused before anything is copied, on whichever path the backend takes
+/// (UCX's batched CUDA IPC copy computes these addresses itself). With
+/// `forge_ipc`, the target's descriptor is first altered so that the IPC
+/// entry of the guarded region claims to start 2.5 MiB into its 3 MiB
+/// allocation: kvxfer must refuse that mapping (the driver says how large the
+/// allocation is), and the transfer then travels UCX's transport, landing
+/// right. Afterwards every guard byte must still be poison.
+fn check_guard(agent: &Agent, peer: &mut Peer, forge_ipc: bool) -> Result<(), String> {
+    let answer = peer.ask("guarded");
+    let w: Vec<&str> = answer.split_whitespace().collect();
+    if w.first() != Some(&"GUARDED") || w.len() < 3 {
+        return Err(format!("target: {answer}"));
+    }
+    let base: u64 = w[1].parse().unwrap();
+    let genuine: Vec<u8> =
+        (0..w[2].len() / 2).map(|i| u8::from_str_radix(&w[2][2 * i..2 * i + 2], 16).unwrap()).collect();
+    let desc = if forge_ipc {
+        use kvxfer::core::wire::AgentDescriptor;
+        let mut d = AgentDescriptor::decode(kvxfer::core::auth::PeerAuth::unverified_payload(&genuine))
+            .map_err(|e| format!("decode the target's descriptor: {e}"))?;
+        let index = d.regions.iter().position(|r| r.addr == base + GUARD).ok_or("no guarded region")? as u32;
+        let ipc = d.ipc.as_mut().ok_or("the target exported no IPC handles")?;
+        let entry = ipc.regions.iter_mut().find(|e| e.region == index).ok_or("no IPC entry for the guarded region")?;
+        entry.offset = GUARDED_ALLOC - GUARD / 2;
+        d.encode()
+    } else {
+        genuine
+    };
+    let _ = agent.invalidate(TARGET);
+    let st = agent.load(TARGET, &desc);
+    if st != kvxfer::kvx_status::KVX_OK {
+        return Err(format!("load: {st:?} {}", last_error()));
+    }
+    let seed = 77;
+    let local = DeviceBuffer::new(0, GUARD as usize, Allocation::Plain).map_err(|e| e.to_string())?;
+    local.upload(0, &pattern(GUARD as usize, seed)).unwrap();
+    let whole = [kvx_memory_desc { addr: local.ptr(), len: GUARD, device_id: 0 }];
+    ok(agent.register_descs(VRAM, &whole));
+    let result = (|| {
+        let remote = [kvx_memory_desc { addr: base + GUARD, len: GUARD, device_id: peer.device }];
+        let x = agent
+            .submit_typed(WRITE, (VRAM, &whole), (VRAM, &remote), TARGET, None)
+            .map_err(|(s, e)| format!("WRITE into the registered MiB: {s:?} {e}"))?;
+        if x.wait(TIMEOUT_MS) != kvx_transfer_state::KVX_TRANSFER_SUCCESS {
+            return Err(format!("WRITE into the registered MiB: {}", x.status_text()));
+        }
+        let batched = x.info().info.path == kvxfer::core::stats::kvx_xfer_path::KVX_PATH_CUDA_IPC_BATCH as u32;
+        if forge_ipc && batched {
+            return Err("the forged IPC entry was mapped: the batched copy ran".into());
+        }
+        if !forge_ipc && ipc_path_expected() && !batched {
+            return Err(
+                "the genuine WRITE did not take the batched CUDA IPC path, whose addresses kvxfer computes".into()
+            );
+        }
+        let piece = GUARD / 16;
+        for (what, at) in [
+            ("straddling the registered start", base + GUARD - piece / 2),
+            ("straddling the registered end", base + 2 * GUARD - piece / 2),
+            ("inside the guard before", base + 4096),
+            ("inside the guard after", base + 2 * GUARD + 4096),
+        ] {
+            let local = [kvx_memory_desc { len: piece, ..whole[0] }];
+            let remote = [kvx_memory_desc { addr: at, len: piece, device_id: peer.device }];
+            if let Ok(x) = agent.submit_typed(WRITE, (VRAM, &local), (VRAM, &remote), TARGET, None) {
+                if x.wait(TIMEOUT_MS) == kvx_transfer_state::KVX_TRANSFER_SUCCESS {
+                    return Err(format!("a WRITE {what} succeeded"));
+                }
+            }
+        }
+        match peer.ask(&format!("verify-guard {seed}")) {
+            ok if ok == "GUARD ok" => Ok(()),
+            bad => Err(format!("target: {bad}")),
+        }
+    })();
+    let _ = agent.deregister_typed(&whole);
+    // The other checks go on against the genuine descriptor.
+    let _ = agent.invalidate(TARGET);
+    ok(agent.load_by_info(TARGET, &peer.info));
+    result
 }
 
 /// One transfer to completion; Ok(seconds the submit call itself took).
@@ -523,6 +640,16 @@ fn check() {
         }
     })();
     report("connection send/recv, 1 MiB device buffers both sides", cm_case);
+    report(
+        "writes outside the registered MiB of a 3 MiB allocation refused, guard bytes intact",
+        check_guard(&agent, &mut peer, false),
+    );
+    if ipc_path_expected() {
+        report(
+            "an IPC entry claiming past its allocation is not mapped; the WRITE lands through UCX",
+            check_guard(&agent, &mut peer, true),
+        );
+    }
     drop(agent);
     drop(peer);
     if failures > 0 {
