@@ -242,7 +242,7 @@ impl kvx_conn {
     fn check_size(&self, size: usize) -> Result<(), Error> {
         let limit = self.table.conn_max_message;
         if size > limit {
-            let backend = if self.table.backend == kvx_backend::KVX_BACKEND_NIXL { "NIXL" } else { "UCX" };
+            let backend = self.table.backend.name();
             return Err(Error::invalid(format!(
                 "message of {size} bytes exceeds the {backend} connection limit of {limit}"
             )));
