@@ -230,6 +230,30 @@ typedef struct {
   const char *auth_key_file;
 } kvx_cm_config;
 
+// One file piece for memory-to-file copies (TensorRT-LLM's `FileDesc`):
+// an open descriptor `fd`, read or written from byte `offset` for `len` bytes.
+typedef struct {
+  int32_t fd;
+  uint64_t offset;
+  uint64_t len;
+} kvx_file_desc;
+
+// Copies between memory and files (TensorRT-LLM's loopback request): pair
+// `i` is `memory[i]` and `files[i]`, of equal length; `count` pairs.
+typedef struct {
+  // A `kvx_memory_type` value.
+  uint32_t mem_type;
+  const kvx_memory_desc *memory;
+  const kvx_file_desc *files;
+  size_t count;
+  // True: memory to files (offload); false: files to memory.
+  bool to_file;
+  // TensorRT-LLM's `multiThread`: the storage path may use several threads.
+  bool multi_thread;
+  // Negative: `KVX_TIMEOUT_MS`, else 60 s.
+  int64_t timeout_ms;
+} kvx_file_copy_request;
+
 // Details of a backend after loading its native library.
 typedef struct {
   // Set by the caller to `sizeof(kvx_backend_info)`.
@@ -707,6 +731,33 @@ kvx_status kvx_conn_recv(const kvx_conn *conn,
 //
 // Thread safety: any thread.
 kvx_status kvx_conn_peer_address(const kvx_conn *conn, kvx_bytes *out);
+
+// Copy `request->count` pairs between memory of `request->mem_type` and
+// files, blocking: `to_file` true writes `memory[i]` to `files[i]`, false
+// reads `files[i]` into `memory[i]`. The copy goes through `backend`'s
+// storage path (a `kvx_backend`; AUTO chooses from the environment as
+// `kvx_agent_create` does): on NIXL, its POSIX plugin for host memory and
+// GDS (GDS_MT first when `multi_thread`) for device memory. `*out_path` then
+// names the path ("POSIX", "GDS", "GDS_MT"; static).
+// `KVX_ERR_UNSUPPORTED` when the backend has no storage path or none of its
+// plugins loads (`kvx_last_error` says why): nothing was copied and the
+// caller may copy by other means. Bad pairs are refused on every backend
+// first (`KVX_ERR_INVALID_ARGUMENT`, `KVX_ERR_SIZE_MISMATCH`): a descriptor
+// that is not open, unequal lengths, an empty or wrapping range, a read past
+// the end of its file. `KVX_ERR_TIMEOUT` after `timeout_ms`; the copy is
+// aborted first. No agent is needed: a backend keeps one per plugin for the
+// process.
+//
+// # Safety
+// `request` is NULL (refused) or valid; its `memory` and `files` point to
+// `count` readable elements (NULL allowed when `count` is 0), the memory is
+// valid for the copy's direction and the descriptors stay open until the
+// call returns. `out_path` is NULL (refused) or valid for writing one pointer.
+//
+// Thread safety: any thread; copies through one plugin run one at a time.
+kvx_status kvx_file_copy(uint32_t backend,
+                         const kvx_file_copy_request *request,
+                         const char **out_path);
 
 // kvxfer's version as "MAJOR.MINOR.PATCH" (static string).
 //

@@ -23,7 +23,7 @@ TEST_LOGS="${TEST_LOGS:-$CARGO_TARGET_DIR/test-logs}"
 # Integration tests besides the fault tests, which are their own suite.
 RUST_TESTS="$(for f in tests/*.rs; do n="$(basename "$f" .rs)"; [[ $n == faults ]] || printf -- '--test %s ' "$n"; done)"
 # Tests run again with NIXL selected the way TensorRT-LLM selects it (the backend contract).
-NIXL_TESTS="--test agent_basic --test connection_manager --test two_process --test c_abi --test coalesced_transfers --test load --test observability --test scale"
+NIXL_TESTS="--test file_copy --test agent_basic --test connection_manager --test two_process --test c_abi --test coalesced_transfers --test load --test observability --test scale"
 # Tests that kill, refuse or abandon a peer on purpose, so UCX and NIXL log
 # ERROR and WARN lines for what they provoke: they run in the peer-loss suites
 # with the transports' own logging at fatal (their assertions check the

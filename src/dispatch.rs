@@ -9,7 +9,7 @@
 //! still readable up to its `size`.
 
 use crate::core::buffer::{kvx_bytes, kvx_notification_list};
-use crate::core::config::{kvx_agent_config, kvx_cm_config, kvx_transfer_request};
+use crate::core::config::{kvx_agent_config, kvx_cm_config, kvx_file_copy_request, kvx_transfer_request};
 use crate::core::error::{kvx_status, Result};
 use crate::core::memory::{kvx_memory_desc, kvx_memory_type};
 use crate::core::select::kvx_backend;
@@ -20,11 +20,12 @@ use std::time::Instant;
 
 // The validated forms of the C arguments are core's; the contract speaks in them.
 pub use crate::core::request::{
-    kvx_transfer_op, kvx_transfer_state, slice, slice_mut, AgentSettings, ConnectionManagerSettings, TransferRequest,
+    kvx_transfer_op, kvx_transfer_state, slice, slice_mut, AgentSettings, ConnectionManagerSettings, FileCopy,
+    TransferRequest,
 };
 
 /// Version of the table layout below; bump when appending entries.
-pub const TABLE_VERSION: u32 = 4;
+pub const TABLE_VERSION: u32 = 5;
 
 pub trait TransferAgent: Send + Sync + Sized + 'static {
     type Transfer: Transfer;
@@ -48,6 +49,17 @@ pub trait TransferAgent: Send + Sync + Sized + 'static {
     fn take_notifications(&self) -> Result<Vec<(String, Vec<u8>)>>;
     /// This agent's counters (`core::stats`).
     fn stats(&self) -> &Arc<Scope>;
+    /// Copy between memory and files (TensorRT-LLM's loopback agent) through
+    /// the backend's own storage path, blocking until done or the deadline;
+    /// returns the path's name. A backend without one refuses with
+    /// `KVX_ERR_UNSUPPORTED`, and the caller copies by other means.
+    fn copy_files(request: &FileCopy<'_>) -> Result<&'static std::ffi::CStr> {
+        let _ = request;
+        Err(crate::core::error::Error::new(
+            kvx_status::KVX_ERR_UNSUPPORTED,
+            "this backend has no storage path for memory-to-file copies",
+        ))
+    }
 }
 
 pub trait Transfer: Send + Sync + 'static {
@@ -191,6 +203,11 @@ pub struct kvx_backend_table {
     // Version 4.
     /// `Connection::MAX_MESSAGE`.
     pub conn_max_message: usize,
+
+    // Version 5.
+    /// `TransferAgent::copy_files`; `out_path` receives the path's static name.
+    pub file_copy:
+        unsafe extern "C" fn(request: *const kvx_file_copy_request, out_path: *mut *const c_char) -> kvx_status,
 }
 
 impl kvx_backend_table {
@@ -439,7 +456,10 @@ macro_rules! backend_table {
         unsafe extern "C" fn cm_stats(m: *mut c_void, out: *mut kvx_bytes) {
             *out = kvx_bytes::from_vec((*(m as *const M)).stats().snapshot().to_string().into_bytes())
         }
-
+        unsafe extern "C" fn file_copy(r: *const cfg::kvx_file_copy_request, out: *mut *const c_char) -> kvx_status {
+            let result = cfg::file_copy(&*r).and_then(|request| A::copy_files(&request));
+            report(result, |path: &'static std::ffi::CStr| *out = path.as_ptr())
+        }
         kvx_backend_table {
             size: std::mem::size_of::<kvx_backend_table>(),
             version: TABLE_VERSION,
@@ -478,6 +498,7 @@ macro_rules! backend_table {
             xfer_cancel,
             conn_max_message:
                 <<$cm as $crate::dispatch::ConnectionManager>::Connection as $crate::dispatch::Connection>::MAX_MESSAGE,
+            file_copy,
         }
     }};
 }

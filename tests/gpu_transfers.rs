@@ -5,7 +5,7 @@
 //! entries, 8 concurrent requests, VMM, host<->device, connection send/recv
 //! with device buffers, writes outside a registered range refused with guard
 //! bytes around it, a forged IPC entry not mapped) on the backend the
-//! environment selects.
+//! environment selects; device memory to files and back (the loopback agent).
 //! Without a CUDA driver and GPU (CI here) every test says so and passes.
 
 mod common;
@@ -161,4 +161,76 @@ fn two_processes_on_two_gpus_move_device_memory_correctly() {
         assert!(out.status.success(), "kvxfer-gpu check failed with KVX_UCX_IPC={ipc} ({})", out.status);
         assert!(text.lines().filter(|l| l.starts_with("CHECK ok")).count() >= 8, "missing check lines");
     }
+}
+
+/// TensorRT-LLM's loopback GpuToFile then FileToGpu through `kvx_file_copy` on
+/// the selected backend: NIXL's GDS plugin where NIXL is selected and GDS
+/// loads (the file and the second device buffer checked byte for byte), a
+/// refusal that names why where it does not (the wrapper then stages), and a
+/// refusal with nothing written on UCX.
+#[test]
+fn device_memory_to_a_file_and_back_through_the_storage_path() {
+    use kvxfer::core::config::kvx_file_copy_request;
+    use kvxfer::core::memory::kvx_file_desc;
+    use kvxfer::core::select::{kvx_backend, resolve};
+    use std::os::fd::AsRawFd;
+    if !gpu_present() {
+        return;
+    }
+    let len = (20 << 20) + 123;
+    let data = pattern(len, 41);
+    let src = DeviceBuffer::new(0, len, Allocation::Plain).unwrap();
+    let dst = DeviceBuffer::new(0, len, Allocation::Plain).unwrap();
+    src.upload(0, &data).unwrap();
+    dst.fill(0).unwrap();
+    let path = std::env::temp_dir().join(format!("kvx-gpu-file-{}.bin", std::process::id()));
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let piece = kvx_file_desc { fd: file.as_raw_fd(), offset: 0, len: len as u64 };
+    let copy = |buffer: &DeviceBuffer, to_file: bool| -> (kvxfer::kvx_status, String) {
+        let memory = kvx_memory_desc { addr: buffer.ptr(), len: len as u64, device_id: 0 };
+        let request = kvx_file_copy_request {
+            mem_type: kvx_memory_type::KVX_MEMORY_VRAM as u32,
+            memory: &memory,
+            files: &piece,
+            count: 1,
+            to_file,
+            multi_thread: false,
+            timeout_ms: 30_000,
+        };
+        let mut used: *const std::ffi::c_char = std::ptr::null();
+        let status = unsafe { kvxfer::ffi::files::kvx_file_copy(0, &request, &mut used) };
+        let name = if used.is_null() {
+            last_error()
+        } else {
+            unsafe { std::ffi::CStr::from_ptr(used) }.to_string_lossy().into()
+        };
+        (status, name)
+    };
+    let started = std::time::Instant::now();
+    let (status, used) = copy(&src, true);
+    let nixl = resolve(kvx_backend::KVX_BACKEND_AUTO).unwrap() == kvx_backend::KVX_BACKEND_NIXL;
+    if !nixl || status != kvxfer::kvx_status::KVX_OK {
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(status, kvxfer::kvx_status::KVX_ERR_UNSUPPORTED, "{used}");
+        assert_eq!(file.metadata().unwrap().len(), 0, "a refused copy wrote to the file");
+        if nixl {
+            assert!(used.contains("GDS"), "{used}");
+            return report_skip(&format!("NIXL's GDS plugins do not load here ({used}); the wrapper stages instead"));
+        }
+        assert!(used.contains("no storage path"), "{used}");
+        return;
+    }
+    let out_ms = started.elapsed().as_secs_f64() * 1e3;
+    assert!(used.starts_with("GDS"), "device memory went through {used}");
+    assert!(std::fs::read(&path).unwrap() == data, "GpuToFile through {used}: the file does not hold the device bytes");
+    let started = std::time::Instant::now();
+    let (status, _) = copy(&dst, false);
+    assert_eq!(status, kvxfer::kvx_status::KVX_OK, "{}", last_error());
+    let back_ms = started.elapsed().as_secs_f64() * 1e3;
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        dst.download(0, len).unwrap() == data,
+        "FileToGpu through {used}: the device does not hold the file's bytes"
+    );
+    println!("loopback through NIXL's {used}: {len} bytes to a file in {out_ms:.1} ms, back in {back_ms:.1} ms");
 }

@@ -58,6 +58,9 @@ roots = [
     "ucx/libucx/lib/libucp.so.0",
     "ucx/libucx/lib/ucx/libuct_cuda.so.0", "ucx/libucx/lib/ucx/libucm_cuda.so.0", "ucx/libucx/lib/ucx/libuct_cma.so.0",
     "nixl/.nixl_cu13.mesonpy.libs/libnixl_capi.so", "nixl/.nixl_cu13.mesonpy.libs/plugins/libplugin_UCX.so",
+    # The storage plugins of the loopback agent; cuFile and the CUDA runtime come from the machine.
+    "nixl/.nixl_cu13.mesonpy.libs/plugins/libplugin_POSIX.so", "nixl/.nixl_cu13.mesonpy.libs/plugins/libplugin_GDS.so",
+    "nixl/.nixl_cu13.mesonpy.libs/plugins/libplugin_GDS_MT.so",
     "nixl/nixl_cu13.libs/ucx/libuct_cuda.so.0.0.0", "nixl/nixl_cu13.libs/ucx/libucm_cuda.so.0.0.0", "nixl/nixl_cu13.libs/ucx/libuct_cma.so.0.0.0",
 ]
 def dyn(path):

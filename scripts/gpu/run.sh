@@ -36,6 +36,8 @@ export KVX_UCX_LIB=$root/ucx/libucx/lib/libucp.so.0
 export KVX_NIXL_LIB=$root/nixl/.nixl_cu13.mesonpy.libs/libnixl_capi.so
 export KVX_GPU_TOOL=$root/bin/kvxfer-gpu
 export LD_LIBRARY_PATH=$root/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# NIXL's GDS plugins need the machine's cuFile and CUDA runtime (the wheel carries neither).
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib; do [ -d "$d" ] && LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d; done
 # Explicit transports on both sides (a wrong guess must fail, not wait).
 export UCX_TLS=${UCX_TLS:-cuda_copy,cuda_ipc,sm,self,tcp}
 export KVX_TIMEOUT_MS=${KVX_TIMEOUT_MS:-60000}
@@ -58,6 +60,7 @@ step() {
     nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv
     nvidia-smi topo -m
     echo "UCX_TLS=$UCX_TLS"
+    echo "cuFile: $(ls /usr/local/cuda/lib64/libcufile.so* /usr/local/cuda/targets/*/lib/libcufile.so* 2>/dev/null | head -1)"
 } >"$out/facts.log" 2>&1
 cat "$out/facts.log"
 # KVX_NVCC_PTX=1: build the copy kernel with this machine's nvcc and use that

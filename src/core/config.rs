@@ -4,9 +4,11 @@
 
 use super::auth::PeerAuth;
 use super::completion::deadline_from_ms;
-use super::error::{Error, Result};
-use super::memory::{kvx_memory_desc, kvx_memory_type};
-use super::request::{kvx_transfer_op, slice, AgentSettings, Bounds, ConnectionManagerSettings, TransferRequest};
+use super::error::{kvx_status, Error, Result};
+use super::memory::{kvx_file_desc, kvx_memory_desc, kvx_memory_type};
+use super::request::{
+    kvx_transfer_op, slice, AgentSettings, Bounds, ConnectionManagerSettings, FileCopy, TransferRequest,
+};
 use super::select::kvx_backend;
 use std::ffi::{c_char, CStr};
 use std::time::Instant;
@@ -106,6 +108,25 @@ pub struct kvx_transfer_request {
     pub sync_message: *const u8,
     pub sync_message_len: usize,
     pub has_sync_message: bool,
+}
+
+/// Copies between memory and files (TensorRT-LLM's loopback request): pair
+/// `i` is `memory[i]` and `files[i]`, of equal length; `count` pairs.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct kvx_file_copy_request {
+    /// A `kvx_memory_type` value.
+    pub mem_type: u32,
+    pub memory: *const kvx_memory_desc,
+    pub files: *const kvx_file_desc,
+    pub count: usize,
+    /// True: memory to files (offload); false: files to memory.
+    pub to_file: bool,
+    /// TensorRT-LLM's `multiThread`: the storage path may use several threads.
+    pub multi_thread: bool,
+    /// Negative: `KVX_TIMEOUT_MS`, else 60 s.
+    pub timeout_ms: i64,
 }
 
 /// `key=value;key=value` (values may contain commas, as `UCX_TLS` lists do).
@@ -279,6 +300,62 @@ pub unsafe fn transfer_request<'a>(req: &'a kvx_transfer_request) -> Result<Tran
         None
     };
     Ok(TransferRequest { op, local_type, local, remote_type, remote, remote_name, sync_message, bounds })
+}
+
+/// Validate a memory-to-file copy: `count` pairs, each the same length, no
+/// range that wraps, no empty piece, every descriptor open, no read past the
+/// end of its file.
+///
+/// # Safety
+/// `req.memory` and `req.files` are valid for `req.count` elements (or NULL, refused when `count` > 0).
+pub unsafe fn file_copy<'a>(req: &kvx_file_copy_request) -> Result<FileCopy<'a>> {
+    let kvx_file_copy_request { mem_type, memory, files, count, to_file, multi_thread, timeout_ms } = *req;
+    let mem_type = kvx_memory_type::from_raw(mem_type)?;
+    if count > 0 && (memory.is_null() || files.is_null()) {
+        return Err(Error::invalid("a descriptor list is NULL"));
+    }
+    let (memory, files) = (slice(memory, count), slice(files, count));
+    for (i, (m, f)) in memory.iter().zip(files).enumerate() {
+        if f.fd < 0 {
+            return Err(Error::invalid(format!("file descriptor {i} is {} (not an open file)", f.fd)));
+        }
+        if m.len != f.len {
+            return Err(Error::new(
+                kvx_status::KVX_ERR_SIZE_MISMATCH,
+                format!("pair {i}: memory is {} bytes, the file piece {}", m.len, f.len),
+            ));
+        }
+        if m.len == 0 {
+            return Err(Error::invalid(format!("pair {i} is empty")));
+        }
+        m.end()?;
+        // Files are addressed by signed offsets (off_t).
+        let end = f.offset.checked_add(f.len).filter(|&end| end <= i64::MAX as u64).ok_or_else(|| {
+            Error::invalid(format!("file piece {i} ({}+{}) passes the largest file offset", f.offset, f.len))
+        })?;
+        let size = file_size(f.fd).map_err(|e| Error::invalid(format!("file descriptor {i} ({}): {e}", f.fd)))?;
+        // Refused here, naming the size: NIXL's POSIX plugin fails it only after posting, as a bare backend error.
+        if !to_file && end > size {
+            return Err(Error::invalid(format!("file piece {i} ends at byte {end}, but the file holds {size} bytes")));
+        }
+    }
+    Ok(FileCopy {
+        mem_type,
+        memory,
+        files,
+        to_file,
+        multi_thread,
+        deadline: deadline(timeout_ms, default_timeout_ms()),
+    })
+}
+
+fn file_size(fd: i32) -> std::io::Result<u64> {
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `stat` is valid for writing; a bad descriptor is an error, not UB.
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.st_size.max(0) as u64)
 }
 
 /// Pairwise equal lengths and no range that wraps, for descriptors `first..`

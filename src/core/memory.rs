@@ -38,6 +38,17 @@ pub struct kvx_memory_desc {
     pub device_id: u32,
 }
 
+/// One file piece for memory-to-file copies (TensorRT-LLM's `FileDesc`):
+/// an open descriptor `fd`, read or written from byte `offset` for `len` bytes.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct kvx_file_desc {
+    pub fd: i32,
+    pub offset: u64,
+    pub len: u64,
+}
+
 impl kvx_memory_desc {
     pub fn end(&self) -> Result<u64> {
         self.addr

@@ -5,7 +5,7 @@
 
 use super::auth::PeerAuth;
 use super::error::{Error, Result};
-use super::memory::{kvx_memory_desc, kvx_memory_type};
+use super::memory::{kvx_file_desc, kvx_memory_desc, kvx_memory_type};
 
 /// Transfer direction, as TensorRT-LLM's `TransferOp`.
 #[allow(non_camel_case_types)]
@@ -36,6 +36,21 @@ pub enum kvx_transfer_state {
     KVX_TRANSFER_IN_PROGRESS = 0,
     KVX_TRANSFER_SUCCESS = 1,
     KVX_TRANSFER_FAILURE = 2,
+}
+
+/// A validated memory-to-file copy (TensorRT-LLM's loopback request): entry
+/// `i` of `memory` and of `files` have the same length, every range is
+/// representable, every descriptor is open.
+#[derive(Debug, Clone)]
+pub struct FileCopy<'a> {
+    pub mem_type: kvx_memory_type,
+    pub memory: &'a [kvx_memory_desc],
+    pub files: &'a [kvx_file_desc],
+    /// True: memory to files (offload); false: files to memory.
+    pub to_file: bool,
+    /// TensorRT-LLM's `multiThread`: the storage path may use several threads.
+    pub multi_thread: bool,
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// Settings of a transfer agent after validation.

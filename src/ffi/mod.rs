@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod conn;
+pub mod files;
 pub mod library;
 pub mod observe;
 pub mod status;

@@ -440,7 +440,19 @@ TEST(LoopbackAgent, HostMemoryToFileAndBack)
     {
         std::vector<kvc::FileDesc> files;
         files.emplace_back(path, O_RDWR, 0600, payload.size());
+        ::testing::internal::CaptureStderr();
         agent->executeLoopbackRequest(hostDescs(payload), kvc::FileDescs{std::move(files)}, true);
+        std::string log = ::testing::internal::GetCapturedStderr();
+        std::fprintf(stderr, "%s", log.c_str());
+        // Under CTest each test is its own process, so this is the first loopback
+        // request there and the wrapper names the path it chose.
+        if (std::getenv("KVX_TRTLLM_CONFIGURED") != nullptr)
+        {
+            EXPECT_NE(log.find(nixlSelected() ? "copies host memory through NIXL's POSIX plugin"
+                                              : "copies host memory through pread/pwrite"),
+                std::string::npos)
+                << log;
+        }
     }
     {
         std::vector<kvc::FileDesc> files;
@@ -449,14 +461,25 @@ TEST(LoopbackAgent, HostMemoryToFileAndBack)
     }
     ::unlink(path);
     EXPECT_EQ(back, payload);
+    // Reading more than the file holds is refused, on every path, and fills nothing.
+    {
+        std::vector<char> longer(4096, 'x');
+        std::vector<kvc::FileDesc> files;
+        files.emplace_back(path, O_RDWR | O_CREAT | O_TRUNC, 0600, longer.size());
+        EXPECT_THROW(
+            agent->executeLoopbackRequest(hostDescs(longer), kvc::FileDescs{std::move(files)}, false), std::exception);
+        EXPECT_EQ(longer, std::vector<char>(4096, 'x'));
+        ::unlink(path);
+    }
     // One file per memory descriptor, or the request is refused before anything moves.
     std::vector<kvc::FileDesc> none;
     EXPECT_THROW(agent->executeLoopbackRequest(hostDescs(back), kvc::FileDescs{std::move(none)}, true), std::exception);
 }
 
 // TensorRT-LLM's LoopbackAgentTest GpuToFile then FileToGpu: device memory
-// offloaded to a file and loaded back into other device memory, staged
-// through pinned host memory in 8 MiB pieces (three here, the last one short).
+// offloaded to a file and loaded back into other device memory, through
+// NIXL's GDS plugin where NIXL is selected and GDS loads, else staged through
+// pinned host memory in 8 MiB pieces (three here, the last one short).
 TEST(LoopbackAgent, DeviceMemoryToFileAndBack)
 {
     Cuda* cuda = Cuda::get();
@@ -474,8 +497,21 @@ TEST(LoopbackAgent, DeviceMemoryToFileAndBack)
     {
         std::vector<kvc::FileDesc> files;
         files.emplace_back(path, O_WRONLY | O_TRUNC, 0600, kBytes);
+        ::testing::internal::CaptureStderr();
         agent->executeLoopbackRequest(MemoryDescs{MemoryType::kVRAM, {MemoryDesc{source.data(), kBytes, 0}}},
             kvc::FileDescs{std::move(files)}, true);
+        std::string log = ::testing::internal::GetCapturedStderr();
+        std::fprintf(stderr, "%s", log.c_str());
+        // NIXL selected: its GDS plugin where it loads here, else staging that says why GDS could not serve.
+        if (std::getenv("KVX_TRTLLM_CONFIGURED") != nullptr)
+        {
+            bool viaGds = log.find("copies device memory through NIXL's GDS") != std::string::npos;
+            bool staged = log.find("copies device memory through pinned host staging") != std::string::npos;
+            EXPECT_TRUE(nixlSelected()
+                            ? (viaGds || (staged && log.find("no NIXL storage plugin could load") != std::string::npos))
+                            : (staged && log.find("no storage path") != std::string::npos))
+                << log;
+        }
     }
     std::vector<char> onDisk(kBytes, 0);
     {

@@ -176,6 +176,14 @@ inline std::shared_ptr<kvc::BaseLoopbackAgent> makeLoopbackAgent(std::string con
     return reinterpret_cast<CreateLoopbackAgent>(wrapperSymbol(kNixlWrapper, "createNixlLoopbackAgent"))(&config);
 }
 
+// Whether the run selected kvxfer's NIXL backend (as trtllm_main.cpp sets it, TensorRT-LLM's way).
+inline bool nixlSelected()
+{
+    char const* nixl = std::getenv("TRTLLM_USE_NIXL_KVCACHE");
+    char const* ucx = std::getenv("TRTLLM_USE_UCX_KVCACHE");
+    return nixl != nullptr && std::string(nixl) == "1" && (ucx == nullptr || std::string(ucx) != "1");
+}
+
 // Bound for every wait in the suite: a broken transport fails, never hangs.
 constexpr auto kWaitLimit = std::chrono::seconds(10);
 

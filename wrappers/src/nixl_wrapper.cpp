@@ -15,9 +15,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -408,12 +410,19 @@ private:
 };
 
 // Memory <-> file copies for KV-cache offload; concurrent requests are fine
-// as long as they name different files. kvxfer has no GPUDirect
-// Storage path, so only host memory is served (pread/pwrite, blocking);
-// device memory is refused with an exception rather than staged silently.
+// as long as they name different files. Where kvxfer's chosen backend has a
+// storage path (NIXL: POSIX for host memory, GDS / GDS_MT for device memory)
+// the copy goes through it; otherwise host memory is copied with
+// pread/pwrite and device memory staged through pinned host memory. Which
+// path serves each memory type is logged once.
 class KvxLoopbackAgent final : public kvc::BaseLoopbackAgent
 {
 public:
+    explicit KvxLoopbackAgent(bool multiThread)
+        : mMultiThread(multiThread)
+    {
+    }
+
     void executeLoopbackRequest(
         kvc::MemoryDescs const& memoryDescs, kvc::FileDescs const& fileDescs, bool isOffload) override
     {
@@ -424,18 +433,63 @@ public:
         auto const& files = fileDescs.getDescs();
         if (mem.size() != files.size())
             throw std::invalid_argument("kvxfer: loopback request needs one file per memory descriptor");
+        std::vector<kvx_memory_desc> memory;
+        std::vector<kvx_file_desc> pieces;
         for (size_t i = 0; i < mem.size(); ++i)
         {
-            size_t len = std::min<size_t>(mem[i].getLen(), files[i].getLen());
-            int fd = static_cast<int>(files[i].getFd());
+            uint64_t len = std::min<uint64_t>(mem[i].getLen(), files[i].getLen());
+            if (len == 0)
+                continue; // nothing to copy, and no storage path takes an empty piece
+            memory.push_back(kvx_memory_desc{mem[i].getAddr(), len, mem[i].getDeviceId()});
+            pieces.push_back(kvx_file_desc{static_cast<int32_t>(files[i].getFd()), 0, len});
+        }
+        if (memory.empty())
+            return;
+        uint32_t kvxType = kvxMemoryType(type);
+        char const* path = nullptr;
+        kvx_file_copy_request request{};
+        request.mem_type = kvxType;
+        request.memory = memory.data();
+        request.files = pieces.data();
+        request.count = memory.size();
+        request.to_file = isOffload;
+        request.multi_thread = mMultiThread;
+        request.timeout_ms = KVX_TIMEOUT_DEFAULT;
+        kvx_status status = kvx_file_copy(KVX_BACKEND_AUTO, &request, &path);
+        if (status == KVX_OK)
+        {
+            logPathOnce(kvxType, (std::string("NIXL's ") + path + " plugin").c_str());
+            return;
+        }
+        if (status != KVX_ERR_UNSUPPORTED && status != KVX_ERR_BACKEND_UNAVAILABLE)
+            check(status, isOffload ? "BaseLoopbackAgent::executeLoopbackRequest (memory to files)"
+                                    : "BaseLoopbackAgent::executeLoopbackRequest (files to memory)");
+        std::string fallback =
+            type == kvc::MemoryType::kVRAM ? "pinned host staging, then pread/pwrite" : "pread/pwrite";
+        logPathOnce(kvxType, (fallback + " (" + kvx_last_error() + ")").c_str());
+        for (size_t i = 0; i < memory.size(); ++i)
+        {
             if (type == kvc::MemoryType::kVRAM)
-                copyDeviceFile(fd, mem[i].getAddr(), len, mem[i].getDeviceId(), isOffload);
+                copyDeviceFile(pieces[i].fd, memory[i].addr, memory[i].len, memory[i].device_id, isOffload);
             else
-                copy(fd, reinterpret_cast<char*>(mem[i].getAddr()), len, isOffload);
+                copy(pieces[i].fd, reinterpret_cast<char*>(memory[i].addr), memory[i].len, isOffload);
         }
     }
 
 private:
+    static void logPathOnce(uint32_t kvxType, char const* path)
+    {
+        static std::once_flag logged[2];
+        std::call_once(logged[kvxType & 1],
+            [&]
+            {
+                char const* level = std::getenv("KVX_LOG");
+                if (level == nullptr || std::strcmp(level, "error") != 0)
+                    std::fprintf(stderr, "kvxfer %s (%s): LoopbackAgent copies %s memory through %s\n", kvx_version(),
+                        kWrapperName, kvxType == KVX_MEMORY_VRAM ? "device" : "host", path);
+            });
+    }
+
     static void copy(int fd, char* buffer, size_t len, bool toFile)
     {
         size_t done = 0;
@@ -454,6 +508,8 @@ private:
             done += static_cast<size_t>(n);
         }
     }
+
+    bool mMultiThread;
 };
 
 kvc::BaseAgentConfig const& requireConfig(kvc::BaseAgentConfig const* config, char const* factory)
@@ -479,6 +535,5 @@ extern "C" __attribute__((visibility("default"))) std::shared_ptr<kvc::BaseLoopb
 {
     using namespace kvxfer_trtllm;
     requireMatchingRelease(kWrapperName);
-    requireConfig(config, "createNixlLoopbackAgent");
-    return std::make_shared<KvxLoopbackAgent>();
+    return std::make_shared<KvxLoopbackAgent>(requireConfig(config, "createNixlLoopbackAgent").multiThread);
 }

@@ -792,6 +792,10 @@ impl TransferAgent for NixlAgent {
     fn stats(&self) -> &Arc<Scope> {
         &self.core.stats
     }
+
+    fn copy_files(request: &crate::dispatch::FileCopy<'_>) -> Result<&'static std::ffi::CStr> {
+        super::files::copy(request)
+    }
 }
 
 impl Drop for NixlAgent {

@@ -127,10 +127,26 @@ fn peer_if_backend(e: Error) -> Error {
     }
 }
 
-fn nixl_mem_type(t: kvx_memory_type) -> nixl_capi_mem_type_t {
-    match t {
-        kvx_memory_type::KVX_MEMORY_DRAM => NIXL_CAPI_MEM_DRAM,
-        kvx_memory_type::KVX_MEMORY_VRAM => NIXL_CAPI_MEM_VRAM,
+/// What a NIXL descriptor list holds: memory, or (for the storage plugins)
+/// file pieces, whose descriptors carry the offset as address and the file
+/// descriptor as device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    Memory(kvx_memory_type),
+    File,
+}
+
+impl From<kvx_memory_type> for Segment {
+    fn from(t: kvx_memory_type) -> Self {
+        Segment::Memory(t)
+    }
+}
+
+fn nixl_mem_type(segment: impl Into<Segment>) -> nixl_capi_mem_type_t {
+    match segment.into() {
+        Segment::Memory(kvx_memory_type::KVX_MEMORY_DRAM) => NIXL_CAPI_MEM_DRAM,
+        Segment::Memory(kvx_memory_type::KVX_MEMORY_VRAM) => NIXL_CAPI_MEM_VRAM,
+        Segment::File => NIXL_CAPI_MEM_FILE,
     }
 }
 
@@ -303,7 +319,7 @@ impl NixlHandle {
         Ok(args)
     }
 
-    fn xfer_dlist(&self, mem_type: kvx_memory_type, descs: &[kvx_memory_desc]) -> Result<Owned> {
+    fn xfer_dlist(&self, mem_type: impl Into<Segment>, descs: &[kvx_memory_desc]) -> Result<Owned> {
         let api = &self.nixl.api;
         let mut raw = std::ptr::null_mut();
         // SAFETY: out-parameter.
@@ -324,7 +340,7 @@ impl NixlHandle {
         Ok(list)
     }
 
-    pub fn register(&self, mem_type: kvx_memory_type, descs: &[kvx_memory_desc], register: bool) -> Result<()> {
+    pub fn register(&self, mem_type: impl Into<Segment>, descs: &[kvx_memory_desc], register: bool) -> Result<()> {
         let api = &self.nixl.api;
         let mut raw = std::ptr::null_mut();
         // SAFETY: out-parameter.
@@ -515,8 +531,8 @@ impl NixlHandle {
     pub fn post(
         &self,
         op: nixl_capi_xfer_op_t,
-        local: (kvx_memory_type, &[kvx_memory_desc]),
-        remote: (kvx_memory_type, &[kvx_memory_desc]),
+        local: (impl Into<Segment>, &[kvx_memory_desc]),
+        remote: (impl Into<Segment>, &[kvx_memory_desc]),
         remote_name: &str,
         message: Option<&[u8]>,
     ) -> Result<(nixl_capi_xfer_req_t, nixl_capi_status_t)> {

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod conn;
+pub mod files;
 pub mod handle;
 pub mod loader;
 pub mod poller;

@@ -19,6 +19,8 @@ pub const NIXL_CAPI_ERROR_NOT_FOUND: c_int = -6;
 pub type nixl_capi_mem_type_t = c_int;
 pub const NIXL_CAPI_MEM_DRAM: c_int = 0;
 pub const NIXL_CAPI_MEM_VRAM: c_int = 1;
+/// Pieces of open files (the storage plugins: POSIX, GDS, GDS_MT).
+pub const NIXL_CAPI_MEM_FILE: c_int = 4;
 
 pub type nixl_capi_xfer_op_t = c_int;
 pub const NIXL_CAPI_XFER_OP_READ: c_int = 0;
