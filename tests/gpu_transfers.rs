@@ -215,7 +215,7 @@ fn device_memory_to_a_file_and_back_through_the_storage_path() {
         assert_eq!(file.metadata().unwrap().len(), 0, "a refused copy wrote to the file");
         if nixl {
             assert!(used.contains("GDS"), "{used}");
-            return report_skip(&format!("NIXL's GDS plugins do not load here ({used}); the wrapper stages instead"));
+            return report_skip(&format!("NIXL's GDS plugins cannot serve here ({used}); the wrapper stages instead"));
         }
         assert!(used.contains("no storage path"), "{used}");
         return;

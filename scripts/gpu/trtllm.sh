@@ -14,8 +14,8 @@ bundle)
     BUILD_ROOT=$build CTEST_ARGS="-R Loopback" bash "$repo/.ci/cmake_suite.sh" >"$build.log" 2>&1 ||
         { tail -30 "$build.log"; exit 1; }
     mkdir -p "$repo/.gpu_bundle"
-    tar -C "$build" -cJf "$repo/.gpu_bundle/trtllm.tar.xz" _install/lib trtllm/kvxfer_trtllm_test trtllm/trtllm_peer \
-        trtllm-1.*/kvxfer_trtllm_test trtllm-1.*/trtllm_peer
+    (cd "$build" && tar -cJf "$repo/.gpu_bundle/trtllm.tar.xz" _install/lib trtllm/kvxfer_trtllm_test trtllm/trtllm_peer \
+        trtllm-1.*/kvxfer_trtllm_test trtllm-1.*/trtllm_peer)
     echo "trtllm.sh: $repo/.gpu_bundle/trtllm.tar.xz"
     ;;
 run)

@@ -1,9 +1,10 @@
 //! Memory to and from files through NIXL's storage plugins, for TensorRT-LLM's
 //! loopback agent (KV-cache offload): host memory through POSIX, device
 //! memory through GDS (GDS_MT when the caller asks for several threads, the
-//! other one if that cannot load). Each plugin gets one NIXL agent per
-//! process, made on first use; a plugin that cannot load is remembered, so
-//! the caller's fallback is chosen once and not retried on every request.
+//! other one if that cannot serve). Each plugin gets one NIXL agent per
+//! process, made on first use; a plugin that cannot load, or cannot register
+//! the memory or files it is given, is remembered, so the caller's fallback is
+//! chosen once and not retried on every request.
 
 use super::handle::{NixlHandle, NixlOptions, Segment};
 use super::sys::*;
@@ -67,38 +68,52 @@ fn agent_for(plugin: &'static str) -> PluginAgent {
         .clone()
 }
 
-/// Copy `request` through the first storage plugin that loads; returns its name.
+/// Copy `request` through the first storage plugin that can serve it; returns its name.
 pub fn copy(request: &FileCopy<'_>) -> Result<&'static CStr> {
     let mut reasons = Vec::new();
     for &(plugin, c_name) in plugins(request.mem_type, request.multi_thread) {
         match agent_for(plugin) {
-            Ok(agent) => {
-                if !request.memory.is_empty() {
-                    copy_through(&agent.lock(), request)?;
+            Ok(_) if request.memory.is_empty() => return Ok(c_name),
+            Ok(agent) => match copy_through(&agent.lock(), request)? {
+                Outcome::Done => return Ok(c_name),
+                Outcome::Refused(e) => {
+                    // A plugin that cannot register here (GDS without a cuFile path for the
+                    // files' filesystem, say) is not asked again in this process.
+                    crate::log_at!(Info, "NIXL {plugin} plugin refused memory-to-file copies: {}", e.message);
+                    AGENTS.lock().insert(plugin, Err(e.clone()));
+                    reasons.push(format!("{plugin}: {}", e.message));
                 }
-                return Ok(c_name);
-            }
+            },
             Err(e) => reasons.push(format!("{plugin}: {}", e.message)),
         }
     }
     Err(Error::new(
         kvx_status::KVX_ERR_UNSUPPORTED,
-        format!("no NIXL storage plugin could load ({})", reasons.join("; ")),
+        format!("no NIXL storage plugin can serve this copy here ({})", reasons.join("; ")),
     ))
 }
 
-fn copy_through(handle: &NixlHandle, request: &FileCopy<'_>) -> Result<()> {
+enum Outcome {
+    Done,
+    /// The plugin would not register the memory or the files: nothing moved.
+    Refused(Error),
+}
+
+fn copy_through(handle: &NixlHandle, request: &FileCopy<'_>) -> Result<Outcome> {
     let memory = Segment::Memory(request.mem_type);
     // A file piece is a NIXL descriptor with the offset as address and the fd as device.
     let pieces: Vec<kvx_memory_desc> =
         request.files.iter().map(|f| kvx_memory_desc { addr: f.offset, len: f.len, device_id: f.fd as u32 }).collect();
-    handle.register(memory, request.memory, true)?;
+    if let Err(e) = handle.register(memory, request.memory, true) {
+        return Ok(Outcome::Refused(e));
+    }
+    if let Err(e) = handle.register(Segment::File, &pieces, true) {
+        handle.register(memory, request.memory, false)?;
+        return Ok(Outcome::Refused(e));
+    }
     // Deregistered whatever happened (`and` evaluates its argument): the agent serves later requests.
-    let copied = handle.register(Segment::File, &pieces, true).and_then(|()| {
-        let ran = run(handle, request, &pieces);
-        ran.and(handle.register(Segment::File, &pieces, false))
-    });
-    copied.and(handle.register(memory, request.memory, false))
+    let copied = run(handle, request, &pieces).and(handle.register(Segment::File, &pieces, false));
+    copied.and(handle.register(memory, request.memory, false)).map(|()| Outcome::Done)
 }
 
 fn run(handle: &NixlHandle, request: &FileCopy<'_>, pieces: &[kvx_memory_desc]) -> Result<()> {
