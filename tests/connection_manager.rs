@@ -212,3 +212,29 @@ fn send_and_recv_into_unmapped_memory_are_refused_and_lose_nothing() {
     ok(p.recv(DATA_TAG, &mut got, TIMEOUT_MS));
     assert_eq!(got, data, "the connection carries on after the refusals");
 }
+
+/// A NIXL manager's doorbell (UDP on its listener's address and port) takes
+/// stray datagrams from anyone, of any size, and messages still arrive whole and
+/// in order; on UCX the datagrams go nowhere. Either way nothing is lost.
+#[test]
+fn stray_datagrams_at_the_manager_port_deliver_forge_and_drop_nothing() {
+    let m1 = Cm::new();
+    let m2 = Cm::new();
+    let (c, p) = connected_pair(&m1, &m2, 3);
+    let target: std::net::SocketAddr = m1.address().parse().unwrap();
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let junk: Vec<Vec<u8>> = vec![vec![], b"KVXBELL1".to_vec(), vec![0xFF; 9], pattern(1200, 8), pattern(60_000, 9)];
+    for round in 0..50u64 {
+        for j in &junk {
+            let _ = stranger.send_to(j, target);
+        }
+        let data = pattern(4096, round);
+        ok(c.send(DATA_TAG, &data));
+        let mut got = vec![0u8; 4096];
+        ok(p.recv(DATA_TAG, &mut got, TIMEOUT_MS));
+        assert_eq!(got, data, "round {round}");
+    }
+    // Nothing extra was queued for the receiver: the next receive times out.
+    let mut none = vec![0u8; 4096];
+    assert_eq!(p.recv(DATA_TAG, &mut none, 200), KVX_ERR_TIMEOUT);
+}

@@ -9,7 +9,7 @@
 //! one-sided READ/WRITE, as TensorRT-LLM's NIXL transceiver does.
 
 use super::handle::{NixlHandle, NixlOptions};
-use super::poller::{Poller, Waker};
+use super::poller::{Doorbell, Poller, Waker};
 use crate::core::auth::PeerAuth;
 use crate::core::connections::{answer_connect, ConnectionCache};
 use crate::core::control::{self, ControlHandler, ControlServer};
@@ -294,6 +294,10 @@ impl ConnectionManager for NixlConnectionManager {
             "TRTLLM_NIXL_INTERFACE",
             Arc::new(Listener(Arc::downgrade(&core))),
         )?;
+        // Peers ring this side's doorbell after each send, at the listener's address.
+        if let Some(bell) = net::parse_connection_info(&address).ok().and_then(Doorbell::bind) {
+            core.waker.install_doorbell(bell);
+        }
         *core.address.lock() = address;
         core.stats.set_name(&core.address.lock());
         Ok(NixlConnectionManager { listener: Mutex::new(Some(server)), poller: Some(poller), core })
@@ -436,6 +440,10 @@ impl Connection for NixlConnection {
         let result = core.handle.send_notification(&self.peer_name, &encode_message(self.peer_id, tag, data));
         core.last_send_ms.store(core.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         core.waker.wake();
+        if let (Ok(()), Some(peer)) = (&result, self.peer_listener) {
+            // The peer's poller may be in a long pause: tell it to look now.
+            core.waker.ring_peer(peer);
+        }
         result.map_err(|e| {
             *self.failure.lock() = Some(e.message.clone());
             e.context(&format!("send to {}", self.peer_address))

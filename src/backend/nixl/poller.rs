@@ -6,11 +6,17 @@
 //! (`KVX_NIXL_MAX_POLL_US` changes the upper bound). Busy agents poll
 //! briskly; an idle one, or one whose owner is blocked waiting on a silent
 //! peer, wakes about 20 times a second, and a message arriving after a long
-//! quiet spell waits at most 50 ms for the next look.
+//! quiet spell waits at most 50 ms for the next look, unless its sender rings
+//! this side's doorbell: a UDP socket on the owner's control address (same
+//! port as its TCP listener) that the poller sleeps on. A datagram carries no
+//! data; it only makes the poller look now, so a stranger's datagrams cost
+//! wake-ups and nothing else.
 
 use parking_lot::{Condvar, Mutex};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -45,11 +51,55 @@ pub fn pause_after(quiet: Duration, least: Duration, most: Duration) -> Duration
     (quiet / BACKOFF_DIVISOR).clamp(least, most)
 }
 
+/// What a ring sends; anything else that arrives wakes the poller all the same.
+const RING: &[u8; 8] = b"KVXBELL1";
+
+/// A UDP socket the poller sleeps on, so peers can wake it (see the module comment).
+pub struct Doorbell {
+    socket: UdpSocket,
+    address: SocketAddr,
+}
+
+impl Doorbell {
+    /// Bind at `address` (the owner's control listener's); None when the
+    /// port is taken for UDP, and the poller then only backs off.
+    pub fn bind(address: SocketAddr) -> Option<Doorbell> {
+        let socket = UdpSocket::bind(address)
+            .inspect_err(|e| crate::log_at!(Debug, "no doorbell at udp {address}: {e}; the NIXL poller backs off only"))
+            .ok()?;
+        socket.set_nonblocking(true).ok()?;
+        let address = socket.local_addr().ok()?;
+        Some(Doorbell { socket, address })
+    }
+
+    /// Wake the poller of the owner whose control listener is `peer`. Best effort:
+    /// a lost datagram only means the peer looks at its next pause.
+    pub fn ring(&self, peer: SocketAddr) {
+        let _ = self.socket.send_to(RING, peer);
+    }
+
+    /// Sleep until a datagram arrives or `timeout` passes; whether one came (all are drained).
+    fn wait(&self, timeout: Duration) -> bool {
+        let mut fd = libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut fd, 1, ms) };
+        let mut rang = false;
+        let mut buf = [0u8; 16];
+        while ready > 0 && self.socket.recv_from(&mut buf).is_ok() {
+            rang = true;
+        }
+        rang
+    }
+}
+
 #[derive(Default)]
 pub struct Waker {
     woken: Mutex<bool>,
     cond: Condvar,
     stop: AtomicBool,
+    /// Set once the owner's control address is known; the poller then sleeps on it.
+    doorbell: OnceLock<Doorbell>,
 }
 
 impl Waker {
@@ -57,6 +107,24 @@ impl Waker {
     pub fn wake(&self) {
         *self.woken.lock() = true;
         self.cond.notify_one();
+        if let Some(bell) = self.doorbell.get() {
+            bell.ring(bell.address);
+        }
+    }
+
+    /// Let peers wake the poller through `bell` from now on.
+    pub fn install_doorbell(&self, bell: Doorbell) {
+        if self.doorbell.set(bell).is_ok() {
+            // The poller may be asleep on the condition variable: let it move to the socket.
+            self.wake();
+        }
+    }
+
+    /// Wake the poller of the owner whose control listener is `peer`, if this side has a doorbell to ring from.
+    pub fn ring_peer(&self, peer: SocketAddr) {
+        if let Some(bell) = self.doorbell.get() {
+            bell.ring(peer);
+        }
     }
 }
 
@@ -85,11 +153,19 @@ impl Poller {
                     }
                     drop(owner);
                     let pause = pause_after(last_activity.elapsed(), BRISK, longest);
-                    let mut woken = w.woken.lock();
-                    if !*woken {
-                        w.cond.wait_for(&mut woken, pause);
-                    }
-                    if std::mem::take(&mut *woken) {
+                    let rang = match w.doorbell.get() {
+                        // A local wake rings the same bell, so the socket is the one thing to sleep on.
+                        Some(bell) if !*w.woken.lock() => bell.wait(pause),
+                        Some(_) => false,
+                        None => {
+                            let mut woken = w.woken.lock();
+                            if !*woken {
+                                w.cond.wait_for(&mut woken, pause);
+                            }
+                            false
+                        }
+                    };
+                    if std::mem::take(&mut *w.woken.lock()) || rang {
                         last_activity = Instant::now();
                     }
                 }
@@ -118,6 +194,50 @@ mod tests {
         assert_eq!(pause_after(Duration::ZERO, BRISK, IDLE), BRISK);
         assert_eq!(pause_after(Duration::from_millis(100), BRISK, IDLE), Duration::from_millis(1));
         assert_eq!(pause_after(Duration::from_secs(60), BRISK, IDLE), IDLE);
+    }
+
+    #[test]
+    fn a_doorbell_wakes_its_sleeper_and_is_quiet_otherwise() {
+        let bell = Doorbell::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(!bell.wait(Duration::from_millis(5)), "woke without a ring");
+        let peer = Doorbell::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        peer.ring(bell.address);
+        peer.ring(bell.address);
+        // A ring that already arrived wakes at once; both are drained by one wait.
+        assert!(bell.wait(Duration::from_secs(30)));
+        assert!(!bell.wait(Duration::ZERO));
+        // Stray bytes from anyone wake it the same way and carry nothing.
+        UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"x", bell.address).unwrap();
+        assert!(bell.wait(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_poller_with_a_doorbell_looks_when_rung_after_a_quiet_spell() {
+        use std::sync::atomic::AtomicUsize;
+        struct Owner(AtomicUsize);
+        let owner = Arc::new(Owner(AtomicUsize::new(0)));
+        let waker = Arc::new(Waker::default());
+        let _poller = Poller::spawn(Arc::downgrade(&owner), waker.clone(), |o: &Owner| {
+            o.0.fetch_add(1, Ordering::SeqCst);
+            false
+        })
+        .unwrap();
+        let bell = Doorbell::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = bell.address;
+        waker.install_doorbell(bell);
+        // Quiet long enough that the pause has grown to its bound (50 ms), then
+        // ring from a peer: rings arriving faster than the pause must each be seen.
+        std::thread::sleep(Duration::from_secs(6));
+        let peer = Doorbell::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let before = owner.0.load(Ordering::SeqCst);
+        for _ in 0..20 {
+            peer.ring(address);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let looks = owner.0.load(Ordering::SeqCst) - before;
+        // 100 ms of rings 5 ms apart: the backoff alone would look about twice
+        // (rings that land together count once, hence the margin).
+        assert!(looks >= 6, "only {looks} looks for 20 rings");
     }
 
     #[test]
