@@ -38,6 +38,7 @@ SUITE_LIST='
 lint            scripts/lint.sh
 rust            cargo test --no-fail-fast --lib --bins $RUST_TESTS -- $SKIP_PROVOKING
 rust-nixl       TRTLLM_USE_NIXL_KVCACHE=1 cargo test --no-fail-fast $NIXL_TESTS -- $SKIP_PROVOKING
+scale-tcp       UCX_TLS=tcp,self cargo test --no-fail-fast --test scale && UCX_TLS=tcp,self TRTLLM_USE_NIXL_KVCACHE=1 cargo test --no-fail-fast --test scale
 peer-loss       $QUIET cargo test --no-fail-fast $RUST_TESTS -- --exact $PROVOKING
 peer-loss-nixl  $QUIET TRTLLM_USE_NIXL_KVCACHE=1 cargo test --no-fail-fast $NIXL_TESTS -- --exact $PROVOKING
 faults          $QUIET cargo test --no-fail-fast --test faults

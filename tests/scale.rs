@@ -40,6 +40,10 @@ fn assert_linear(what: &str, small_ms_per_peer: f64, large_ms_per_peer: f64) {
     );
 }
 
+fn rdma_host() -> bool {
+    std::fs::read_dir("/sys/class/infiniband").is_ok_and(|mut d| d.next().is_some())
+}
+
 #[test]
 fn agents_load_and_invalidate_64_peers() {
     let (name, code) = backend();
@@ -67,8 +71,11 @@ fn agents_load_and_invalidate_64_peers() {
             cpu_ms_per_peer.push((cpu_seconds() - cpu) * 1e3 / PEERS as f64);
             let added = threads() - base_threads;
             assert!(added <= 4, "{added} threads added for {PEERS} loaded peers");
+            // One connection per peer, plus a few for the hub itself. On an RDMA host
+            // NIXL's UCX also connects over each RDMA device (kvxfer leaves those alone).
             let per_peer = (open_descriptors() - base_fds) as f64 / PEERS as f64;
-            assert!(per_peer <= 2.0, "{per_peer:.2} descriptors per loaded peer");
+            let limit = if code == NIXL && rdma_host() { 2.0 } else { 1.0 + 4.0 / PEERS as f64 };
+            assert!(per_peer <= limit, "{per_peer:.2} descriptors per loaded peer");
         }
         for (peer, _) in &all {
             ok(hub.invalidate(peer));
@@ -82,7 +89,9 @@ fn agents_load_and_invalidate_64_peers() {
     } else {
         // NIXL 1.5.1 keeps a live peer's connections after invalidateRemoteMD; kvxfer reuses them on reload.
         assert!(left_after.windows(2).all(|w| w[1] <= w[0]), "descriptors grow with cycles: {left_after:?}");
-        assert!(left_after[0] as f64 <= 2.0 * PEERS as f64, "{left_after:?}");
+        // One per peer: its TCP connection through the host's NIC, never a second through loopback.
+        let kept = if rdma_host() { 2.0 } else { 1.0 };
+        assert!(left_after[0] as f64 <= kept * PEERS as f64, "{left_after:?}");
     }
     // A peer loaded again after the cycles is usable: check it sees memory it registered (none: false).
     ok(hub.load_by_info(&all[0].0, &all[0].1));

@@ -121,6 +121,39 @@ fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
     }
 }
 
+/// Names of the interfaces that are up and have an IP address, in the order
+/// the system lists them; loopback ones only when `loopback` is true.
+pub fn addressed_interfaces(loopback: bool) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    // SAFETY: getifaddrs fills a list we walk read-only and free once.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) != 0 {
+            return names;
+        }
+        let mut cur = list;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+                continue;
+            }
+            let family = (*ifa.ifa_addr).sa_family as i32;
+            let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
+            let is_loopback = ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
+            if !up || (is_loopback && !loopback) || (family != libc::AF_INET && family != libc::AF_INET6) {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        libc::freeifaddrs(list);
+    }
+    names
+}
+
 /// First IPv4 (else IPv6) address of a network interface.
 pub fn interface_ip(name: &str) -> Option<IpAddr> {
     let mut found: Option<IpAddr> = None;
@@ -161,6 +194,15 @@ pub fn interface_ip(name: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addressed_interfaces_leave_out_loopback_unless_asked() {
+        let with = addressed_interfaces(true);
+        let without = addressed_interfaces(false);
+        assert!(with.iter().any(|n| interface_ip(n).is_some_and(|ip| ip.is_loopback())), "{with:?}");
+        assert!(without.iter().all(|n| interface_ip(n).is_some_and(|ip| !ip.is_loopback())), "{without:?}");
+        assert!(without.iter().all(|n| with.contains(n)));
+    }
 
     #[test]
     fn parses_v4_and_bracketed_v6() {

@@ -27,6 +27,7 @@ pub fn load() -> Result<&'static LoadedNixl> {
     LOADED
         .get_or_init(|| {
             enable_cuda_ipc_get();
+            skip_loopback_tcp();
             let loaded = locate::with_ucx_copy("NIXL", load_first_candidate)?;
             crate::log_at!(
                 Info,
@@ -54,6 +55,29 @@ fn enable_cuda_ipc_get() {
         // Set before NIXL (and its UCX copy) exists; the C library's getenv is not
         // synchronised with this, which is why it happens once, at first load.
         std::env::set_var(&name, value);
+    }
+}
+
+/// NIXL's UCX opens a TCP connection to a peer on every network device it
+/// may use, loopback included, and NIXL 1.5.1 keeps them after invalidate:
+/// two descriptors per peer on a host with one NIC. So, before NIXL loads and
+/// only where the user has not set `UCX_NET_DEVICES` and the host has no RDMA
+/// device (whose names would have to be listed too), NIXL's UCX gets the
+/// host's addressed, up, non-loopback interfaces. Peers on the same host are
+/// reached through those addresses as well. Process-wide, like the option above.
+fn skip_loopback_tcp() {
+    if std::env::var_os("UCX_NET_DEVICES").is_some() {
+        return;
+    }
+    let rdma = std::fs::read_dir("/sys/class/infiniband").is_ok_and(|mut d| d.next().is_some());
+    if rdma {
+        return;
+    }
+    let devices = crate::core::net::addressed_interfaces(false);
+    if !devices.is_empty() {
+        // As above: set once, before NIXL's UCX exists.
+        std::env::set_var("UCX_NET_DEVICES", devices.join(","));
+        crate::log_at!(Debug, "NIXL's UCX: UCX_NET_DEVICES={} (no loopback TCP)", devices.join(","));
     }
 }
 
