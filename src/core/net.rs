@@ -196,6 +196,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore = "getifaddrs is outside Miri")]
     fn addressed_interfaces_leave_out_loopback_unless_asked() {
         let with = addressed_interfaces(true);
         let without = addressed_interfaces(false);
