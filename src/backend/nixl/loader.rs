@@ -66,20 +66,29 @@ fn enable_cuda_ipc_get() {
 /// host's addressed, up, non-loopback interfaces. Peers on the same host are
 /// reached through those addresses as well. Process-wide, like the option above.
 fn skip_loopback_tcp() {
-    if std::env::var_os("UCX_NET_DEVICES").is_some() {
+    // Inherited from a kvxfer parent (marked so) counts as unset: this process
+    // may see other interfaces (another network namespace, say).
+    let inherited = std::env::var_os(SET_BY_KVXFER).is_some_and(|v| Some(v) == std::env::var_os("UCX_NET_DEVICES"));
+    if std::env::var_os("UCX_NET_DEVICES").is_some() && !inherited {
         return;
     }
     let rdma = std::fs::read_dir("/sys/class/infiniband").is_ok_and(|mut d| d.next().is_some());
-    if rdma {
+    let devices = if rdma { String::new() } else { crate::core::net::addressed_interfaces(false).join(",") };
+    // As above: set once, before NIXL's UCX exists.
+    if devices.is_empty() {
+        if inherited {
+            std::env::remove_var("UCX_NET_DEVICES");
+            std::env::remove_var(SET_BY_KVXFER);
+        }
         return;
     }
-    let devices = crate::core::net::addressed_interfaces(false);
-    if !devices.is_empty() {
-        // As above: set once, before NIXL's UCX exists.
-        std::env::set_var("UCX_NET_DEVICES", devices.join(","));
-        crate::log_at!(Debug, "NIXL's UCX: UCX_NET_DEVICES={} (no loopback TCP)", devices.join(","));
-    }
+    std::env::set_var("UCX_NET_DEVICES", &devices);
+    std::env::set_var(SET_BY_KVXFER, &devices);
+    crate::log_at!(Debug, "NIXL's UCX: UCX_NET_DEVICES={devices} (no loopback TCP)");
 }
+
+/// Holds the `UCX_NET_DEVICES` value kvxfer chose, so a child process can tell it from the user's.
+const SET_BY_KVXFER: &str = "KVX_UCX_NET_DEVICES_CHOSEN";
 
 /// The wheel folders that hold `libnixl_capi.so`, newest CUDA first.
 fn wheel_dirs() -> Vec<PathBuf> {
