@@ -53,8 +53,7 @@ pub trait TransferAgent: Send + Sync + Sized + 'static {
     /// the backend's own storage path, blocking until done or the deadline;
     /// returns the path's name. A backend without one refuses with
     /// `KVX_ERR_UNSUPPORTED`, and the caller copies by other means.
-    fn copy_files(request: &FileCopy<'_>) -> Result<&'static std::ffi::CStr> {
-        let _ = request;
+    fn copy_files(_request: &FileCopy<'_>) -> Result<&'static std::ffi::CStr> {
         Err(crate::core::error::Error::new(
             kvx_status::KVX_ERR_UNSUPPORTED,
             "this backend has no storage path for memory-to-file copies",

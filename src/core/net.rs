@@ -121,15 +121,21 @@ fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
     }
 }
 
-/// Names of the interfaces that are up and have an IP address, in the order
-/// the system lists them; loopback ones only when `loopback` is true.
-pub fn addressed_interfaces(loopback: bool) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
+/// One IP address the system lists: its interface's name and flags.
+struct InterfaceAddress {
+    name: String,
+    flags: u32,
+    ip: IpAddr,
+}
+
+/// Every IPv4 and IPv6 address of every interface, in the order the system lists them.
+fn interface_addresses() -> Vec<InterfaceAddress> {
+    let mut out = Vec::new();
     // SAFETY: getifaddrs fills a list we walk read-only and free once.
     unsafe {
         let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
         if libc::getifaddrs(&mut list) != 0 {
-            return names;
+            return out;
         }
         let mut cur = list;
         while !cur.is_null() {
@@ -138,57 +144,40 @@ pub fn addressed_interfaces(loopback: bool) -> Vec<String> {
             if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
                 continue;
             }
-            let family = (*ifa.ifa_addr).sa_family as i32;
-            let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
-            let is_loopback = ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
-            if !up || (is_loopback && !loopback) || (family != libc::AF_INET && family != libc::AF_INET6) {
-                continue;
-            }
+            let ip = match (*ifa.ifa_addr).sa_family as i32 {
+                libc::AF_INET => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes())
+                }
+                libc::AF_INET6 => IpAddr::from((*(ifa.ifa_addr as *const libc::sockaddr_in6)).sin6_addr.s6_addr),
+                _ => continue,
+            };
             let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
-            if !names.contains(&name) {
-                names.push(name);
-            }
+            out.push(InterfaceAddress { name, flags: ifa.ifa_flags, ip });
         }
         libc::freeifaddrs(list);
+    }
+    out
+}
+
+/// Names of the interfaces that are up and have an IP address, in the order
+/// the system lists them; loopback ones only when `loopback` is true.
+pub fn addressed_interfaces(loopback: bool) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for a in interface_addresses() {
+        let up = a.flags & libc::IFF_UP as u32 != 0;
+        let is_loopback = a.flags & libc::IFF_LOOPBACK as u32 != 0;
+        if up && (loopback || !is_loopback) && !names.contains(&a.name) {
+            names.push(a.name);
+        }
     }
     names
 }
 
 /// First IPv4 (else IPv6) address of a network interface.
 pub fn interface_ip(name: &str) -> Option<IpAddr> {
-    let mut found: Option<IpAddr> = None;
-    // SAFETY: getifaddrs fills a list we walk read-only and free once.
-    unsafe {
-        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut list) != 0 {
-            return None;
-        }
-        let mut cur = list;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            cur = ifa.ifa_next;
-            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-                continue;
-            }
-            if std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != name.as_bytes() {
-                continue;
-            }
-            match (*ifa.ifa_addr).sa_family as i32 {
-                libc::AF_INET => {
-                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    found = Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
-                    break;
-                }
-                libc::AF_INET6 if found.is_none() => {
-                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    found = Some(IpAddr::from(sin6.sin6_addr.s6_addr));
-                }
-                _ => {}
-            }
-        }
-        libc::freeifaddrs(list);
-    }
-    found
+    let mine: Vec<IpAddr> = interface_addresses().into_iter().filter(|a| a.name == name).map(|a| a.ip).collect();
+    mine.iter().find(|ip| ip.is_ipv4()).or(mine.first()).copied()
 }
 
 #[cfg(test)]

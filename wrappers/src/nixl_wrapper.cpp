@@ -483,8 +483,7 @@ private:
         std::call_once(logged[kvxType & 1],
             [&]
             {
-                char const* level = std::getenv("KVX_LOG");
-                if (level == nullptr || std::strcmp(level, "error") != 0)
+                if (!infoLogsSilenced())
                     std::fprintf(stderr, "kvxfer %s (%s): LoopbackAgent copies %s memory through %s\n", kvx_version(),
                         kWrapperName, kvxType == KVX_MEMORY_VRAM ? "device" : "host", path);
             });

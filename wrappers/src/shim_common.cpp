@@ -215,14 +215,19 @@ char const* backendName(uint32_t backend) noexcept
     }
 }
 
+bool infoLogsSilenced() noexcept
+{
+    char const* level = std::getenv("KVX_LOG");
+    return level != nullptr && std::strcmp(level, "error") == 0;
+}
+
 void logBackendOnce(char const* wrapperName, char const* what, uint32_t backend)
 {
     static std::once_flag once;
     std::call_once(once,
         [&]
         {
-            char const* level = std::getenv("KVX_LOG");
-            if (level != nullptr && std::strcmp(level, "error") == 0)
+            if (infoLogsSilenced())
                 return;
             auto env = [](char const* name)
             {

@@ -87,4 +87,7 @@ char const* backendName(uint32_t backend) noexcept;
 // stderr, unless KVX_LOG=error.
 void logBackendOnce(char const* wrapperName, char const* what, uint32_t backend);
 
+// Whether KVX_LOG=error asks the wrappers to print nothing but errors.
+bool infoLogsSilenced() noexcept;
+
 } // namespace kvxfer_trtllm
