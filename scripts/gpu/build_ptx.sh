@@ -11,7 +11,8 @@ src=${1:-$repo/src/cuda/copy_kernel.cu}
 out=${2:-$repo/src/cuda/copy_kernel.ptx}
 tmp=$(mktemp /tmp/kvx-ptx.XXXXXX)
 trap 'rm -f "$tmp"' EXIT
-nvcc -ptx -arch=compute_75 -O3 "$src" -o "$tmp"
+# NVCC_FLAGS: extra options, for example -DUNROLL=16 to try another unroll depth.
+nvcc -ptx -arch=compute_75 -O3 ${NVCC_FLAGS:-} "$src" -o "$tmp"
 {
     echo "// nvcc output of copy_kernel.cu ($(nvcc --version | sed -n 's/.*release \([0-9.]*\),.*/CUDA \1/p'), scripts/gpu/build_ptx.sh),"
     echo "// with .version lowered to 7.8 so CUDA 12 drivers load it too (it uses no newer"

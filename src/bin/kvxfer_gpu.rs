@@ -16,6 +16,12 @@
 //!                                  the gather-transfer-scatter baseline; ratios to the
 //!                                  cuMemcpyPeer (same device: cuMemcpy) ceiling measured
 //!                                  first, and every goal with MET / NOT MET
+//! kvxfer-gpu kernels [--iters N]  one process, one GPU: the batched-copy kernels'
+//!                                  own rate (list on the device, then with its upload;
+//!                                  one warp or one block per entry), the batch layer's
+//!                                  submit from a ready list, and the listing pool's
+//!                                  hand-off, against same-device cuMemcpy: what the
+//!                                  kernels can do apart from what listing costs
 //! ```
 //! Internal roles: `initiator` (GPU 0) starts `target` (GPU 1, or 0 on a
 //! one-GPU machine or with KVX_GPU_SAME_DEVICE=1) and drives it over
@@ -674,6 +680,132 @@ fn workloads() -> Vec<(String, Layout)> {
     out
 }
 
+/// `kvxfer-gpu kernels`: see the module's usage text.
+fn kernels(args: &[String]) {
+    use kvxfer::cuda::batch::{kernel_seconds, Batch, ListSource, SMALL_MAX};
+    let reps = num(args, "--iters", 5).max(1) as usize;
+    let total = (LLAMA70B_BYTES_PER_TOKEN * PROMPT_TOKENS) as usize;
+    let fail = |e: kvxfer::core::error::Error| -> ! { die(&e.to_string()) };
+    let src = DeviceBuffer::new(0, total, Allocation::Plain).unwrap_or_else(|e| fail(e));
+    let dst = DeviceBuffer::new(0, total, Allocation::Plain).unwrap_or_else(|e| fail(e));
+    let data = pattern(total, 11);
+    src.upload(0, &data).unwrap_or_else(|e| fail(e));
+    let mut times: Vec<f64> = (0..reps + 1)
+        .map(|_| {
+            let t = Instant::now();
+            peer_copy(dst.ptr(), 0, src.ptr(), 0, total).unwrap_or_else(|e| fail(e));
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let ceiling = total as f64 / median_of(&mut times[1..]) / 1e9;
+    say(&format!("ceiling: same-device cuMemcpy of {total} bytes: {ceiling:.1} GB/s"));
+    let rate = |seconds: f64| {
+        let gbps = total as f64 / seconds / 1e9;
+        format!("{gbps:.1} GB/s ({:.0}%)", 100.0 * gbps / ceiling)
+    };
+    for (name, layout) in workloads().into_iter().filter(|(_, l)| l.len <= SMALL_MAX) {
+        let copies: Vec<Copy> = (0..layout.count)
+            .map(|i| Copy {
+                src: src.ptr() + layout.local_offset(i),
+                dst: dst.ptr() + layout.remote_offset(i),
+                len: layout.len,
+            })
+            .collect();
+        dst.fill(POISON).unwrap_or_else(|e| fail(e));
+        copy_and_wait(0, &copies).unwrap_or_else(|e| fail(e));
+        let expected = layout.expected(total, &data, |i| layout.local_offset(i), |i| layout.remote_offset(i));
+        let verified = dst.download(0, total).unwrap_or_else(|e| fail(e)) == expected;
+        let timed = |small_max: u64, source: ListSource| {
+            rate(kernel_seconds(0, &copies, small_max, source, reps).unwrap_or_else(|e| fail(e)))
+        };
+        let warp = timed(SMALL_MAX, ListSource::Device);
+        let warp_upload = timed(SMALL_MAX, ListSource::Uploaded);
+        let warp_host = timed(SMALL_MAX, ListSource::Host);
+        let block = timed(0, ListSource::Device);
+        // The batch layer from a ready list: submit-call and completion seconds (medians).
+        let listed = |source: ListSource, slices: &[std::ops::Range<usize>]| {
+            let (mut submits, mut wholes) = (Vec::new(), Vec::new());
+            for _ in 0..reps + 1 {
+                let t = Instant::now();
+                let batch = Batch::with_source(0, copies.len(), source).unwrap_or_else(|e| fail(e));
+                let pending = batch
+                    .submit_sliced(slices, |range, writer| copies[range].iter().try_for_each(|c| writer.push(*c)))
+                    .unwrap_or_else(|e| fail(e));
+                submits.push(t.elapsed().as_secs_f64());
+                if !pending.wait(Instant::now() + Duration::from_secs(60)).unwrap_or_else(|e| fail(e)) {
+                    die("batched copy did not finish within 60 s");
+                }
+                wholes.push(t.elapsed().as_secs_f64());
+            }
+            let (submit_s, whole_s) = (median_of(&mut submits[1..]), median_of(&mut wholes[1..]));
+            format!(
+                "submit {:.3} ms ({:.2} ns per entry), to completion {:.3} ms: {}",
+                submit_s * 1e3,
+                submit_s * 1e9 / copies.len() as f64,
+                whole_s * 1e3,
+                rate(whole_s)
+            )
+        };
+        let everything = 0..copies.len();
+        let whole = std::slice::from_ref(&everything);
+        let sliced = kvxfer::core::parallel::slices(copies.len());
+        let one_uploaded = listed(ListSource::Uploaded, whole);
+        let one_host = listed(ListSource::Host, whole);
+        let sliced_uploaded = listed(ListSource::Uploaded, &sliced);
+        let sliced_host = listed(ListSource::Host, &sliced);
+        // The checks every submit runs first (kvx_agent_submit's descriptor pass), on the same descriptors.
+        let (local, remote) = layout.descs(&src, (dst.ptr(), 0));
+        let request = kvxfer::core::config::kvx_transfer_request {
+            op: WRITE,
+            src_type: VRAM,
+            src_descs: local.as_ptr(),
+            dst_type: VRAM,
+            dst_descs: remote.as_ptr(),
+            count: local.len(),
+            remote_name: c"peer".as_ptr(),
+            sync_message: std::ptr::null(),
+            sync_message_len: 0,
+            has_sync_message: false,
+        };
+        let mut checks: Vec<f64> = (0..reps + 1)
+            .map(|_| {
+                let t = Instant::now();
+                // SAFETY: the request's pointers are valid for `count` descriptors.
+                unsafe { kvxfer::core::config::transfer_request(&request) }.unwrap_or_else(|e| fail(e));
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        let checks_s = median_of(&mut checks[1..]);
+        say(&format!(
+            "KERNELS|{name}|kernel, one warp per entry: {warp}|with list upload: {warp_upload}|list read from pinned host memory: {warp_host}|one block per entry: {block}|request checks: {:.3} ms|data {}",
+            checks_s * 1e3,
+            if verified { "verified" } else { "WRONG" },
+        ));
+        say(&format!(
+            "LISTING|{name}|one thread, list uploaded: {one_uploaded}|one thread, list read in place: {one_host}|{} threads (as a request), uploaded: {sliced_uploaded}|{} threads, read in place: {sliced_host}",
+            sliced.len(),
+            sliced.len()
+        ));
+        if !verified {
+            die("batched copy delivered wrong data");
+        }
+    }
+    for threads in [2usize, 5, 8] {
+        let mut hand_offs: Vec<f64> = (0..1000)
+            .map(|_| {
+                let t = Instant::now();
+                kvxfer::core::parallel::on_threads(threads, |_| ());
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        say(&format!(
+            "POOL|{threads} threads, empty jobs: p50 {:.1} us, p99 {:.1} us",
+            median_of(&mut hand_offs) * 1e6,
+            percentile(&mut hand_offs, 0.99) * 1e6
+        ));
+    }
+}
+
 /// Requests in flight at once in the concurrent case, each from its own thread.
 const CONCURRENT: usize = 8;
 
@@ -1254,8 +1386,8 @@ fn gpu_name() -> String {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map(String::as_str).unwrap_or("");
-    if !matches!(mode, "check" | "bench" | "initiator" | "target") {
-        die("usage: kvxfer-gpu check | bench [--iters N] [--json PATH] [--systems ipc,transport,nixl] [--same-gpu] [--workloads PREFIXES]");
+    if !matches!(mode, "check" | "bench" | "kernels" | "initiator" | "target") {
+        die("usage: kvxfer-gpu check | kernels [--iters N] | bench [--iters N] [--json PATH] [--systems ipc,transport,nixl] [--same-gpu] [--workloads PREFIXES]");
     }
     if kvxfer::cuda::device_count() == 0 {
         say("SKIP: no CUDA driver or GPU on this machine; kvxfer-gpu needs one");
@@ -1264,6 +1396,7 @@ fn main() {
     match mode {
         "check" => check(),
         "bench" => bench(&args),
+        "kernels" => kernels(&args),
         "initiator" => initiator(&args),
         _ => target(&args),
     }

@@ -174,15 +174,31 @@ impl Engine {
         function: sys::CUfunction,
         grid: (u32, u32),
     ) -> Result<()> {
-        let count = to - from;
-        let bytes = count * std::mem::size_of::<Copy>();
+        let bytes = (to - from) * std::mem::size_of::<Copy>();
         let offset = (from * std::mem::size_of::<Copy>()) as u64;
         check(
             sys::cuMemcpyHtoDAsync_v2(slot.device + offset, slot.host.add(from) as *const _, bytes, stream),
             "uploading the copy list",
         )?;
-        let mut list = slot.device + offset;
-        let mut n = count as u32;
+        self.launch_only(stream, slot.device, (from, to), function, grid)
+    }
+
+    /// Launch `function` over entries `from..to` of the list at `list_base`
+    /// (the slot's device list, or its pinned host list, which the device
+    /// reads through the unified address space).
+    ///
+    /// # Safety
+    /// As `launch`, and the entries are in place at `list_base`.
+    unsafe fn launch_only(
+        &self,
+        stream: sys::CUstream,
+        list_base: u64,
+        (from, to): (usize, usize),
+        function: sys::CUfunction,
+        grid: (u32, u32),
+    ) -> Result<()> {
+        let mut list = list_base + (from * std::mem::size_of::<Copy>()) as u64;
+        let mut n = (to - from) as u32;
         let mut params = [&mut list as *mut u64 as *mut std::ffi::c_void, &mut n as *mut u32 as *mut std::ffi::c_void];
         check(
             sys::cuLaunchKernel(
@@ -203,6 +219,110 @@ impl Engine {
     }
 }
 
+/// Grid of `kvx_copy_batch` for `entries` entries: one warp each, up to `MAX_BLOCKS` blocks.
+fn small_grid(entries: usize) -> (u32, u32) {
+    ((entries as u32).div_ceil(WARPS_PER_BLOCK).min(MAX_BLOCKS), 1)
+}
+
+/// Grid of `kvx_copy_large` for `entries` entries of at most `longest` bytes:
+/// columns of blocks, one block per `BLOCK_SHARE` of the longest entry.
+fn large_grid(entries: usize, longest: u64) -> (u32, u32) {
+    let per_entry = (longest.div_ceil(BLOCK_SHARE) as u32).clamp(1, MAX_BLOCKS_PER_ENTRY);
+    ((entries as u32).min(MAX_BLOCKS / per_entry).max(1), per_entry)
+}
+
+/// Where the copy kernels read their list from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListSource {
+    /// Device memory, uploaded beforehand (`kernel_seconds` only: the kernels alone).
+    Device,
+    /// Device memory, each chunk uploaded on the stream before its launch.
+    Uploaded,
+    /// The pinned host list itself, read by the kernels through the unified
+    /// address space: no upload to wait for, and no upload call per chunk.
+    Host,
+}
+
+/// `KVX_COPY_LIST=upload` uploads each chunk of the list before its launch;
+/// the default (`host`) lets the kernels read the pinned list in place.
+static LIST_SOURCE: Lazy<ListSource> = Lazy::new(|| match std::env::var("KVX_COPY_LIST").as_deref() {
+    Ok("upload") => ListSource::Uploaded,
+    _ => ListSource::Host,
+});
+
+/// The GPU's own time for `copies` (median of `reps` runs, timed by events),
+/// the list read from `source`; entries up to `small_max` go to the one-warp
+/// kernel, longer ones to the block kernel. A diagnostic for `kvxfer-gpu
+/// kernels`, which separates the kernels' rate from the host's listing;
+/// copies of `COPY_ENGINE_MIN` and more are not taken.
+pub fn kernel_seconds(device: u32, copies: &[Copy], small_max: u64, source: ListSource, reps: usize) -> Result<f64> {
+    if copies.iter().any(|c| c.len >= COPY_ENGINE_MIN || c.len == 0) {
+        return Err(Error::invalid("kernel_seconds takes kernel-sized copies only"));
+    }
+    let engine = engine(device)?;
+    let _scope = ContextScope::enter(device)?;
+    let slot = engine.take_slot(copies.len())?;
+    let small: Vec<Copy> = copies.iter().filter(|c| c.len <= small_max).copied().collect();
+    let large: Vec<Copy> = copies.iter().filter(|c| c.len > small_max).copied().collect();
+    let longest = large.iter().map(|c| c.len).max().unwrap_or(0);
+    let stream = engine.streams[0];
+    let (mut start, mut end): (sys::CUevent, sys::CUevent) = (std::ptr::null_mut(), std::ptr::null_mut());
+    let mut times = Vec::with_capacity(reps);
+    // SAFETY: the slot holds `copies.len()` entries; every launch is synchronised before the slot goes back.
+    let outcome = unsafe {
+        std::ptr::copy_nonoverlapping(small.as_ptr(), slot.host, small.len());
+        std::ptr::copy_nonoverlapping(large.as_ptr(), slot.host.add(small.len()), large.len());
+        let ranges = [(0, small.len()), (small.len(), copies.len())];
+        let run = |source: ListSource| -> Result<()> {
+            for (i, &(from, to)) in ranges.iter().enumerate() {
+                if to == from {
+                    continue;
+                }
+                let (function, grid) = if i == 0 {
+                    (engine.small, small_grid(to - from))
+                } else {
+                    (engine.large, large_grid(to - from, longest))
+                };
+                match source {
+                    ListSource::Uploaded => engine.launch(stream, &slot, (from, to), function, grid)?,
+                    ListSource::Device => engine.launch_only(stream, slot.device, (from, to), function, grid)?,
+                    ListSource::Host => engine.launch_only(stream, slot.host as u64, (from, to), function, grid)?,
+                }
+            }
+            Ok(())
+        };
+        (|| -> Result<()> {
+            check(sys::cuEventCreate(&mut start, 0), "timing event")?;
+            check(sys::cuEventCreate(&mut end, 0), "timing event")?;
+            run(ListSource::Uploaded)?;
+            check(sys::cuStreamSynchronize(stream), "warm-up copy")?;
+            for _ in 0..reps.max(1) {
+                check(sys::cuEventRecord(start, stream), "timing event")?;
+                run(source)?;
+                check(sys::cuEventRecord(end, stream), "timing event")?;
+                check(sys::cuEventSynchronize(end), "timed copy")?;
+                let mut ms = 0f32;
+                check(sys::cuEventElapsedTime(&mut ms, start, end), "event time")?;
+                times.push(ms as f64 / 1e3);
+            }
+            Ok(())
+        })()
+    };
+    // SAFETY: the stream is synchronised (or failed); events are ours.
+    unsafe {
+        sys::cuStreamSynchronize(stream);
+        for e in [start, end] {
+            if !e.is_null() {
+                sys::cuEventDestroy_v2(e);
+            }
+        }
+    }
+    engine.free.lock().push(slot);
+    outcome?;
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
+}
+
 /// A submitted batch; dropping it before completion waits for the GPU.
 pub struct Pending {
     engine: Arc<Engine>,
@@ -215,20 +335,47 @@ pub struct Batch {
     engine: Arc<Engine>,
     stream: sys::CUstream,
     slot: Slot,
+    source: ListSource,
 }
 
 unsafe impl Sync for Batch {}
 
 impl Batch {
-    /// A batch on `device` with room for `entries` copies.
+    /// A batch on `device` with room for `entries` copies, its list read as `KVX_COPY_LIST` says.
     pub fn new(device: u32, entries: usize) -> Result<Batch> {
+        Self::with_source(device, entries, *LIST_SOURCE)
+    }
+
+    /// A batch whose kernels read the list from `source` (`Uploaded` or `Host`).
+    pub fn with_source(device: u32, entries: usize, source: ListSource) -> Result<Batch> {
+        if source == ListSource::Device {
+            return Err(Error::invalid("a batch's list is uploaded or read from host memory"));
+        }
         let engine = engine(device)?;
         let slot = {
             let _scope = ContextScope::enter(device)?;
             engine.take_slot(entries)?
         };
         let stream = engine.streams[engine.next_stream.fetch_add(1, Ordering::Relaxed) % engine.streams.len()];
-        Ok(Batch { engine, stream, slot })
+        Ok(Batch { engine, stream, slot, source })
+    }
+
+    /// Copy the copies of a request's descriptor `slices`: each slice on its
+    /// own thread (the caller's included), into its own range of the list,
+    /// issued while it is listed; `fill(range, writer)` pushes the copies of
+    /// descriptors `range` (at most one per descriptor).
+    pub fn submit_sliced(
+        self,
+        slices: &[std::ops::Range<usize>],
+        fill: impl Fn(std::ops::Range<usize>, &mut Writer<'_>) -> Result<()> + Sync,
+    ) -> Result<Pending> {
+        let results = crate::core::parallel::on_threads(slices.len(), |i| {
+            let range = slices[i].clone();
+            let mut writer = self.writer(range.start, range.len())?;
+            fill(range, &mut writer)?;
+            writer.finish()
+        });
+        self.finish(results.into_iter().collect())
     }
 
     /// A writer for list entries `start..start + capacity` (ranges of different writers must not overlap).
@@ -324,22 +471,17 @@ impl Writer<'_> {
             for c in &self.engine_copies {
                 check(sys::cuMemcpyDtoDAsync_v2(c.dst, c.src, c.len as usize, stream), "copy-engine copy")?;
             }
+            let issue = |range: (usize, usize), function: sys::CUfunction, grid: (u32, u32)| match self.batch.source {
+                ListSource::Host => engine.launch_only(stream, slot.host as u64, range, function, grid),
+                _ => engine.launch(stream, slot, range, function, grid),
+            };
             let small = self.small_end - self.small_issued;
             if small > 0 {
-                let blocks = (small as u32).div_ceil(WARPS_PER_BLOCK).min(MAX_BLOCKS);
-                engine.launch(stream, slot, (self.small_issued, self.small_end), engine.small, (blocks, 1))?;
+                issue((self.small_issued, self.small_end), engine.small, small_grid(small))?;
             }
             let large = self.large_issued - self.large_start;
             if large > 0 {
-                let per_entry = (self.large_max.div_ceil(BLOCK_SHARE) as u32).clamp(1, MAX_BLOCKS_PER_ENTRY);
-                let entries = (large as u32).min(MAX_BLOCKS / per_entry).max(1);
-                engine.launch(
-                    stream,
-                    slot,
-                    (self.large_start, self.large_issued),
-                    engine.large,
-                    (entries, per_entry),
-                )?;
+                issue((self.large_start, self.large_issued), engine.large, large_grid(large, self.large_max))?;
             }
         }
         self.engine_copies.clear();

@@ -16,7 +16,9 @@
 // nvidia-cuda-nvcc wheel of the same version), .version lowered as its header says:
 //   nvcc -ptx -arch=compute_75 -O3 copy_kernel.cu -o copy_kernel.ptx
 
+#ifndef UNROLL
 #define UNROLL 8
+#endif
 
 struct KvxCopy
 {

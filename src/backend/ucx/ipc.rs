@@ -281,19 +281,17 @@ pub(super) fn try_submit(
     let (pending, entries) = if let Some((device, shift)) = single_region(&mut resolver, &req.bounds) {
         // Each thread lists its slice of the request into its own range of one
         // batch (a run of merged descriptors takes one entry, so a slice's
-        // length bounds its entries) and issues while it lists.
-        let entries = req.local.len();
-        let batch = batch::Batch::new(device, entries)?;
-        let parts = parallel::slices(req.local.len());
-        let results = parallel::on_threads(parts.len(), |i| {
-            let range = parts[i].clone();
-            let mut writer = batch.writer(range.start, range.len())?;
+        // length bounds its entries) and issues while it lists. Listing on one
+        // thread was measured and not kept: at 4 KiB blocks it made the submit
+        // call 4x longer (docs/gpu.md).
+        let batch = batch::Batch::new(device, req.local.len())?;
+        let pending = batch.submit_sliced(&parallel::slices(req.local.len()), |range, writer| {
             for run in coalesce::runs(&req.local[range.clone()], &req.remote[range]) {
                 writer.push(copy(run.local.addr, run.remote.addr.wrapping_add(shift), run.len()))?;
             }
-            writer.finish()
-        });
-        (batch.finish(results.into_iter().collect())?, entries)
+            Ok(())
+        })?;
+        (pending, req.local.len())
     } else {
         // Several regions: check every descriptor before anything moves.
         let mut count = 0usize;
