@@ -202,18 +202,7 @@ impl Agent {
     ) -> Result<Xfer, (kvx_status, String)> {
         assert_eq!(local.len(), remote.len());
         let n = CString::new(to).unwrap();
-        let req = kvx_transfer_request {
-            op,
-            src_type: local_type,
-            src_descs: local.as_ptr(),
-            dst_type: remote_type,
-            dst_descs: remote.as_ptr(),
-            count: local.len(),
-            remote_name: n.as_ptr(),
-            sync_message: sync.map_or(std::ptr::null(), |s| s.as_ptr()),
-            sync_message_len: sync.map_or(0, |s| s.len()),
-            has_sync_message: sync.is_some(),
-        };
+        let req = kvx_transfer_request::new(op, (local_type, local), (remote_type, remote), &n, sync);
         let mut raw = std::ptr::null_mut();
         let st = unsafe { kvx_agent_submit(self.raw, &req, &mut raw) };
         if st != kvx_status::KVX_OK {

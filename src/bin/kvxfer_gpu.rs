@@ -17,11 +17,13 @@
 //!                                  cuMemcpyPeer (same device: cuMemcpy) ceiling measured
 //!                                  first, and every goal with MET / NOT MET
 //! kvxfer-gpu kernels [--iters N]  one process, one GPU: the batched-copy kernels'
-//!                                  own rate (list on the device, then with its upload;
-//!                                  one warp or one block per entry), the batch layer's
-//!                                  submit from a ready list, and the listing pool's
-//!                                  hand-off, against same-device cuMemcpy: what the
-//!                                  kernels can do apart from what listing costs
+//!                                  own rate (list on the device, with its upload, read
+//!                                  in place from pinned host memory; one warp or one
+//!                                  block per entry), the batch layer's submit from a
+//!                                  ready list on one thread and on a request's slices,
+//!                                  the request checks and the listing pool's hand-off,
+//!                                  against same-device cuMemcpy: what the kernels can
+//!                                  do apart from what listing costs
 //! ```
 //! Internal roles: `initiator` (GPU 0) starts `target` (GPU 1, or 0 on a
 //! one-GPU machine or with KVX_GPU_SAME_DEVICE=1) and drives it over
@@ -755,18 +757,8 @@ fn kernels(args: &[String]) {
         let sliced_host = listed(ListSource::Host, &sliced);
         // The checks every submit runs first (kvx_agent_submit's descriptor pass), on the same descriptors.
         let (local, remote) = layout.descs(&src, (dst.ptr(), 0));
-        let request = kvxfer::core::config::kvx_transfer_request {
-            op: WRITE,
-            src_type: VRAM,
-            src_descs: local.as_ptr(),
-            dst_type: VRAM,
-            dst_descs: remote.as_ptr(),
-            count: local.len(),
-            remote_name: c"peer".as_ptr(),
-            sync_message: std::ptr::null(),
-            sync_message_len: 0,
-            has_sync_message: false,
-        };
+        let request =
+            kvxfer::core::config::kvx_transfer_request::new(WRITE, (VRAM, &local), (VRAM, &remote), c"peer", None);
         let mut checks: Vec<f64> = (0..reps + 1)
             .map(|_| {
                 let t = Instant::now();

@@ -110,6 +110,33 @@ pub struct kvx_transfer_request {
     pub has_sync_message: bool,
 }
 
+impl kvx_transfer_request {
+    /// A request of `op` from `local` (of memory type `local_type`) to
+    /// `remote` in agent `remote_name`, with an optional sync message. The
+    /// request holds raw pointers: the lists, the name and the message must
+    /// outlive every use of it.
+    pub fn new(
+        op: u32,
+        (local_type, local): (u32, &[kvx_memory_desc]),
+        (remote_type, remote): (u32, &[kvx_memory_desc]),
+        remote_name: &std::ffi::CStr,
+        sync: Option<&[u8]>,
+    ) -> kvx_transfer_request {
+        kvx_transfer_request {
+            op,
+            src_type: local_type,
+            src_descs: local.as_ptr(),
+            dst_type: remote_type,
+            dst_descs: remote.as_ptr(),
+            count: local.len(),
+            remote_name: remote_name.as_ptr(),
+            sync_message: sync.map_or(std::ptr::null(), |s| s.as_ptr()),
+            sync_message_len: sync.map_or(0, |s| s.len()),
+            has_sync_message: sync.is_some(),
+        }
+    }
+}
+
 /// Copies between memory and files (TensorRT-LLM's loopback request): pair
 /// `i` is `memory[i]` and `files[i]`, of equal length; `count` pairs.
 #[allow(non_camel_case_types)]
@@ -435,18 +462,7 @@ mod tests {
     }
 
     fn request_of<'a>(local: &'a [kvx_memory_desc], remote: &'a [kvx_memory_desc]) -> kvx_transfer_request {
-        kvx_transfer_request {
-            op: 1,
-            src_type: 0,
-            src_descs: local.as_ptr(),
-            dst_type: 0,
-            dst_descs: remote.as_ptr(),
-            count: local.len(),
-            remote_name: c"peer".as_ptr(),
-            sync_message: std::ptr::null(),
-            sync_message_len: 0,
-            has_sync_message: false,
-        }
+        kvx_transfer_request::new(1, (0, local), (0, remote), c"peer", None)
     }
 
     #[test]

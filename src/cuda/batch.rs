@@ -183,6 +183,26 @@ impl Engine {
         self.launch_only(stream, slot.device, (from, to), function, grid)
     }
 
+    /// Launch `function` over list entries `from..to` of `slot`, read from `source`.
+    ///
+    /// # Safety
+    /// As `launch`; with `ListSource::Device` the entries were uploaded.
+    unsafe fn issue(
+        &self,
+        stream: sys::CUstream,
+        slot: &Slot,
+        source: ListSource,
+        range: (usize, usize),
+        function: sys::CUfunction,
+        grid: (u32, u32),
+    ) -> Result<()> {
+        match source {
+            ListSource::Uploaded => self.launch(stream, slot, range, function, grid),
+            ListSource::Device => self.launch_only(stream, slot.device, range, function, grid),
+            ListSource::Host => self.launch_only(stream, slot.host as u64, range, function, grid),
+        }
+    }
+
     /// Launch `function` over entries `from..to` of the list at `list_base`
     /// (the slot's device list, or its pinned host list, which the device
     /// reads through the unified address space).
@@ -283,11 +303,7 @@ pub fn kernel_seconds(device: u32, copies: &[Copy], small_max: u64, source: List
                 } else {
                     (engine.large, large_grid(to - from, longest))
                 };
-                match source {
-                    ListSource::Uploaded => engine.launch(stream, &slot, (from, to), function, grid)?,
-                    ListSource::Device => engine.launch_only(stream, slot.device, (from, to), function, grid)?,
-                    ListSource::Host => engine.launch_only(stream, slot.host as u64, (from, to), function, grid)?,
-                }
+                engine.issue(stream, &slot, source, (from, to), function, grid)?;
             }
             Ok(())
         };
@@ -471,17 +487,22 @@ impl Writer<'_> {
             for c in &self.engine_copies {
                 check(sys::cuMemcpyDtoDAsync_v2(c.dst, c.src, c.len as usize, stream), "copy-engine copy")?;
             }
-            let issue = |range: (usize, usize), function: sys::CUfunction, grid: (u32, u32)| match self.batch.source {
-                ListSource::Host => engine.launch_only(stream, slot.host as u64, range, function, grid),
-                _ => engine.launch(stream, slot, range, function, grid),
-            };
+            let source = self.batch.source;
             let small = self.small_end - self.small_issued;
             if small > 0 {
-                issue((self.small_issued, self.small_end), engine.small, small_grid(small))?;
+                engine.issue(
+                    stream,
+                    slot,
+                    source,
+                    (self.small_issued, self.small_end),
+                    engine.small,
+                    small_grid(small),
+                )?;
             }
             let large = self.large_issued - self.large_start;
             if large > 0 {
-                issue((self.large_start, self.large_issued), engine.large, large_grid(large, self.large_max))?;
+                let grid = large_grid(large, self.large_max);
+                engine.issue(stream, slot, source, (self.large_start, self.large_issued), engine.large, grid)?;
             }
         }
         self.engine_copies.clear();
