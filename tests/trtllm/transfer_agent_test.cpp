@@ -733,9 +733,12 @@ TEST(TransferAgent, MooncakeIsRefusedClearly)
 // listens on P + k, as TensorRT-LLM's NIXL agents do.
 TEST(TransferAgent, ListenPortFollowsTrtllmNixlPort)
 {
-    // A base port that is free, with the next one free too. Tests running at the
-    // same time may take either between the probe and the listen: then another base.
-    uint16_t base = 0;
+    // A free port with the next one free too. Tests running at the same time may
+    // take either between the probe and the listen: then another try. Every agent
+    // made under TRTLLM_NIXL_PORT counts, failed ones too, so after `made` agents
+    // the next listens on P + made: P is set so that it lands on the probed port.
+    int made = 0;
+    int expectedFirst = 0;
     std::unique_ptr<kvc::BaseTransferAgent> first;
     std::unique_ptr<kvc::BaseTransferAgent> second;
     for (int attempt = 0; attempt < 20 && second == nullptr; ++attempt)
@@ -744,13 +747,15 @@ TEST(TransferAgent, ListenPortFollowsTrtllmNixlPort)
         int probe = loopbackSocket(candidate, 0);
         if (probe >= 0)
             ::close(probe);
-        if (candidate == 0 || candidate >= 65000 || !portIsFree(candidate + 1))
+        if (candidate <= made || candidate >= 65000 || !portIsFree(candidate + 1))
             continue;
-        base = candidate;
-        ScopedEnv port("TRTLLM_NIXL_PORT", std::to_string(base).c_str());
+        expectedFirst = candidate;
+        ScopedEnv port("TRTLLM_NIXL_PORT", std::to_string(candidate - made).c_str());
         try
         {
+            ++made;
             first = makeTransferAgent(uniqueName("port0"));
+            ++made;
             second = makeTransferAgent(uniqueName("port1"));
         }
         catch (std::exception const& e)
@@ -767,6 +772,6 @@ TEST(TransferAgent, ListenPortFollowsTrtllmNixlPort)
         std::string suffix = ":" + std::to_string(p);
         return info.size() > suffix.size() && info.compare(info.size() - suffix.size(), suffix.size(), suffix) == 0;
     };
-    EXPECT_TRUE(endsWithPort(localConnectionInfo(*first), base)) << localConnectionInfo(*first);
-    EXPECT_TRUE(endsWithPort(localConnectionInfo(*second), base + 1)) << localConnectionInfo(*second);
+    EXPECT_TRUE(endsWithPort(localConnectionInfo(*first), expectedFirst)) << localConnectionInfo(*first);
+    EXPECT_TRUE(endsWithPort(localConnectionInfo(*second), expectedFirst + 1)) << localConnectionInfo(*second);
 }
