@@ -216,6 +216,18 @@ impl Agent {
         unsafe { kvx_agent_notify(self.raw, n.as_ptr(), msg.as_ptr(), msg.len()) }
     }
 
+    /// How many notifications arrived, taken and freed without copying them
+    /// (what a C caller polling for a reply does).
+    pub fn poll_notifications(&self) -> usize {
+        let mut list: *mut kvx_notification_list = std::ptr::null_mut();
+        unsafe {
+            ok(kvx_agent_get_notifications(self.raw, &mut list));
+            let n = kvx_notification_list_len(list);
+            kvx_notification_list_free(list);
+            n
+        }
+    }
+
     pub fn notifications(&self) -> Vec<(String, Vec<u8>)> {
         let mut list: *mut kvx_notification_list = std::ptr::null_mut();
         unsafe { ok(kvx_agent_get_notifications(self.raw, &mut list)) };

@@ -75,6 +75,47 @@ fn notifications_keyed_by_sender_including_self() {
     assert_eq!(from("n1"), vec![b"to myself".to_vec()]);
 }
 
+/// Small notifications leave inside the call where the transport has room
+/// (shared memory); others become operations that finish later (TCP, large
+/// messages). Interleaved, they still arrive whole and in order. Run in a
+/// child process per `UCX_TLS`, which must be set before UCX starts.
+#[test]
+#[ignore = "run by small_and_large_notifications_keep_their_order with UCX_TLS set"]
+fn notification_order_child() {
+    if std::env::var_os("KVX_TEST_NOTIFY_ORDER").is_none() {
+        return;
+    }
+    let a0 = Agent::new("o0");
+    let a1 = Agent::new("o1");
+    ok(a0.load_by_info("o1", &a1.conn_info()));
+    let sent: Vec<Vec<u8>> = (0..120u8)
+        .map(|i| if i % 10 == 3 { pattern(256 << 10, i as u64) } else { format!("m{i}").into_bytes() })
+        .collect();
+    for message in &sent {
+        ok(a0.notify("o1", message));
+    }
+    let got: Vec<Vec<u8>> = a1.wait_notifications(sent.len(), 20_000).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(got.len(), sent.len());
+    for (i, (g, s)) in got.iter().zip(&sent).enumerate() {
+        assert!(g == s, "notification {i} differs ({} bytes, sent {})", g.len(), s.len());
+    }
+    println!("ORDER PASS");
+}
+
+#[test]
+fn small_and_large_notifications_keep_their_order() {
+    for tls in ["sm,self", "tcp"] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["notification_order_child", "--exact", "--ignored", "--nocapture"])
+            .env("UCX_TLS", tls)
+            .env("KVX_TEST_NOTIFY_ORDER", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("ORDER PASS"), "UCX_TLS={tls}: {text}");
+    }
+}
+
 #[test]
 fn bad_requests_fail_before_posting() {
     let a0 = Agent::new("b0");

@@ -416,7 +416,7 @@ fn target(o: &Opts) {
                         for _ in 0..n {
                             // Bounded: a vanished initiator must not leave this spinning.
                             let deadline = Instant::now() + Duration::from_secs(10);
-                            while agent.notifications().is_empty() {
+                            while agent.poll_notifications() == 0 {
                                 if Instant::now() > deadline {
                                     fail("no ping for 10 s");
                                 }
@@ -580,7 +580,7 @@ impl Initiator {
                     if st != kvxfer::kvx_status::KVX_OK {
                         return Err(format!("notify: {}", harness::last_error()));
                     }
-                    while agent.notifications().is_empty() {}
+                    while agent.poll_notifications() == 0 {}
                     if i >= warm {
                         rtt.push(t.elapsed().as_secs_f64() * 1e6);
                     }

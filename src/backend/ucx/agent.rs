@@ -77,6 +77,8 @@ impl Drop for RemoteAgent {
 
 struct AgentCore {
     name: String,
+    /// Every notification's header names this agent: encoded once.
+    notification_header: Vec<u8>,
     worker: WorkerOwner,
     timeout: Duration,
     local: Mutex<Registrations<LocalRegion>>,
@@ -399,7 +401,7 @@ impl UcxAgent {
         // One flush completes when every operation above is complete at the target.
         let flush = Op::new(&worker, "transfer flush");
         let sync = req.sync_message.map(|m| m.to_vec());
-        let sender = self.core.name.clone();
+        let header = self.core.notification_header.clone();
         let after = shared.clone();
         let remote_for_sync = remote.clone();
         let worker_for_sync = worker.clone();
@@ -416,7 +418,7 @@ impl UcxAgent {
                     note.then(move |_, r| {
                         done.done.complete(r.map(|_| ()));
                     });
-                    post_notification(w, &remote_for_sync, &sender, message, &note);
+                    post_notification(w, &remote_for_sync, header, message, &note);
                 }
                 (outcome, _) => {
                     if let Err(e) = &outcome {
@@ -445,13 +447,52 @@ fn fail_closed(remote: &RemoteAgent, error: &Error) {
     }
 }
 
+/// Send a notification only if UCX can finish it inside this call (a small
+/// message over a transport with room), from the caller's buffers: no request,
+/// no copies. False when it could not, and nothing was sent; the caller then
+/// posts it as an operation, which also reports any error. Caller holds the lock.
+fn notification_sent_now(worker: &Worker, remote: &RemoteAgent, header: &[u8], message: &[u8]) -> bool {
+    let Ok(ep) = remote.endpoint.handle_locked(&remote.name) else { return false };
+    let mut param: ucp_request_param_t = zeroed();
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL;
+    param.flags = UCP_AM_SEND_FLAG_EAGER;
+    // SAFETY: the buffers outlive the call, which either completes or fails without a request.
+    let ret = unsafe {
+        (worker.api().ucp_am_send_nbx)(
+            ep,
+            AM_NOTIFY,
+            header.as_ptr() as *const c_void,
+            header.len(),
+            message.as_ptr() as *const c_void,
+            message.len(),
+            &param,
+        )
+    };
+    match classify(ret) {
+        Posted::Done => true,
+        Posted::Failed(_) => false,
+        // Not expected with FORCE_IMM_CMPL. UCX reads the caller's buffers
+        // until the request ends, so drive it to its end before returning.
+        Posted::Pending(req) => {
+            // SAFETY: the request is live until freed; the caller holds the worker lock.
+            unsafe {
+                while (worker.api().ucp_request_check_status)(req) == UCS_INPROGRESS {
+                    (worker.api().ucp_worker_progress)(worker.handle);
+                }
+                let done = (worker.api().ucp_request_check_status)(req) == UCS_OK;
+                (worker.api().ucp_request_free)(req);
+                done
+            }
+        }
+    }
+}
+
 /// Send one notification to `remote` as an eager active message (caller holds the worker lock).
-fn post_notification(worker: &Worker, remote: &RemoteAgent, sender: &str, message: Vec<u8>, op: &Arc<Op>) {
+fn post_notification(worker: &Worker, remote: &RemoteAgent, header: Vec<u8>, message: Vec<u8>, op: &Arc<Op>) {
     let ep = match remote.endpoint.handle_locked(&remote.name) {
         Ok(ep) => ep,
         Err(e) => return op.fail_unposted(e),
     };
-    let header = wire::encode_notification_header(sender);
     let mut param = op.param(false);
     param.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
     param.flags = UCP_AM_SEND_FLAG_EAGER;
@@ -489,6 +530,7 @@ impl TransferAgent for UcxAgent {
         }
         let core = Arc::new(AgentCore {
             name: settings.name.clone(),
+            notification_header: wire::encode_notification_header(&settings.name),
             worker,
             timeout: Duration::from_millis(settings.timeout_ms),
             local: Mutex::new(Registrations::new(crate::cuda::locate_pointer)),
@@ -620,10 +662,16 @@ impl TransferAgent for UcxAgent {
         let remote = self.core.remote(name)?;
         remote.endpoint.state.check(name)?;
         let worker = self.core.worker.0.clone();
+        {
+            let _g = worker.lock();
+            if notification_sent_now(&worker, &remote, &self.core.notification_header, message) {
+                return Ok(());
+            }
+        }
         let op = Op::new(&worker, "notification");
         {
             let _g = worker.lock();
-            post_notification(&worker, &remote, &self.core.name, message.to_vec(), &op);
+            post_notification(&worker, &remote, self.core.notification_header.clone(), message.to_vec(), &op);
         }
         worker.wake();
         // A peer that failed or was invalidated meanwhile cancels the message:

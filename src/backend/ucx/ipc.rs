@@ -194,7 +194,8 @@ struct Job {
     shared: Arc<TransferShared>,
     worker: Arc<Worker>,
     remote: Arc<RemoteAgent>,
-    sync: Option<(String, Vec<u8>)>,
+    /// The encoded notification header and the sync message.
+    sync: Option<(Vec<u8>, Vec<u8>)>,
     /// Keeps the peer mappings open until the copy is done.
     _mappings: Vec<Arc<cuda_ipc::Mapping>>,
 }
@@ -231,7 +232,7 @@ fn complete(job: Job) {
     match (outcome, job.sync) {
         // Cancelled meanwhile: the peer must not be told the data is there.
         (Ok(()), Some(_)) if job.shared.done.is_done() => {}
-        (Ok(()), Some((sender, message))) => {
+        (Ok(()), Some((header, message))) => {
             // The copy is complete on the GPU: now the sync message.
             let note = Op::new(&job.worker, "sync message");
             let shared = job.shared.clone();
@@ -240,7 +241,7 @@ fn complete(job: Job) {
             });
             {
                 let _g = job.worker.lock();
-                post_notification(&job.worker, &job.remote, &sender, message, &note);
+                post_notification(&job.worker, &job.remote, header, message, &note);
             }
             job.worker.wake();
         }
@@ -329,7 +330,7 @@ pub(super) fn try_submit(
         shared: shared.clone(),
         worker: worker.clone(),
         remote: remote.clone(),
-        sync: req.sync_message.map(|m| (agent.core.name.clone(), m.to_vec())),
+        sync: req.sync_message.map(|m| (agent.core.notification_header.clone(), m.to_vec())),
         _mappings: mappings,
     };
     COMPLETER.lock().send(job).map_err(|_| {

@@ -57,6 +57,7 @@ pub const UCP_OP_ATTR_FIELD_FLAGS: u32 = 1 << 4;
 pub const UCP_OP_ATTR_FIELD_MEMORY_TYPE: u32 = 1 << 6;
 pub const UCP_OP_ATTR_FIELD_MEMH: u32 = 1 << 8;
 pub const UCP_OP_ATTR_FLAG_NO_IMM_CMPL: u32 = 1 << 16;
+pub const UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL: u32 = 1 << 18;
 pub const UCP_EP_CLOSE_FLAG_FORCE: u32 = 1;
 
 pub const UCP_AM_HANDLER_PARAM_FIELD_ID: u64 = 1 << 0;
