@@ -46,8 +46,12 @@ impl kvx_notification_list {
         let items = items
             .into_iter()
             .map(|(sender, msg)| {
-                // Sender names come from validated descriptors or headers; strip NULs defensively.
-                let sender = std::ffi::CString::new(sender.replace('\0', "")).unwrap_or_default();
+                // Sender names come from validated descriptors or headers; strip NULs defensively
+                // (the name's own buffer becomes the C string when it has none).
+                let sender = std::ffi::CString::new(sender).unwrap_or_else(|e| {
+                    std::ffi::CString::new(e.into_vec().into_iter().filter(|&b| b != 0).collect::<Vec<u8>>())
+                        .unwrap_or_default()
+                });
                 (sender, msg)
             })
             .collect();
