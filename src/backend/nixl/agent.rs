@@ -762,8 +762,10 @@ impl TransferAgent for NixlAgent {
                 remote.pending.push(Arc::downgrade(&shared));
             }
             core.inflight.lock().push(shared.clone());
+            // Only a transfer still running needs the poller; waking it costs
+            // a thread switch and a datagram, as much as a small transfer.
+            core.wake_poller();
         }
-        core.wake_poller();
         Ok(NixlTransfer { shared, core: core.clone() })
     }
 

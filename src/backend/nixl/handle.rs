@@ -179,6 +179,9 @@ pub struct NixlHandle {
     pub progress_thread: bool,
     /// Reused between polls; NIXL fills it and we copy out.
     notif_map: Mutex<Owned>,
+    /// Arguments naming only the backend, made once: NIXL reads them and never
+    /// changes them, and making them per request costs as much as a small transfer.
+    backend_args: Owned,
 }
 
 // SAFETY: the agent is created with NIXL's strict thread-sync mode, so its
@@ -217,8 +220,10 @@ impl NixlHandle {
             plugin: options.plugin.clone(),
             progress_thread: options.progress_thread,
             notif_map: Mutex::new(Owned { ptr: std::ptr::null_mut(), destroy: api.nixl_capi_destroy_notif_map }),
+            backend_args: Owned { ptr: std::ptr::null_mut(), destroy: api.nixl_capi_destroy_opt_args },
         };
         handle.backend = handle.create_backend(options)?;
+        handle.backend_args = handle.opt_args()?;
         let mut map = std::ptr::null_mut();
         // SAFETY: out-parameter.
         check(unsafe { (api.nixl_capi_create_notif_map)(&mut map) }, "creating a notification map")?;
@@ -468,7 +473,7 @@ impl NixlHandle {
 
     pub fn send_notification(&self, name: &str, message: &[u8]) -> Result<()> {
         let cname = c_string(name, "agent name")?;
-        let args = self.opt_args()?;
+        let args = &self.backend_args;
         // SAFETY: valid agent, name, bytes and arguments; NIXL copies the message.
         let status = unsafe {
             (self.nixl.api.nixl_capi_gen_notif)(
@@ -540,7 +545,8 @@ impl NixlHandle {
         let cname = c_string(remote_name, "remote name")?;
         let local_list = self.xfer_dlist(local.0, local.1)?;
         let remote_list = self.xfer_dlist(remote.0, remote.1)?;
-        let args = self.opt_args()?;
+        let with_message = message.map(|_| self.opt_args()).transpose()?;
+        let args = with_message.as_ref().unwrap_or(&self.backend_args);
         if let Some(m) = message {
             // SAFETY: valid arguments object; NIXL copies the message.
             unsafe {
@@ -600,6 +606,11 @@ impl Drop for NixlHandle {
         drop(std::mem::replace(
             &mut *self.notif_map.lock(),
             Owned { ptr: std::ptr::null_mut(), destroy: api.nixl_capi_destroy_notif_map },
+        ));
+        // The arguments name the backend: gone before it.
+        drop(std::mem::replace(
+            &mut self.backend_args,
+            Owned { ptr: std::ptr::null_mut(), destroy: api.nixl_capi_destroy_opt_args },
         ));
         // SAFETY: nothing uses the agent after this; NIXL tears down its backends with it.
         unsafe {
