@@ -1,7 +1,7 @@
 //! The thread that keeps a NIXL agent moving when NIXL's own progress thread
 //! is off (and collects notifications either way). NIXL offers no event to
 //! sleep on, so the thread polls, with a pause that grows with the time since
-//! anything last happened (work posted, a notification arrived, a transfer
+//! anything last happened (work left running, a notification arrived, a transfer
 //! ended): about 1% of that time, between 20 µs and 50 ms
 //! (`KVX_NIXL_MAX_POLL_US` changes the upper bound). Busy agents poll
 //! briskly; an idle one, or one whose owner is blocked waiting on a silent
