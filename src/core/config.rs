@@ -480,11 +480,11 @@ mod tests {
         assert_eq!(checked.bounds.max_len, 64);
         // Two bad descriptors in different slices: the lower index is named.
         remote[n - 3].len = 65;
-        remote[n / 2 + 1].addr = u64::MAX - 10;
+        remote[n / 4].addr = u64::MAX - 10;
         let req = request_of(&local, &remote);
         let err = unsafe { transfer_request(&req) }.err().unwrap();
         assert!(err.message.contains("overflows"), "{}", err.message);
-        remote[n / 2 + 1].addr = 5;
+        remote[n / 4].addr = 5;
         let req = request_of(&local, &remote);
         let err = unsafe { transfer_request(&req) }.err().unwrap();
         assert!(err.message.contains(&format!("descriptor {}:", n - 3)), "{}", err.message);
