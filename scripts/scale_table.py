@@ -15,7 +15,8 @@ COLUMNS = {
     "managers": [("total_s", "total s", 3), ("per_peer_ms", "ms/peer", 3),
                  ("hub_cpu_ms_per_peer", "hub CPU ms/peer", 3), ("rtt_p50_ms", "RTT p50 ms", 3),
                  ("rtt_p99_ms", "RTT p99 ms", 3), ("fds_per_peer", "fds/peer", 2),
-                 ("threads_added", "threads +", 0), ("rss_kib_per_peer", "KiB/peer", 1)],
+                 ("threads_added", "threads +", 0), ("rss_kib_per_peer", "KiB/peer", 1),
+                 ("first_conn_ms", "first connection ms", 1)],
 }
 COLUMNS["storm"] = COLUMNS["storm-cold"]
 

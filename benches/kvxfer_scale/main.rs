@@ -306,9 +306,17 @@ fn agents_scenario(backend: &str, n: usize, cycles: usize, storm: bool) -> Vec<R
 }
 
 fn managers_scenario(backend: &str, n: usize) -> Row {
-    let peers = spawn_peers("cm", backend, n);
-    let addresses: Vec<String> = peers.iter().flat_map(|p| p.handles.iter().map(|h| h.1.clone())).collect();
+    // One more peer than measured, connected first, as in the agents scenario:
+    // the hub's one-time costs (UCX choosing protocols for its first endpoint,
+    // the sockets of its first connection) are reported apart, not per peer.
+    let peers = spawn_peers("cm", backend, n + 1);
+    let mut addresses: Vec<String> = peers.iter().flat_map(|p| p.handles.iter().map(|h| h.1.clone())).collect();
+    let warm_up = addresses.remove(0);
     let hub = Cm::try_new_on(backend_code(backend), 0).unwrap_or_else(|e| panic!("hub manager: {e:?}"));
+    let before_warm_up = snapshot();
+    let started = Instant::now();
+    let warm_up_conn = hub.try_connect(&[warm_up], 120_000).unwrap_or_else(|e| panic!("warm-up connection: {e:?}"));
+    let warm_up_ms = started.elapsed().as_secs_f64() * 1e3;
     let base = snapshot();
     let started = Instant::now();
     let conns = hub.try_connect(&addresses, 120_000);
@@ -352,10 +360,13 @@ fn managers_scenario(backend: &str, n: usize) -> Row {
             ("threads_added", (connected.threads - base.threads) as f64),
             ("rss_kib_per_peer", (connected.rss_kib - base.rss_kib) as f64 / n as f64),
             ("hub_cpu_ms_per_peer", setup_cpu * 1e3 / n as f64),
+            ("first_conn_ms", warm_up_ms),
+            ("first_conn_fds", (base.fds - before_warm_up.fds) as f64),
         ],
         text: vec![],
     };
     drop(conns);
+    drop(warm_up_conn);
     drop(hub);
     drop(peers);
     row
