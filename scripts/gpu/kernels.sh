@@ -2,7 +2,8 @@
 # The batched-copy kernels apart from the host's listing, on a GPU machine:
 # `kvxfer-gpu kernels` (kernel rate with the list on the device, with its
 # upload, read from pinned host memory, one warp or one block per entry; the
-# batch layer's submit from a ready list; the request checks; the listing
+# batch layer's submit from a ready list and from descriptor pairs merged into
+# runs, as a request lists them; the request checks; the listing
 # pool's hand-off) with the committed PTX, then with nvcc builds of
 # copy_kernel.cu at other unroll depths. Uses the bundle scripts/gpu/bundle.sh
 # made, as run.sh does; logs under $OUT.

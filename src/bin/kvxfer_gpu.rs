@@ -20,7 +20,9 @@
 //!                                  own rate (list on the device, with its upload, read
 //!                                  in place from pinned host memory; one warp or one
 //!                                  block per entry), the batch layer's submit from a
-//!                                  ready list on one thread and on a request's slices,
+//!                                  ready list and from descriptor pairs merged into
+//!                                  runs (as a request lists), on one thread and on a
+//!                                  request's slices,
 //!                                  the request checks and the listing pool's hand-off,
 //!                                  against same-device cuMemcpy: what the kernels can
 //!                                  do apart from what listing costs
@@ -684,7 +686,7 @@ fn workloads() -> Vec<(String, Layout)> {
 
 /// `kvxfer-gpu kernels`: see the module's usage text.
 fn kernels(args: &[String]) {
-    use kvxfer::cuda::batch::{kernel_seconds, Batch, ListSource, SMALL_MAX};
+    use kvxfer::cuda::batch::{kernel_seconds, Batch, ListSource, Writer, SMALL_MAX};
     let reps = num(args, "--iters", 5).max(1) as usize;
     let total = (LLAMA70B_BYTES_PER_TOKEN * PROMPT_TOKENS) as usize;
     let fail = |e: kvxfer::core::error::Error| -> ! { die(&e.to_string()) };
@@ -724,39 +726,50 @@ fn kernels(args: &[String]) {
         let warp_upload = timed(SMALL_MAX, ListSource::Uploaded);
         let warp_host = timed(SMALL_MAX, ListSource::Host);
         let block = timed(0, ListSource::Device);
-        // The batch layer from a ready list: submit-call and completion seconds (medians).
-        let listed = |source: ListSource, slices: &[std::ops::Range<usize>]| {
-            let (mut submits, mut wholes) = (Vec::new(), Vec::new());
-            for _ in 0..reps + 1 {
-                let t = Instant::now();
-                let batch = Batch::with_source(0, copies.len(), source).unwrap_or_else(|e| fail(e));
-                let pending = batch
-                    .submit_sliced(slices, |range, writer| copies[range].iter().try_for_each(|c| writer.push(*c)))
-                    .unwrap_or_else(|e| fail(e));
-                submits.push(t.elapsed().as_secs_f64());
-                if !pending.wait(Instant::now() + Duration::from_secs(60)).unwrap_or_else(|e| fail(e)) {
-                    die("batched copy did not finish within 60 s");
-                }
-                wholes.push(t.elapsed().as_secs_f64());
-            }
-            let (submit_s, whole_s) = (median_of(&mut submits[1..]), median_of(&mut wholes[1..]));
-            format!(
-                "submit {:.3} ms ({:.2} ns per entry), to completion {:.3} ms: {}",
-                submit_s * 1e3,
-                submit_s * 1e9 / copies.len() as f64,
-                whole_s * 1e3,
-                rate(whole_s)
-            )
+        let (local, remote) = layout.descs(&src, (dst.ptr(), 0));
+        // A slice of the ready list, or of the descriptor pairs merged into runs as a request lists them.
+        let from_copies = |range: std::ops::Range<usize>, writer: &mut Writer<'_>| {
+            copies[range].iter().try_for_each(|c| writer.push(*c))
         };
+        let from_pairs = |range: std::ops::Range<usize>, writer: &mut Writer<'_>| {
+            kvxfer::core::coalesce::runs(&local[range.clone()], &remote[range])
+                .try_for_each(|run| writer.push(Copy { src: run.local.addr, dst: run.remote.addr, len: run.len() }))
+        };
+        // The batch layer's submit-call and completion seconds (medians).
+        let listed =
+            |source: ListSource,
+             slices: &[std::ops::Range<usize>],
+             fill: &(dyn Fn(std::ops::Range<usize>, &mut Writer<'_>) -> kvxfer::Result<()> + Sync)| {
+                let (mut submits, mut wholes) = (Vec::new(), Vec::new());
+                for _ in 0..reps + 1 {
+                    let t = Instant::now();
+                    let batch = Batch::with_source(0, copies.len(), source).unwrap_or_else(|e| fail(e));
+                    let pending = batch.submit_sliced(slices, fill).unwrap_or_else(|e| fail(e));
+                    submits.push(t.elapsed().as_secs_f64());
+                    if !pending.wait(Instant::now() + Duration::from_secs(60)).unwrap_or_else(|e| fail(e)) {
+                        die("batched copy did not finish within 60 s");
+                    }
+                    wholes.push(t.elapsed().as_secs_f64());
+                }
+                let (submit_s, whole_s) = (median_of(&mut submits[1..]), median_of(&mut wholes[1..]));
+                format!(
+                    "submit {:.3} ms ({:.2} ns per entry), to completion {:.3} ms: {}",
+                    submit_s * 1e3,
+                    submit_s * 1e9 / copies.len() as f64,
+                    whole_s * 1e3,
+                    rate(whole_s)
+                )
+            };
         let everything = 0..copies.len();
         let whole = std::slice::from_ref(&everything);
         let sliced = kvxfer::core::parallel::slices(copies.len());
-        let one_uploaded = listed(ListSource::Uploaded, whole);
-        let one_host = listed(ListSource::Host, whole);
-        let sliced_uploaded = listed(ListSource::Uploaded, &sliced);
-        let sliced_host = listed(ListSource::Host, &sliced);
+        let one_uploaded = listed(ListSource::Uploaded, whole, &from_copies);
+        let one_host = listed(ListSource::Host, whole, &from_copies);
+        let sliced_uploaded = listed(ListSource::Uploaded, &sliced, &from_copies);
+        let sliced_host = listed(ListSource::Host, &sliced, &from_copies);
+        let one_pairs = listed(ListSource::Host, whole, &from_pairs);
+        let sliced_pairs = listed(ListSource::Host, &sliced, &from_pairs);
         // The checks every submit runs first (kvx_agent_submit's descriptor pass), on the same descriptors.
-        let (local, remote) = layout.descs(&src, (dst.ptr(), 0));
         let request =
             kvxfer::core::config::kvx_transfer_request::new(WRITE, (VRAM, &local), (VRAM, &remote), c"peer", None);
         let mut checks: Vec<f64> = (0..reps + 1)
@@ -774,9 +787,8 @@ fn kernels(args: &[String]) {
             if verified { "verified" } else { "WRONG" },
         ));
         say(&format!(
-            "LISTING|{name}|one thread, list uploaded: {one_uploaded}|one thread, list read in place: {one_host}|{} threads (as a request), uploaded: {sliced_uploaded}|{} threads, read in place: {sliced_host}",
-            sliced.len(),
-            sliced.len()
+            "LISTING|{name}|one thread, list uploaded: {one_uploaded}|one thread, list read in place: {one_host}|{n} threads (as a request), uploaded: {sliced_uploaded}|{n} threads, read in place: {sliced_host}|from descriptor pairs merged into runs (as a request lists), one thread: {one_pairs}|{n} threads: {sliced_pairs}",
+            n = sliced.len(),
         ));
         if !verified {
             die("batched copy delivered wrong data");
