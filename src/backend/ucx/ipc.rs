@@ -284,7 +284,14 @@ pub(super) fn try_submit(
         }
     };
     // The copy-list entries reserved (one per descriptor at most: runs merge them).
-    let (pending, entries) = if let Some((device, shift)) = single_region(&mut resolver, &req.bounds) {
+    let (pending, entries, mappings) = if let Some((device, shift)) = single_region(&mut resolver, &req.bounds) {
+        // Listing needs no registry: every address is the descriptor's own or
+        // shifted by one constant, and the peer mapping is held. Letting the
+        // lock go first lets concurrent requests of this agent list at once
+        // instead of one after the other.
+        let mappings = std::mem::take(&mut resolver.mappings);
+        drop(resolver);
+        drop(local);
         // Each thread lists its slice of the request into its own range of one
         // batch (a run of merged descriptors takes one entry, so a slice's
         // length bounds its entries) and issues while it lists. Listing on one
@@ -297,9 +304,10 @@ pub(super) fn try_submit(
             }
             Ok(())
         })?;
-        (pending, req.local.len())
+        (pending, req.local.len(), mappings)
     } else {
-        // Several regions: check every descriptor before anything moves.
+        // Several regions: check every descriptor before anything moves, and
+        // list under the lock, as each descriptor is looked up again.
         let mut count = 0usize;
         for run in coalesce::runs(req.local, req.remote) {
             if resolver.resolve(run.local.addr, run.remote.addr, run.len()).is_none() {
@@ -314,10 +322,12 @@ pub(super) fn try_submit(
                 .ok_or_else(|| Error::invalid("registrations changed during submit"))?;
             Ok(copy(l, r, run.len()))
         });
-        (batch::submit(device, count, copies)?, count)
+        let pending = batch::submit(device, count, copies)?;
+        let mappings = std::mem::take(&mut resolver.mappings);
+        drop(resolver);
+        drop(local);
+        (pending, count, mappings)
     };
-    let mappings = std::mem::take(&mut resolver.mappings);
-    drop(local);
     static ROUTE: Lazy<Arc<CString>> = Lazy::new(|| Arc::new(CString::new("cuda_ipc_batch").unwrap()));
     let record = TransferRecord::start(
         &remote.stats,
