@@ -400,6 +400,7 @@ fn check_descriptors(first: usize, local: &[kvx_memory_desc], remote: &[kvx_memo
         b.local = (b.local.0.min(l.addr), b.local.1.max(l_end));
         b.remote = (b.remote.0.min(r.addr), b.remote.1.max(r_end));
         b.max_len = b.max_len.max(l.len);
+        b.bytes = b.bytes.saturating_add(l.len);
     }
     if bad {
         for (i, (l, r)) in local.iter().zip(remote).enumerate() {
@@ -478,6 +479,7 @@ mod tests {
         assert_eq!(checked.bounds.local, (1000, 1000 + n as u64 * 64));
         assert_eq!(checked.bounds.remote, (9_000_000 - (n as u64 - 1) * 64, 9_000_064));
         assert_eq!(checked.bounds.max_len, 64);
+        assert_eq!(checked.bounds.bytes, n as u64 * 64);
         // Two bad descriptors in different slices: the lower index is named.
         remote[n - 3].len = 65;
         remote[n / 4].addr = u64::MAX - 10;

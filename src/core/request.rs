@@ -96,16 +96,18 @@ pub struct TransferRequest<'a> {
 }
 
 /// The lowest address and highest end the descriptors touch on each side
-/// (`(u64::MAX, 0)` for an empty request), and the longest descriptor.
+/// (`(u64::MAX, 0)` for an empty request), the longest descriptor and the
+/// bytes of all of them (saturating), which the transfer's record counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
     pub local: (u64, u64),
     pub remote: (u64, u64),
     pub max_len: u64,
+    pub bytes: u64,
 }
 
 impl Bounds {
-    pub const EMPTY: Bounds = Bounds { local: (u64::MAX, 0), remote: (u64::MAX, 0), max_len: 0 };
+    pub const EMPTY: Bounds = Bounds { local: (u64::MAX, 0), remote: (u64::MAX, 0), max_len: 0, bytes: 0 };
 
     /// Both bounds together.
     pub fn union(self, other: Bounds) -> Bounds {
@@ -113,6 +115,7 @@ impl Bounds {
             local: (self.local.0.min(other.local.0), self.local.1.max(other.local.1)),
             remote: (self.remote.0.min(other.remote.0), self.remote.1.max(other.remote.1)),
             max_len: self.max_len.max(other.max_len),
+            bytes: self.bytes.saturating_add(other.bytes),
         }
     }
 }
@@ -138,5 +141,18 @@ pub unsafe fn slice_mut<'a, T>(ptr: *mut T, len: usize) -> &'a mut [T] {
         &mut []
     } else {
         std::slice::from_raw_parts_mut(ptr, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_union_saturates_the_byte_count() {
+        let half = Bounds { local: (0, 1 << 63), remote: (0, 1 << 63), max_len: 1 << 63, bytes: 1 << 63 };
+        let both = half.union(half);
+        assert_eq!(both.bytes, u64::MAX, "a request's bytes never wrap to a small number");
+        assert_eq!(Bounds::EMPTY.union(half), half);
     }
 }

@@ -739,7 +739,7 @@ impl TransferAgent for NixlAgent {
         let record = TransferRecord::start(
             &peer,
             req.op,
-            local.iter().map(|d| d.len).sum(),
+            req.bounds.bytes,
             req.local.len(),
             local.len(),
             kvx_xfer_path::KVX_PATH_NIXL,

@@ -360,7 +360,7 @@ impl UcxAgent {
         let record = TransferRecord::start(
             &remote.stats,
             req.op,
-            ops.iter().map(|o| o.len).sum(),
+            req.bounds.bytes,
             req.local.len(),
             ops.len(),
             kvx_xfer_path::KVX_PATH_UCX,

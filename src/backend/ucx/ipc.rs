@@ -332,7 +332,7 @@ pub(super) fn try_submit(
     let record = TransferRecord::start(
         &remote.stats,
         req.op,
-        req.local.iter().map(|d| d.len).sum(),
+        req.bounds.bytes,
         req.local.len(),
         entries,
         kvx_xfer_path::KVX_PATH_CUDA_IPC_BATCH,
