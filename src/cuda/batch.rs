@@ -444,7 +444,9 @@ pub struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    #[inline]
+    /// Inlined into the listing loops: as a call, each entry costs several
+    /// nanoseconds more (measured on an H200 host).
+    #[inline(always)]
     pub fn push(&mut self, c: Copy) -> Result<()> {
         if c.len >= COPY_ENGINE_MIN {
             self.engine_copies.push(c);
@@ -477,6 +479,7 @@ impl Writer<'_> {
         Ok(())
     }
 
+    #[inline(never)]
     fn flush(&mut self) -> Result<()> {
         let engine = &self.batch.engine;
         let stream = self.batch.stream;
