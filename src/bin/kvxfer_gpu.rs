@@ -23,7 +23,8 @@
 //!                                  ready list and from descriptor pairs merged into
 //!                                  runs (as a request lists), on one thread and on a
 //!                                  request's slices,
-//!                                  the request checks and the listing pool's hand-off,
+//!                                  the request checks, the listing pool's hand-off and
+//!                                  the stores of list entries alone (pinned, pageable),
 //!                                  against same-device cuMemcpy: what the kernels can
 //!                                  do apart from what listing costs
 //! ```
@@ -440,15 +441,49 @@ fn run_once(
     remote: &[kvx_memory_desc],
     sync: Option<&[u8]>,
 ) -> Result<f64, String> {
+    run_phased(agent, op, local, remote, sync).map(|(submit, _)| submit)
+}
+
+/// Where one request's time went, in seconds: from the submit call to the
+/// transfer's record being posted (checks and listing), from posted to
+/// completed (the copy's tail and noticing its end), and from completed to
+/// the waiter's return (its wake-up).
+#[derive(Clone, Copy)]
+struct Phases {
+    to_posted: f64,
+    to_completed: f64,
+    to_woken: f64,
+}
+
+/// `run_once`, with the request's phases from its record (wall clock, as the record keeps them).
+fn run_phased(
+    agent: &Agent,
+    op: u32,
+    local: &[kvx_memory_desc],
+    remote: &[kvx_memory_desc],
+    sync: Option<&[u8]>,
+) -> Result<(f64, Phases), String> {
+    let unix_ns = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let began = unix_ns();
     let t = Instant::now();
     let x = agent
         .submit_typed(op, (VRAM, local), (VRAM, remote), TARGET, sync)
         .map_err(|(s, e)| format!("submit: {s:?} {e}"))?;
     let submit = t.elapsed().as_secs_f64();
-    match x.wait(TIMEOUT_MS * 3) {
-        kvx_transfer_state::KVX_TRANSFER_SUCCESS => Ok(submit),
-        _ => Err(format!("transfer: {}", x.status_text())),
+    let state = x.wait(TIMEOUT_MS * 3);
+    let woken = unix_ns();
+    if state != kvx_transfer_state::KVX_TRANSFER_SUCCESS {
+        return Err(format!("transfer: {}", x.status_text()));
     }
+    let info = x.info().info;
+    let (posted, completed) = (info.post_time_ns as u128, info.completion_time_ns as u128);
+    let seconds = |from: u128, to: u128| to.saturating_sub(from) as f64 / 1e9;
+    let phases = Phases {
+        to_posted: seconds(began, posted),
+        to_completed: seconds(posted, completed),
+        to_woken: seconds(completed, woken),
+    };
+    Ok((submit, phases))
 }
 
 /// WRITE then READ with `layout` between local and remote buffers of `alloc`, data verified on both sides.
@@ -686,7 +721,7 @@ fn workloads() -> Vec<(String, Layout)> {
 
 /// `kvxfer-gpu kernels`: see the module's usage text.
 fn kernels(args: &[String]) {
-    use kvxfer::cuda::batch::{kernel_seconds, Batch, ListSource, Writer, SMALL_MAX};
+    use kvxfer::cuda::batch::{kernel_seconds, list_write_ns, Batch, ListSource, Writer, SMALL_MAX};
     let reps = num(args, "--iters", 5).max(1) as usize;
     let total = (LLAMA70B_BYTES_PER_TOKEN * PROMPT_TOKENS) as usize;
     let fail = |e: kvxfer::core::error::Error| -> ! { die(&e.to_string()) };
@@ -789,6 +824,13 @@ fn kernels(args: &[String]) {
         say(&format!(
             "LISTING|{name}|one thread, list uploaded: {one_uploaded}|one thread, list read in place: {one_host}|{n} threads (as a request), uploaded: {sliced_uploaded}|{n} threads, read in place: {sliced_host}|from descriptor pairs merged into runs (as a request lists), one thread: {one_pairs}|{n} threads: {sliced_pairs}",
             n = sliced.len(),
+        ));
+        let writes = list_write_ns(0, copies.len(), reps.max(5)).unwrap_or_else(|e| fail(e));
+        let writes: Vec<String> = writes.iter().map(|(kind, ns)| format!("{kind}: {ns:.2} ns per entry")).collect();
+        say(&format!(
+            "LISTWRITE|{name}|{} entries of 24 bytes written on one thread|{}",
+            copies.len(),
+            writes.join("|")
         ));
         if !verified {
             die("batched copy delivered wrong data");
@@ -911,16 +953,26 @@ fn initiator(args: &[String]) {
             let note = format!("written {seed}");
             // One request at a time.
             prepare(&mut peer);
+            let mut phases = Vec::new();
             let t = timed(min_iters, |t| {
                 let at = Instant::now();
-                let submit = run_once(&agent, op, &l, &r, None)?;
+                let (submit, phased) = run_phased(&agent, op, &l, &r, None)?;
                 t.submits.push(submit);
+                phases.push(phased);
                 Ok(at.elapsed().as_secs_f64())
             });
             let written =
                 t.outcome.is_ok() && (op == READ || run_once(&agent, op, &l, &r, Some(note.as_bytes())).is_ok());
             let verified = t.outcome.clone().and_then(|_| verify(&mut peer, written));
             let median = report("single", &name, op_name, &layout, &t, &verified, total);
+            // The warm-up's phases are left out, as its time is.
+            let phase = |pick: fn(&Phases) -> f64| median_of(&mut phases.iter().skip(1).map(pick).collect::<Vec<_>>());
+            say(&format!(
+                "PHASES|single|{name}|{op_name}|submit to posted (checks, listing) {:.3} ms|posted to completed {:.3} ms|completed to waiter woken {:.1} us",
+                phase(|p| p.to_posted) * 1e3,
+                phase(|p| p.to_completed) * 1e3,
+                phase(|p| p.to_woken) * 1e6,
+            ));
             // CONCURRENT requests from as many threads, each a slice of the same workload;
             // timed per round (all submitted together, until the last completes).
             if median < 0.5 {
@@ -1256,6 +1308,9 @@ fn bench(args: &[String]) {
         }
         let out = cmd.output().unwrap_or_else(|e| die(&format!("cannot start the {system} initiator: {e}")));
         let text = String::from_utf8_lossy(&out.stdout);
+        for phases in text.lines().filter_map(|l| l.strip_prefix("PHASES|")) {
+            say(&format!("PHASES|{system}|{phases}"));
+        }
         let mut got = 0;
         for line in text.lines().filter(|l| l.starts_with("RESULT|")) {
             let f: Vec<&str> = line.split('|').collect();

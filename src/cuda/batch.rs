@@ -270,6 +270,38 @@ static LIST_SOURCE: Lazy<ListSource> = Lazy::new(|| match std::env::var("KVX_COP
     _ => ListSource::Host,
 });
 
+/// Nanoseconds per entry of writing `entries` list entries on this thread
+/// (median of `reps`), into the pinned list of `device` and into pageable
+/// memory: what the stores alone cost on this host, apart from the batch
+/// layer's per-entry work. A diagnostic for `kvxfer-gpu kernels`.
+pub fn list_write_ns(device: u32, entries: usize, reps: usize) -> Result<Vec<(&'static str, f64)>> {
+    let engine = engine(device)?;
+    let slot = {
+        let _scope = ContextScope::enter(device)?;
+        engine.take_slot(entries)?
+    };
+    let mut pageable = vec![Copy::default(); entries];
+    let mut out = Vec::new();
+    for (name, base) in [("pinned", slot.host), ("pageable", pageable.as_mut_ptr())] {
+        let mut times: Vec<f64> = (0..reps.max(1) + 1)
+            .map(|rep| {
+                let t = Instant::now();
+                for i in 0..entries {
+                    // SAFETY: both lists hold `entries` entries; nothing else uses them now.
+                    unsafe { base.add(i).write(Copy { src: i as u64, dst: rep as u64, len: 4096 }) };
+                }
+                std::hint::black_box(base);
+                t.elapsed().as_secs_f64() * 1e9 / entries.max(1) as f64
+            })
+            .collect();
+        times.remove(0);
+        times.sort_by(|a, b| a.total_cmp(b));
+        out.push((name, times[times.len() / 2]));
+    }
+    engine.free.lock().push(slot);
+    Ok(out)
+}
+
 /// The GPU's own time for `copies` (median of `reps` runs, timed by events),
 /// the list read from `source`; entries up to `small_max` go to the one-warp
 /// kernel, longer ones to the block kernel. A diagnostic for `kvxfer-gpu
