@@ -521,7 +521,6 @@ fn unix_ns() -> u64 {
 /// When and how a transfer ended.
 #[derive(Clone, Copy)]
 struct Ending {
-    unix_ns: u64,
     duration_ns: u64,
     status: kvx_status,
 }
@@ -583,7 +582,7 @@ impl TransferRecord {
     pub fn finish(&self, outcome: &Result<()>) -> bool {
         let status = outcome.as_ref().map_or_else(|e| e.status, |_| kvx_status::KVX_OK);
         let duration_ns = self.started.map_or(0, |t| t.elapsed().as_nanos() as u64);
-        let ending = Ending { unix_ns: if self.started.is_some() { unix_ns() } else { 0 }, duration_ns, status };
+        let ending = Ending { duration_ns, status };
         if self.ending.set(ending).is_err() {
             return false;
         }
@@ -644,7 +643,11 @@ impl TransferRecord {
         out.descs = self.descs;
         out.posted_descs = self.posted_descs;
         out.post_time_ns = self.posted_unix_ns;
-        out.completion_time_ns = ending.map_or(0, |e| e.unix_ns);
+        // The posting time plus the monotonic duration: one wall-clock read per transfer, not two.
+        out.completion_time_ns = match ending {
+            Some(e) if self.started.is_some() => self.posted_unix_ns + e.duration_ns,
+            _ => 0,
+        };
         out.duration_ns =
             ending.map_or_else(|| self.started.map_or(0, |t| t.elapsed().as_nanos() as u64), |e| e.duration_ns);
         out.peer = self.peer.c_name.as_ptr();

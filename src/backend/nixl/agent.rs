@@ -174,6 +174,19 @@ impl AgentCore {
         }
     }
 
+    /// `ensure_loaded`, and the counters of the peer's transfers, in one look.
+    fn loaded_peer_stats(&self, name: &str) -> Result<Arc<PeerStats>> {
+        if name == self.handle.name {
+            return Ok(self.stats.peer(name));
+        }
+        let healthy = self.remotes.lock().get(name).filter(|r| r.failed.is_none()).map(|r| r.stats.clone());
+        match healthy {
+            Some(stats) => Ok(stats),
+            // Not loaded, or failed: the error says which.
+            None => self.ensure_loaded(name).map(|()| self.stats.peer(name)),
+        }
+    }
+
     fn mark_failed(&self, name: &str, why: &Error) {
         if let Some(remote) = self.remotes.lock().get_mut(name) {
             if remote.failed.is_none() {
@@ -489,41 +502,46 @@ impl NixlAgent {
         Ok(())
     }
 
-    /// Both lists lie in registered memory of the request's types, or the error says which rule broke.
-    fn validate(
+    /// The local list lies in memory registered here with the request's type (and, to
+    /// this agent itself, the remote list too), or the error says which rule broke.
+    /// A peer's memory is checked by NIXL itself when it prepares the request, before
+    /// anything is posted; `explain_refusal` names the offending range then.
+    fn check_local(
         &self,
         req: &TransferRequest<'_>,
         local: &[kvx_memory_desc],
         remote: &[kvx_memory_desc],
         is_self: bool,
     ) -> Result<()> {
-        {
-            let regions = self.core.local.lock();
-            check_registered(&regions, "local", req.local_type, local)?;
-            if is_self {
-                check_registered(&regions, "remote", req.remote_type, remote)?;
-            }
+        let regions = self.core.local.lock();
+        check_registered(&regions, "local", req.local_type, local)?;
+        if is_self {
+            check_registered(&regions, "remote", req.remote_type, remote)?;
         }
+        Ok(())
+    }
+
+    /// NIXL refused to prepare a request to a peer (`refused`; its C API says "backend
+    /// error" for every reason): when a remote range lies outside what the peer
+    /// registered, say which; otherwise keep NIXL's word.
+    fn explain_refusal(&self, req: &TransferRequest<'_>, nixl_name: &str, refused: Error) -> Error {
         let handle = &self.core.handle;
-        let nixl_name = self.core.nixl_name(req.remote_name);
-        if is_self || handle.check_remote(&nixl_name, req.remote_type, remote)? {
-            return Ok(());
+        let remote = req.remote;
+        if handle.check_remote(nixl_name, req.remote_type, remote).unwrap_or(true) {
+            return refused;
         }
         // Name the first offending descriptor (error path only: one check each).
-        let mut first_bad = None;
-        for (i, d) in remote.iter().enumerate() {
-            if !handle.check_remote(&nixl_name, req.remote_type, std::slice::from_ref(d))? {
-                first_bad = Some((i, d));
-                break;
-            }
-        }
+        let first_bad = remote
+            .iter()
+            .enumerate()
+            .find(|(_, d)| !handle.check_remote(nixl_name, req.remote_type, std::slice::from_ref(d)).unwrap_or(true));
         let what = first_bad.map_or("a remote range".to_owned(), |(i, d)| {
             format!("descriptor {i}: remote range {:#x}+{}", d.addr, d.len)
         });
-        Err(Error::new(
+        Error::new(
             kvx_status::KVX_ERR_NOT_REGISTERED,
             format!("{what} is outside the memory {:?} registered (or of another memory type)", req.remote_name),
-        ))
+        )
     }
 }
 
@@ -705,8 +723,16 @@ impl TransferAgent for NixlAgent {
 
     fn submit(&self, req: &TransferRequest<'_>) -> Result<NixlTransfer> {
         let core = &self.core;
-        core.ensure_loaded(req.remote_name)?;
+        let peer = core.loaded_peer_stats(req.remote_name)?;
         let is_self = req.remote_name == core.handle.name;
+        let nixl_name = core.nixl_name(req.remote_name);
+        let op = match req.op {
+            kvx_transfer_op::KVX_OP_READ => NIXL_CAPI_XFER_OP_READ,
+            kvx_transfer_op::KVX_OP_WRITE => NIXL_CAPI_XFER_OP_WRITE,
+        };
+        let prepare = |local: &[kvx_memory_desc], remote: &[kvx_memory_desc]| {
+            core.handle.prepare(op, (req.local_type, local), (req.remote_type, remote), &nixl_name, req.sync_message)
+        };
         // Merge runs contiguous on both sides (one NIXL descriptor each); a merged run
         // that crosses two registrations on either side falls back to the request as given.
         let (merged_local, merged_remote) = if core.coalesce {
@@ -714,34 +740,38 @@ impl TransferAgent for NixlAgent {
         } else {
             (Cow::Borrowed(req.local), Cow::Borrowed(req.remote))
         };
-        let (local, remote) = if matches!(merged_local, Cow::Owned(_))
-            && self.validate(req, &merged_local, &merged_remote, is_self).is_ok()
+        let mut prepared = None;
+        let mut posted_descs = req.local.len();
+        if matches!(merged_local, Cow::Owned(_))
+            && self.check_local(req, &merged_local, &merged_remote, is_self).is_ok()
         {
-            (merged_local, merged_remote)
-        } else {
-            self.validate(req, req.local, req.remote, is_self)?;
-            (Cow::Borrowed(req.local), Cow::Borrowed(req.remote))
+            if let Ok(merged) = prepare(&merged_local, &merged_remote) {
+                posted_descs = merged_local.len();
+                prepared = Some(merged);
+            }
+        }
+        let prepared = match prepared {
+            Some(merged) => merged,
+            None => {
+                self.check_local(req, req.local, req.remote, is_self)?;
+                // NIXL checks the peer's side here, before anything is posted.
+                prepare(req.local, req.remote).map_err(|e| {
+                    if is_self {
+                        e
+                    } else {
+                        self.explain_refusal(req, &nixl_name, e)
+                    }
+                })?
+            }
         };
-        let op = match req.op {
-            kvx_transfer_op::KVX_OP_READ => NIXL_CAPI_XFER_OP_READ,
-            kvx_transfer_op::KVX_OP_WRITE => NIXL_CAPI_XFER_OP_WRITE,
-        };
-        let (request, posted) = core.handle.post(
-            op,
-            (req.local_type, &local),
-            (req.remote_type, &remote),
-            &core.nixl_name(req.remote_name),
-            req.sync_message,
-        )?;
+        let (request, posted) = prepared.post()?;
         // Posted: from here on it is a transfer (a refusal above is counted by the dispatch layer).
-        let peer = core.remotes.lock().get(req.remote_name).map(|r| r.stats.clone());
-        let peer = peer.unwrap_or_else(|| core.stats.peer(req.remote_name));
         let record = TransferRecord::start(
             &peer,
             req.op,
             req.bounds.bytes,
             req.local.len(),
-            local.len(),
+            posted_descs,
             kvx_xfer_path::KVX_PATH_NIXL,
             core.transport.clone(),
         );
@@ -907,6 +937,12 @@ impl Transfer for NixlTransfer {
     }
 
     fn wait(&self, deadline: Option<Instant>) -> kvx_transfer_state {
+        // Most small transfers end inside their post: no clock to read then.
+        let state = self.shared.state();
+        if state != kvx_transfer_state::KVX_TRANSFER_IN_PROGRESS {
+            self.shared.finish_if_settled(&self.core);
+            return state;
+        }
         let limit = deadline.map_or(self.shared.deadline, |d| d.min(self.shared.deadline));
         let started = Instant::now();
         loop {

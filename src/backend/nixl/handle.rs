@@ -541,13 +541,26 @@ impl NixlHandle {
         remote_name: &str,
         message: Option<&[u8]>,
     ) -> Result<(nixl_capi_xfer_req_t, nixl_capi_status_t)> {
+        self.prepare(op, local, remote, remote_name, message)?.post()
+    }
+
+    /// Create one transfer without posting it. NIXL refuses here, among other
+    /// reasons, a remote range outside the peer's memory (its C API reports
+    /// that as a backend error, like any other refusal).
+    pub fn prepare<'a>(
+        &'a self,
+        op: nixl_capi_xfer_op_t,
+        local: (impl Into<Segment>, &[kvx_memory_desc]),
+        remote: (impl Into<Segment>, &[kvx_memory_desc]),
+        remote_name: &'a str,
+        message: Option<&[u8]>,
+    ) -> Result<Prepared<'a>> {
         let api = &self.nixl.api;
         let cname = c_string(remote_name, "remote name")?;
         let local_list = self.xfer_dlist(local.0, local.1)?;
         let remote_list = self.xfer_dlist(remote.0, remote.1)?;
         let with_message = message.map(|_| self.opt_args()).transpose()?;
-        let args = with_message.as_ref().unwrap_or(&self.backend_args);
-        if let Some(m) = message {
+        if let (Some(m), Some(args)) = (message, &with_message) {
             // SAFETY: valid arguments object; NIXL copies the message.
             unsafe {
                 check(
@@ -557,6 +570,7 @@ impl NixlHandle {
                 check((api.nixl_capi_opt_args_set_has_notif)(args.ptr, true), "attaching the sync message")?;
             }
         }
+        let args = with_message.as_ref().unwrap_or(&self.backend_args);
         let mut req = std::ptr::null_mut();
         // SAFETY: valid agent, lists, name and arguments.
         let status = unsafe {
@@ -570,15 +584,13 @@ impl NixlHandle {
                 args.ptr,
             )
         };
-        check(status, &format!("preparing a transfer with agent {remote_name:?}")).map_err(peer_if_backend)?;
-        // SAFETY: `req` was just created on this agent.
-        let posted = unsafe { (api.nixl_capi_post_xfer_req)(self.agent, req, args.ptr) };
-        if posted != NIXL_CAPI_SUCCESS && posted != NIXL_CAPI_IN_PROG {
-            // SAFETY: `req` was just created on this agent and is dropped here.
-            unsafe { self.release(req) };
-            return Err(peer_if_backend(nixl_error(posted, &format!("posting a transfer to agent {remote_name:?}"))));
+        if status != NIXL_CAPI_SUCCESS {
+            return Err(peer_if_backend(nixl_error(
+                status,
+                &format!("preparing a transfer with agent {remote_name:?}"),
+            )));
         }
-        Ok((req, posted))
+        Ok(Prepared { handle: self, remote_name, req: Some(req), with_message })
     }
 
     /// NIXL's status of a request (asking also progresses it).
@@ -597,6 +609,45 @@ impl NixlHandle {
         let status = (self.nixl.api.nixl_capi_release_xfer_req)(self.agent, req);
         (self.nixl.api.nixl_capi_destroy_xfer_req)(req);
         status
+    }
+}
+
+/// A transfer NIXL has prepared and nothing has posted yet; dropped unposted, it is released.
+pub struct Prepared<'a> {
+    handle: &'a NixlHandle,
+    remote_name: &'a str,
+    /// Taken out when posted.
+    req: Option<nixl_capi_xfer_req_t>,
+    /// The arguments carrying the sync message, if any (else the handle's own).
+    with_message: Option<Owned>,
+}
+
+impl Prepared<'_> {
+    /// Post it; NIXL returns SUCCESS (done already) or IN_PROG.
+    pub fn post(mut self) -> Result<(nixl_capi_xfer_req_t, nixl_capi_status_t)> {
+        let handle = self.handle;
+        let Some(req) = self.req.take() else {
+            return Err(Error::invalid("transfer already posted"));
+        };
+        let args = self.with_message.as_ref().unwrap_or(&handle.backend_args);
+        // SAFETY: `req` was created on this agent and not posted yet.
+        let posted = unsafe { (handle.nixl.api.nixl_capi_post_xfer_req)(handle.agent, req, args.ptr) };
+        if posted != NIXL_CAPI_SUCCESS && posted != NIXL_CAPI_IN_PROG {
+            // SAFETY: `req` was just created on this agent and is dropped here.
+            unsafe { handle.release(req) };
+            let what = format!("posting a transfer to agent {:?}", self.remote_name);
+            return Err(peer_if_backend(nixl_error(posted, &what)));
+        }
+        Ok((req, posted))
+    }
+}
+
+impl Drop for Prepared<'_> {
+    fn drop(&mut self) {
+        if let Some(req) = self.req.take() {
+            // SAFETY: the request was never posted, so this is its only and last use.
+            unsafe { self.handle.release(req) };
+        }
     }
 }
 
