@@ -4,9 +4,9 @@
 //! the same lock, and must not block.
 //!
 //! Progress: a thread drives the worker and sleeps on UCX's event fd
-//! (`ucp_worker_arm`) whenever a round finds nothing to do, also while
-//! operations are outstanding: a receive or transfer waiting on a peer costs
-//! no wake-ups until the peer's bytes arrive. Threads waiting on an operation
+//! (`ucp_worker_arm`) once rounds have found nothing to do for a moment
+//! (`linger`), also while operations are outstanding: a receive or transfer
+//! waiting on a peer costs no wake-ups until the peer's bytes arrive. Threads waiting on an operation
 //! drive progress briefly before sleeping (no hand-off on the fast path).
 
 use super::loader::{self, LoadedUcx};
@@ -23,6 +23,21 @@ use std::thread::JoinHandle;
 /// doubling the sleep with each quiet round up to this.
 const MAX_POLL_MS: i32 = 100;
 const FIRST_POLL_MS: i32 = 1;
+
+/// How long the progress thread keeps looking after it last found work before it
+/// sleeps on the event fd: transfers come in bursts, and a peer's emulated puts
+/// and gets (UCX emulates RMA where peer error handling is on) need this side's
+/// progress, so a thread that sleeps after each one adds a wake-up to every
+/// request. It costs a core for that long after activity, never while idle.
+/// `KVX_UCX_LINGER_US` sets it (0: sleep at once, as before).
+fn linger() -> std::time::Duration {
+    static LINGER: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *LINGER.get_or_init(|| {
+        let us = std::env::var("KVX_UCX_LINGER_US").ok().and_then(|v| v.trim().parse::<u64>().ok());
+        std::time::Duration::from_micros(us.unwrap_or(DEFAULT_LINGER_US))
+    })
+}
+const DEFAULT_LINGER_US: u64 = 50;
 
 type Deferred = Box<dyn FnOnce(&Worker) + Send>;
 
@@ -254,7 +269,20 @@ impl Worker {
 
     fn progress_thread(self: Arc<Self>) {
         let mut timeout = FIRST_POLL_MS;
+        let linger = linger();
+        let mut last_work = std::time::Instant::now();
         while !self.stop.load(Ordering::Acquire) {
+            if last_work.elapsed() < linger {
+                // Right after work: keep looking instead of sleeping (see `linger`).
+                // A thread posting or waiting holds the lock meanwhile and progresses itself.
+                if let Some(_guard) = self.lock.try_lock() {
+                    if self.progress_locked() {
+                        last_work = std::time::Instant::now();
+                    }
+                }
+                std::hint::spin_loop();
+                continue;
+            }
             let (progressed, armed) = {
                 let _guard = self.lock.lock();
                 let progressed = self.progress_locked();
@@ -266,11 +294,20 @@ impl Worker {
                 std::thread::yield_now();
                 continue;
             }
-            timeout = if progressed { FIRST_POLL_MS } else { (timeout * 2).min(MAX_POLL_MS) };
+            if progressed {
+                last_work = std::time::Instant::now();
+                timeout = FIRST_POLL_MS;
+                if !linger.is_zero() {
+                    continue;
+                }
+            } else {
+                timeout = (timeout * 2).min(MAX_POLL_MS);
+            }
             let mut pfd = libc::pollfd { fd: self.efd, events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
             if unsafe { libc::poll(&mut pfd, 1, timeout) } > 0 {
                 timeout = FIRST_POLL_MS;
+                last_work = std::time::Instant::now();
             }
         }
     }
