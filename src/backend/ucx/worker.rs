@@ -4,10 +4,11 @@
 //! the same lock, and must not block.
 //!
 //! Progress: a thread drives the worker and sleeps on UCX's event fd
-//! (`ucp_worker_arm`) once rounds have found nothing to do for a moment
-//! (`linger`), also while operations are outstanding: a receive or transfer
-//! waiting on a peer costs no wake-ups until the peer's bytes arrive. Threads waiting on an operation
-//! drive progress briefly before sleeping (no hand-off on the fast path).
+//! (`ucp_worker_arm`) when a round finds nothing to do (after a burst of
+//! work, once nothing came for a moment: `linger`), also while operations are
+//! outstanding: a receive or transfer waiting on a peer costs no wake-ups
+//! until the peer's bytes arrive. Threads waiting on an operation drive
+//! progress briefly before sleeping (no hand-off on the fast path).
 
 use super::loader::{self, LoadedUcx};
 use super::sys::*;
@@ -24,12 +25,12 @@ use std::thread::JoinHandle;
 const MAX_POLL_MS: i32 = 100;
 const FIRST_POLL_MS: i32 = 1;
 
-/// How long the progress thread keeps looking after it last found work before it
-/// sleeps on the event fd: transfers come in bursts, and a peer's emulated puts
-/// and gets (UCX emulates RMA where peer error handling is on) need this side's
+/// How long the progress thread keeps looking after it last found work in a
+/// burst (`Burst`) before it sleeps on the event fd: a peer's emulated puts and
+/// gets (UCX emulates RMA where peer error handling is on) need this side's
 /// progress, so a thread that sleeps after each one adds a wake-up to every
-/// request. It costs a core for that long after activity, never while idle.
-/// `KVX_UCX_LINGER_US` sets it (0: sleep at once, as before).
+/// request. It costs a core for that long after a burst, never while idle.
+/// `KVX_UCX_LINGER_US` sets it (0: sleep at once).
 fn linger() -> std::time::Duration {
     static LINGER: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
     *LINGER.get_or_init(|| {
@@ -38,6 +39,44 @@ fn linger() -> std::time::Duration {
     })
 }
 const DEFAULT_LINGER_US: u64 = 50;
+
+/// When the progress thread lingers: only after work that followed earlier work
+/// within the linger time, so a lone event (a connection's handshake message, a
+/// notification now and then) is handled and slept after as before, and only
+/// bursts (requests back to back, a request's many emulated puts) keep it awake.
+struct Burst {
+    linger: std::time::Duration,
+    last_work: Option<std::time::Instant>,
+    until: Option<std::time::Instant>,
+}
+
+impl Burst {
+    fn new(linger: std::time::Duration) -> Burst {
+        Burst { linger, last_work: None, until: None }
+    }
+
+    fn worked(&mut self) {
+        if self.linger.is_zero() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self.last_work.is_some_and(|last| now.saturating_duration_since(last) < self.linger) {
+            self.until = Some(now + self.linger);
+        }
+        self.last_work = Some(now);
+    }
+
+    fn lingering(&mut self) -> bool {
+        match self.until {
+            Some(until) if std::time::Instant::now() < until => true,
+            Some(_) => {
+                self.until = None;
+                false
+            }
+            None => false,
+        }
+    }
+}
 
 type Deferred = Box<dyn FnOnce(&Worker) + Send>;
 
@@ -269,15 +308,14 @@ impl Worker {
 
     fn progress_thread(self: Arc<Self>) {
         let mut timeout = FIRST_POLL_MS;
-        let linger = linger();
-        let mut last_work = std::time::Instant::now();
+        let mut burst = Burst::new(linger());
         while !self.stop.load(Ordering::Acquire) {
-            if last_work.elapsed() < linger {
-                // Right after work: keep looking instead of sleeping (see `linger`).
+            if burst.lingering() {
+                // Work came in a burst: keep looking instead of sleeping (see `linger`).
                 // A thread posting or waiting holds the lock meanwhile and progresses itself.
                 if let Some(_guard) = self.lock.try_lock() {
                     if self.progress_locked() {
-                        last_work = std::time::Instant::now();
+                        burst.worked();
                     }
                 }
                 std::hint::spin_loop();
@@ -290,24 +328,21 @@ impl Worker {
                 let st = unsafe { (self.api().ucp_worker_arm)(self.handle) };
                 (progressed, st == UCS_OK)
             };
+            if progressed {
+                burst.worked();
+            }
             if !armed {
                 std::thread::yield_now();
                 continue;
             }
-            if progressed {
-                last_work = std::time::Instant::now();
-                timeout = FIRST_POLL_MS;
-                if !linger.is_zero() {
-                    continue;
-                }
-            } else {
-                timeout = (timeout * 2).min(MAX_POLL_MS);
+            timeout = if progressed { FIRST_POLL_MS } else { (timeout * 2).min(MAX_POLL_MS) };
+            if burst.lingering() {
+                continue;
             }
             let mut pfd = libc::pollfd { fd: self.efd, events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
             if unsafe { libc::poll(&mut pfd, 1, timeout) } > 0 {
                 timeout = FIRST_POLL_MS;
-                last_work = std::time::Instant::now();
             }
         }
     }
@@ -561,5 +596,39 @@ impl Drop for Endpoint {
         self.close(self.state.failed.load(Ordering::Acquire));
         // SAFETY: after close UCX no longer calls the error handler with this argument.
         unsafe { drop(Arc::from_raw(self.handler_arg)) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Burst;
+    use std::time::Duration;
+
+    #[test]
+    fn lingers_only_in_a_burst() {
+        let mut burst = Burst::new(Duration::from_secs(60));
+        burst.worked();
+        assert!(!burst.lingering(), "a lone event is slept after");
+        burst.worked();
+        assert!(burst.lingering(), "work right after work keeps the thread looking");
+
+        // Wide margins: a preempted test thread must not make it flaky.
+        let mut quick = Burst::new(Duration::from_millis(300));
+        quick.worked();
+        std::thread::sleep(Duration::from_millis(400));
+        quick.worked();
+        assert!(!quick.lingering(), "work long after the last is a lone event again");
+        quick.worked();
+        assert!(quick.lingering());
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(!quick.lingering(), "the linger ends");
+    }
+
+    #[test]
+    fn zero_never_lingers() {
+        let mut off = Burst::new(Duration::ZERO);
+        off.worked();
+        off.worked();
+        assert!(!off.lingering());
     }
 }
