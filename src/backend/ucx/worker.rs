@@ -33,12 +33,24 @@ const FIRST_POLL_MS: i32 = 1;
 /// `KVX_UCX_LINGER_US` sets it (0: sleep at once).
 fn linger() -> std::time::Duration {
     static LINGER: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
-    *LINGER.get_or_init(|| {
-        let us = std::env::var("KVX_UCX_LINGER_US").ok().and_then(|v| v.trim().parse::<u64>().ok());
-        std::time::Duration::from_micros(us.unwrap_or(DEFAULT_LINGER_US))
-    })
+    *LINGER.get_or_init(|| linger_from(std::env::var("KVX_UCX_LINGER_US").ok().as_deref()))
 }
 const DEFAULT_LINGER_US: u64 = 50;
+
+fn linger_from(value: Option<&str>) -> std::time::Duration {
+    let us = match value.map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(us)) => us,
+        Some(Err(_)) => {
+            crate::log_at!(
+                Warn,
+                "KVX_UCX_LINGER_US={value:?} is not a number of microseconds; using {DEFAULT_LINGER_US}"
+            );
+            DEFAULT_LINGER_US
+        }
+        None => DEFAULT_LINGER_US,
+    };
+    std::time::Duration::from_micros(us)
+}
 
 /// When the progress thread lingers: only after work that followed earlier work
 /// within the linger time, so a lone event (a connection's handshake message, a
@@ -601,8 +613,17 @@ impl Drop for Endpoint {
 
 #[cfg(test)]
 mod tests {
-    use super::Burst;
+    use super::{linger_from, Burst, DEFAULT_LINGER_US};
     use std::time::Duration;
+
+    #[test]
+    fn linger_follows_the_variable_and_keeps_the_default_for_nonsense() {
+        assert_eq!(linger_from(None), Duration::from_micros(DEFAULT_LINGER_US));
+        assert_eq!(linger_from(Some(" 200 ")), Duration::from_micros(200));
+        assert_eq!(linger_from(Some("0")), Duration::ZERO, "0 sleeps at once");
+        assert_eq!(linger_from(Some("fast")), Duration::from_micros(DEFAULT_LINGER_US));
+        assert_eq!(linger_from(Some("-5")), Duration::from_micros(DEFAULT_LINGER_US));
+    }
 
     #[test]
     fn lingers_only_in_a_burst() {
